@@ -1,0 +1,134 @@
+"""Optimisers and learning-rate schedules of SimCLR: LARS, lr scaling with batch size, warmup + cosine.
+
+Follows the official SimCLR code (google-research/simclr, lars_optimizer.py) and paper Section 2.3 and
+Appendix B.1. Biases and normalisation parameters (every tensor with ndim <= 1) get no weight decay
+and no LARS trust-ratio adaptation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from ablation.errors import choices_error
+
+OPTIMIZERS = ("lars", "sgd", "adamw")
+LR_SCALINGS = {"linear": 0.3, "sqrt": 0.075}  # scaling -> default base lr (paper Sec. 2.3, App. B.1)
+
+
+class LARS(Optimizer):
+    """LARS with "classic" momentum as in the official SimCLR code.
+
+    Per tensor: g = grad + wd * w. Then trust = eta * ||w|| / ||g||, or 1 when either norm is 0.
+    Then v = momentum * v + lr * trust * g, and w -= v. The lr sits inside the momentum buffer.
+    Groups with ``lars_exclude=True`` skip the weight decay and use trust = 1: plain momentum SGD.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-6,
+        eta: float = 0.001,
+    ) -> None:
+        for key, value in {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta}.items():
+            if value < 0:
+                raise ValueError(f"LARS {key} must be >= 0; got {value}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def _update(self, p: Tensor, group: dict) -> None:
+        if p.grad.is_sparse:
+            raise RuntimeError("LARS does not support sparse gradients")
+        grad = p.grad
+        scale: Tensor | float = group["lr"]
+        if not group["lars_exclude"]:
+            grad = grad.add(p, alpha=group["weight_decay"])
+            w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+            trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0)
+            scale = trust * group["lr"]
+        buf = self.state[p].get("momentum_buffer")
+        if buf is None:
+            buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        buf.mul_(group["momentum"]).add_(grad * scale)
+        p.sub_(buf)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights (decay + LARS adaptation), and biases/norm params (ndim <= 1: neither).
+
+    Frozen parameters are left out. Empty groups are dropped.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lars_exclude": False},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lars_exclude": True},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> Optimizer:
+    """LARS, momentum SGD or AdamW over ``param_groups(model, weight_decay)``. AdamW ignores ``momentum``."""
+    groups = param_groups(model, weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise choices_error("optimizer", name, OPTIMIZERS)
+
+
+def scaled_lr(base_lr: float | None, batch_size: int, scaling: str) -> float:
+    """The peak lr: "linear" gives base * B / 256 (base 0.3); "sqrt" gives base * sqrt(B) (base 0.075).
+
+    ``base_lr=None`` uses the paper's base for that scaling. At B = 4096 both defaults give 4.8.
+    """
+    if scaling not in LR_SCALINGS:
+        raise choices_error("lr scaling", scaling, LR_SCALINGS)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0; got {batch_size}")
+    base = LR_SCALINGS[scaling] if base_lr is None else base_lr
+    return base * batch_size / 256 if scaling == "linear" else base * math.sqrt(batch_size)
+
+
+class WarmupCosine:
+    """lr multiplier at step s. Linear warmup (s + 1) / (W + 1) for s <= W, so the peak 1 falls at s = W.
+
+    Then 0.5 * (1 + cos(pi * (s - W) / (T - W))) down to 0 at s = T, and 0 after T. A callable
+    object, not a lambda, so LambdaLR.state_dict records W and T and the scheduler pickles.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(f"need 0 <= warmup_steps < total_steps; got warmup_steps={warmup_steps}, total_steps={total_steps}")
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> float:
+        if step <= self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """Call ``.step()`` once per optimiser step. Resume by loading the optimizer's and this scheduler's state_dicts."""
+    return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps))
