@@ -1,0 +1,251 @@
+"""One typed, validated config per cell: dataclasses built from YAML plus dotted overrides.
+
+Every field carries its documentation and its allowed values in its metadata, so
+validation, `--help`-style listings and error messages all come from one place.
+A cell's identity (`signature`) is a hash of the fully resolved config and the
+schema version, never of the overrides that produced it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import did_you_mean
+
+# Bump when a default or the meaning of a field changes: old results must not be reused.
+SCHEMA_VERSION = 1
+
+
+def opt(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
+        high: float | None = None) -> Any:
+    """A config field with its documentation and allowed values."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high})
+
+
+@dataclass
+class DataConfig:
+    name: str = opt("embedded", "data set", choices=("embedded", "cifar10", "cifar100", "stl10", "folder"))
+    root: Optional[str] = opt(None, "where the data set lives (folder: root/train/<class>/*, root/test/<class>/*)")
+    size: int = opt(32, "image side in pixels that the model sees", low=8, high=1024)
+    download: bool = opt(False, "download cifar10/cifar100/stl10 into root when missing")
+    n_train: int = opt(5000, "embedded only: training images", low=10, high=1_000_000)
+    n_test: int = opt(1000, "embedded only: test images", low=10, high=1_000_000)
+    data_seed: int = opt(0, "embedded only: seed that generates the images (fixed across replicates)", low=0)
+    resident: str = opt("auto", "keep the uint8 set on the device (auto: when it fits)",
+                        choices=("auto", "always", "never"))
+    workers: int = opt(4, "decoding workers for the streaming loader and folder decoding", low=0, high=256)
+
+
+@dataclass
+class AugmentConfig:
+    views: str = opt("crop+color", "augmentation spec of the targeted ops, e.g. crop+color(s=0.5)+blur")
+    base: str = opt("none", "spec applied to every image before both views (ImageNet protocol: crop)")
+    mode: str = opt("symmetric", "asymmetric: ops on one view only (paper's ablation protocol); "
+                    "symmetric: ops drawn independently on both views (standard SimCLR)",
+                    choices=("asymmetric", "symmetric"))
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = opt("small_cnn", "encoder network", choices=("small_cnn", "resnet18", "resnet50"))
+    width: int = opt(32, "small_cnn only: channels of the first block", low=4, high=1024)
+    cifar_stem: bool = opt(True, "resnets: 3x3 stride-1 first conv and no max-pool (small images)")
+    head: str = opt("nonlinear", "projection head", choices=("none", "linear", "nonlinear"))
+    head_layers: int = opt(2, "nonlinear head: number of linear layers", low=2, high=8)
+    head_hidden: int = opt(512, "nonlinear head: hidden width", low=1, high=65536)
+    out_dim: int = opt(128, "projection output dimension z", low=1, high=65536)
+
+
+@dataclass
+class LossConfig:
+    name: str = opt("nt_xent", "contrastive loss (paper Table 4)", choices=("nt_xent", "nt_logistic", "margin"))
+    temperature: float = opt(0.5, "temperature tau", low=1e-4, high=1e4)
+    normalize: bool = opt(True, "l2-normalise projections before the similarity")
+    margin: float = opt(1.0, "margin loss only: margin m", low=0.0, high=100.0)
+
+
+@dataclass
+class OptimConfig:
+    name: str = opt("lars", "optimiser", choices=("lars", "sgd", "adamw"))
+    lr: Optional[float] = opt(None, "base learning rate before scaling (none: 0.3 for linear, 0.075 for sqrt)",
+                              low=0.0, high=1e3)
+    lr_scaling: str = opt("sqrt", "learning-rate scaling with batch size: linear (lr x B/256), sqrt (lr x sqrt(B))",
+                          choices=("linear", "sqrt"))
+    weight_decay: float = opt(1e-6, "weight decay (not on biases and normalisation parameters)", low=0.0, high=1.0)
+    momentum: float = opt(0.9, "momentum (lars, sgd)", low=0.0, high=1.0)
+    warmup_epochs: float = opt(1.0, "linear warmup before cosine decay", low=0.0, high=1e4)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(20, "pretraining epochs", low=1, high=100_000)
+    batch_size: int = opt(256, "images per step (each gives two views)", low=2, high=1_000_000)
+    seed: int = opt(0, "seed of model init, shuffling and augmentation draws", low=0)
+    device: str = opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
+    precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=("auto", "bf16", "fp32"))
+    checkpoint_every: int = opt(5, "epochs between checkpoints (one is always written at the end)", low=1)
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = opt(200, "neighbours of the weighted kNN probe", low=1, high=100_000)
+    knn_t: float = opt(0.1, "temperature of the kNN weights", low=1e-4, high=100.0)
+    random_init: bool = opt(True, "also probe the randomly initialised encoder as a baseline")
+    batch_size: int = opt(512, "feature extraction batch size", low=1, high=1_000_000)
+
+
+@dataclass
+class CellConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _as_float(value: int | str) -> float | str:
+    """Ints widen; strings like '1e-3' (which PyYAML reads as text) become floats."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: typing.Mapping) -> Any:
+    """Type-check and range-check one leaf value; return it (ints widen to floats)."""
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        value = _as_float(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ValueError(f"{key}: expected {base.__name__}{' or null' if optional else ''}, got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ValueError(f"{key}: '{value}' is not allowed{did_you_mean(value, meta['choices'])}; "
+                         f"choose from: {', '.join(meta['choices'])}")
+    low, high = meta.get("low"), meta.get("high")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{key}: {value!r} is out of range [{low}, {high if high is not None else 'inf'}]")
+    return value
+
+
+def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build a (nested) config dataclass, rejecting unknown keys and bad values by dotted name."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            full = [prefix + k for k in fields]
+            raise ValueError(f"unknown config key '{prefix}{key}'{did_you_mean(prefix + key, full)}; "
+                             f"choose from: {', '.join(full)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, data[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(prefix + name, data[name], hint, f.metadata)
+    return cls(**kwargs)
+
+
+def set_dotted(tree: dict, assignment: str) -> None:
+    """Apply one `key.sub=value` override in place; the value is parsed as YAML (1e-3, true, null)."""
+    if "=" not in assignment:
+        raise ValueError(f"override '{assignment}' must look like key.sub=value, e.g. train.epochs=10")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override '{assignment}': '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Deep-merge two nested dicts (update wins), returning a new dict."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def validate(cfg: CellConfig) -> CellConfig:
+    """Cross-field checks that need other modules (augmentation specs parse, devices exist)."""
+    from .augment import parse_spec
+
+    for key in ("views", "base"):
+        try:
+            parse_spec(getattr(cfg.augment, key))
+        except ValueError as err:
+            raise ValueError(f"augment.{key}: {err}") from None
+    if cfg.data.name == "folder" and not cfg.data.root:
+        raise ValueError("data.root: required when data.name is 'folder' (root/train/<class>/*)")
+    if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
+        raise ValueError(f"train.device: '{cfg.train.device}' is not allowed; choose from: auto, cpu, cuda, cuda:N")
+    return cfg
+
+
+def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ()) -> CellConfig:
+    """Resolve a config from a nested dict and `key=value` overrides; raises ValueError on any problem."""
+    tree = merge({}, tree or {})
+    for assignment in overrides:
+        set_dotted(tree, assignment)
+    return validate(from_dict(CellConfig, tree))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping with safe_load; a clear error names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> CellConfig:
+    """A cell config from an optional YAML file plus dotted overrides."""
+    tree = read_yaml(path) if path else {}
+    try:
+        return build_config(tree, overrides)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}" if path else str(err)) from None
+
+
+def signature(cfg: CellConfig) -> str:
+    """Short, stable hash of the resolved config and schema version: the cell's identity."""
+    blob = json.dumps({"schema": SCHEMA_VERSION, "config": cfg.to_dict()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def describe(cls: type = CellConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every leaf: the documented defaults."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:  # a section
+            rows += describe(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            allowed = f.metadata.get("choices")
+            doc = f.metadata["doc"] + (f" [{' | '.join(allowed)}]" if allowed else "")
+            rows.append((prefix + f.name, f.default, doc))
+    return rows

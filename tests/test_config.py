@@ -1,0 +1,67 @@
+"""Config: typed, validated, overridable; identity is a hash of the resolved config."""
+from __future__ import annotations
+
+import pytest
+
+from ablation.config import CellConfig, build_config, describe, load_config, signature
+
+
+def test_defaults_resolve_and_every_leaf_is_documented():
+    cfg = build_config()
+    assert isinstance(cfg, CellConfig)
+    rows = describe()
+    assert {key for key, _, _ in rows} >= {"train.epochs", "augment.views", "loss.temperature", "data.name"}
+    assert all(doc.strip() for _, _, doc in rows)
+
+
+def test_dotted_overrides_parse_yaml_values():
+    cfg = build_config({}, ["train.epochs=3", "loss.temperature=1e-1", "loss.normalize=false",
+                            "optim.lr=null", "augment.views=crop+color(s=0.5)"])
+    assert cfg.train.epochs == 3 and cfg.loss.temperature == 0.1
+    assert cfg.loss.normalize is False and cfg.optim.lr is None
+    assert cfg.augment.views == "crop+color(s=0.5)"
+
+
+def test_int_widens_to_float_but_bool_is_not_an_int():
+    assert build_config({"loss": {"temperature": 1}}).loss.temperature == 1.0
+    with pytest.raises(ValueError, match=r"train.epochs: expected int, got True"):
+        build_config({"train": {"epochs": True}})
+
+
+@pytest.mark.parametrize("tree, message", [
+    ({"trian": {}}, r"unknown config key 'trian' \(did you mean 'train'\?\); choose from: data, augment"),
+    ({"train": {"epoch": 3}}, r"unknown config key 'train.epoch' \(did you mean 'train.epochs'\?\)"),
+    ({"train": {"epochs": "ten"}}, r"train.epochs: expected int, got 'ten'"),
+    ({"train": {"epochs": 0}}, r"train.epochs: 0 is out of range \[1, 100000\]"),
+    ({"loss": {"name": "ntxent"}}, r"loss.name: 'ntxent' is not allowed \(did you mean 'nt_xent'\?\); "
+                                   r"choose from: nt_xent, nt_logistic, margin"),
+    ({"augment": {"views": "crop+colr"}}, r"augment.views: .*colr.*color"),
+    ({"data": {"name": "folder"}}, r"data.root: required"),
+    ({"train": {"device": "tpu"}}, r"train.device: 'tpu'"),
+])
+def test_bad_config_names_key_value_and_choices(tree, message):
+    with pytest.raises(ValueError, match=message):
+        build_config(tree)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ValueError, match="key.sub=value"):
+        build_config({}, ["train.epochs"])
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "cell.yaml"
+    path.write_text("train:\n  epochs: -1\n")
+    with pytest.raises(ValueError, match=rf"{path}: train.epochs: -1 is out of range"):
+        load_config(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        load_config(path)
+
+
+def test_signature_follows_resolved_values_not_spelling():
+    a = build_config({"train": {"epochs": 20}})
+    b = build_config({}, ["train.epochs=20"])
+    assert signature(a) == signature(b) == signature(build_config())
+    assert signature(build_config({}, ["train.seed=1"])) != signature(a)
+    assert len(signature(a)) == 10
