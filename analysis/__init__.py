@@ -1,0 +1,13 @@
+"""Analysis of grid results: summary tables, paper-style figures, the paper's numbers, a report.
+
+Reads results/<experiment>/ as written by the launcher and cells; never imports training code.
+"""
+from __future__ import annotations
+
+from .figures import heatmap_matrix, plot
+from .paper import compare_with_paper, paper_table
+from .report import pairwise_findings, report
+from .table import collect, load_summary
+
+__all__ = ["collect", "plot", "report", "load_summary", "heatmap_matrix", "paper_table",
+           "compare_with_paper", "pairwise_findings"]

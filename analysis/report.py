@@ -1,0 +1,211 @@
+"""results/<exp>/report.md: setup, summary table, figures, and how the results compare with the paper.
+
+For the Figure 5 grid the paper gives no numbers, only findings in its text; each is checked and
+marked "holds", "does not hold" or "cannot be checked" (missing cells). Product ablations with a
+published table get the numbers side by side and a Spearman rank correlation: on a small data set
+and model only the ordering of settings can be expected to carry over, not the values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .figures import heatmap_matrix, plot
+from .paper import compare_with_paper, spearman
+from .table import (
+    FINISHED, PERCENT_METRICS, atomic_write, collect, load_experiment, load_summary, markdown_table,
+    read_json, setup_line,
+)
+
+HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be checked"
+SOURCES = {"figure5": "Figure 5", "table1": "Table 1", "table4": "Table 4", "table5": "Table 5",
+           "figure8": "Figure 8", "tableB1": "Table B.1"}
+FIGURE8_TEXT = ("The paper gives Figure 8 only as an image; its text says a nonlinear head beats a "
+                "linear one by about 3 points and no head by more than 10 points.")
+
+
+@dataclass(frozen=True)
+class Finding:
+    key: str
+    claim: str
+    verdict: str
+    detail: str
+
+    def line(self) -> str:
+        return f"- ({self.key}) {self.claim}: **{self.verdict}**; {self.detail}"
+
+
+def _label(first: str, second: str) -> str:
+    return first if first == second else f"{first}+{second}"
+
+
+def _verdict(ok: bool) -> str:
+    return HOLDS if ok else FAILS
+
+
+def _best_is_crop_color(cells: pd.DataFrame, pair: dict[str, float]) -> Finding:
+    claim = "the best cell is a crop+color composition (either order)"
+    known = cells.stack().dropna()
+    if all(math.isnan(v) for v in pair.values()):
+        return Finding("a", claim, UNKNOWN, "no crop+color or color+crop result")
+    best = _label(*known.idxmax())
+    return Finding("a", claim, _verdict(best in pair),
+                   f"best: {best} at {known.max():.1f}% ({len(known)} of {cells.size} cells)")
+
+
+def _diagonal_below_off(cells: pd.DataFrame) -> Finding:
+    claim = "single transformations (diagonal) average below compositions (off-diagonal)"
+    eye = np.eye(len(cells), dtype=bool)
+    diagonal = cells.where(eye).stack().dropna()
+    off = cells.where(~eye).stack().dropna()
+    if diagonal.empty or off.empty:
+        return Finding("b", claim, UNKNOWN, "needs at least one diagonal and one off-diagonal cell")
+    return Finding("b", claim, _verdict(diagonal.mean() < off.mean()),
+                   f"diagonal mean {diagonal.mean():.1f}% vs off-diagonal mean {off.mean():.1f}%")
+
+
+def _pairs_beat_singles(pair: dict[str, float], alone: dict[str, float]) -> Finding:
+    claim = "crop+color and color+crop both beat crop alone and color alone"
+    values = {**pair, **alone}
+    missing = [k for k, v in values.items() if math.isnan(v)]
+    if missing:
+        return Finding("c", claim, UNKNOWN, f"missing: {', '.join(missing)}")
+    return Finding("c", claim, _verdict(min(pair.values()) > max(alone.values())),
+                   ", ".join(f"{k} {v:.1f}%" for k, v in values.items()))
+
+
+def _best_beats_random(cells: pd.DataFrame, random_init: float) -> Finding:
+    claim = "the best cell beats the random-init encoder probe"
+    best = cells.stack().dropna()
+    if best.empty or math.isnan(random_init):
+        return Finding("d", claim, UNKNOWN, "no finished cell with a random-init probe")
+    margin = best.max() - random_init
+    return Finding("d", claim, _verdict(margin > 0),
+                   f"{best.max():.1f}% vs {random_init:.1f}% (margin {margin:+.1f} points)")
+
+
+def _op_named(ops: list[str], name: str) -> str | None:
+    """The grid op that is `name`, with or without parameters ("color(s=0.5)" is color)."""
+    return next((op for op in ops if op.split("(")[0].strip() == name), None)
+
+
+def pairwise_findings(summary: pd.DataFrame, ops: list[str]) -> list[Finding]:
+    """The paper's Section 3.1 findings, checked on our grid (values in % linear top-1)."""
+    cells = heatmap_matrix(summary, ops)[ops]
+    crop, color = _op_named(ops, "crop"), _op_named(ops, "color")
+
+    def get(first: str | None, second: str | None) -> float:
+        return math.nan if first is None or second is None else cells.loc[first, second]
+
+    pair = {_label(crop or "crop", color or "color"): get(crop, color),
+            _label(color or "color", crop or "crop"): get(color, crop)}
+    alone = {crop or "crop": get(crop, crop), color or "color": get(color, color)}
+    random_init = 100 * summary.loc[summary["status"] == FINISHED, "random_init_top1"].mean()
+    return [_best_is_crop_color(cells, pair), _diagonal_below_off(cells),
+            _pairs_beat_singles(pair, alone), _best_beats_random(cells, random_init)]
+
+
+def _pct(mean: float, std: float, digits: int = 1) -> str:
+    """"45.3 ± 1.2", or just the mean for a single replicate, or "" when nothing finished."""
+    if math.isnan(mean):
+        return ""
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def results_table(agg: pd.DataFrame, coords: list[str]) -> str:
+    """label, coords, n, then each metric as mean ± std (percent for accuracies)."""
+    shown = agg[["label"] + [c for c in coords if c not in ("first", "second")]].copy()
+    shown["n"] = agg["n"].astype(str) + "/" + agg["cells"].astype(str)
+    for m in PERCENT_METRICS:
+        shown[f"{m} (%)"] = [_pct(100 * a, 100 * b) for a, b in zip(agg[f"{m}_mean"], agg[f"{m}_std"])]
+    shown["final_loss"] = [_pct(a, b, 3)
+                           for a, b in zip(agg["final_loss_mean"], agg["final_loss_std"])]
+    return markdown_table(shown)
+
+
+def _setup(exp: dict[str, Any], summary: pd.DataFrame, exp_dir: Path) -> list[str]:
+    setup = exp.get("setup") or {}
+    counts = summary["status"].value_counts()
+    lines = [
+        f"- data set: {setup.get('data', '?')}; model: {setup.get('model', '?')}; "
+        f"pretraining epochs: {setup.get('epochs', '?')}; batch size: {setup.get('batch_size', '?')}",
+        f"- view mode: {setup.get('mode', 'asymmetric')} (asymmetric: the targeted transformations "
+        f"on one branch only); base applied to both branches: {setup.get('base', 'none')}",
+        "- protocol: linear evaluation of the frozen encoder (top-1, top-5), kNN top-1, and the "
+        "same linear probe on a random-init encoder as a floor",
+        f"- paper counterpart: {SOURCES.get(exp.get('paper') or '', 'none')}",
+        f"- cells: {len(summary)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
+    ]
+    shown = {"data", "model", "epochs", "batch_size", "mode", "base"} | _swept_names(exp)
+    lines += [f"- {k}: {v}" for k, v in setup.items() if k not in shown and v is not None]
+    result = next((r for r in (read_json(exp_dir / str(i) / "result.json") for i in summary["id"])
+                   if r and r.get("status") == FINISHED), None)
+    if result:
+        versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
+        lines.append(f"- device: {result.get('device', '?')}; versions: {versions or '?'}")
+    return lines
+
+
+def _swept_names(exp: dict[str, Any]) -> set[str]:
+    """Setup names a product grid varies (temperature; loss for loss.name): not one fixed value."""
+    parts = [a.split(".") for a in exp.get("axes") or []]
+    return {p[-1] for p in parts} | {p[-2] for p in parts if len(p) > 1 and p[-1] == "name"}
+
+
+def _problems(summary: pd.DataFrame) -> list[str]:
+    rows = summary[summary["status"] != FINISHED]
+    return [f"- `{r.id}` ({r.label}, seed {r.seed}): {r.status}"
+            + (f": {r.reason}" if isinstance(r.reason, str) and r.reason else "")
+            for r in rows.itertuples()]
+
+
+def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -> list[str]:
+    paper = exp.get("paper")
+    if exp.get("kind") == "pairwise":
+        head = [f"The paper gives {SOURCES.get(paper, 'Figure 5')} only as an image, so its stated "
+                "findings are checked instead of its numbers:", ""]
+        return head + [f.line() for f in pairwise_findings(summary, list(exp["ops"]))]
+    if paper == "figure8":
+        return [FIGURE8_TEXT]
+    side = compare_with_paper(agg, exp)
+    if side is None:
+        return ["No published numbers for this experiment."]
+    papers = [c for c in side.columns if c.startswith("paper")]
+    if not papers:
+        return [f"No label of this experiment matches a setting of {SOURCES[paper]}."]
+    lines = [f"Paper numbers: {SOURCES[paper]}, ImageNet, ResNet-50, linear evaluation top-1 (%).", ""]
+    shown = side.assign(ours=[_pct(a, b) for a, b in zip(side["ours"], side["ours_std"])])
+    lines += [markdown_table(shown.drop(columns="ours_std").rename(columns={"ours": "ours (%)"})), ""]
+    for col in papers:
+        rho, n = spearman(side["ours"], side[col])
+        value = "n/a" if math.isnan(rho) else f"{rho:.2f}"
+        lines.append(f"- Spearman rank correlation, ours vs {col}: {value} over {n} settings")
+    return lines
+
+
+def report(exp_dir: str | Path) -> Path:
+    """Collect, plot, and write results/<exp>/report.md (figures linked relatively)."""
+    exp_dir = Path(exp_dir)
+    exp = load_experiment(exp_dir)
+    collect(exp_dir)
+    figures = [p for p in plot(exp_dir) if p.suffix == ".png"]
+    summary, agg = load_summary(exp_dir)
+    coords = list(agg.columns[1:agg.columns.get_loc("n")])  # label, coords..., n, stats
+    text = [f"# {exp.get('title') or exp.get('name', exp_dir.name)}", "",
+            f"Experiment `{exp.get('name', exp_dir.name)}` ({exp.get('kind', '?')}): {setup_line(exp)}.",
+            "", "## Setup", "", *_setup(exp, summary, exp_dir), "",
+            "## Results", "", "Mean ± std over seeds; n = finished replicates / cells.", "",
+            results_table(agg, coords), ""]
+    problems = _problems(summary)
+    if problems:
+        text += ["Cells without a result:", "", *problems, ""]
+    text += ["## Figures", ""]
+    text += [f"![{p.stem}](figures/{p.name}) ([PDF](figures/{p.with_suffix('.pdf').name}))"
+             for p in figures]
+    text += ["", "## Comparison with the paper", "", *_comparison(exp, summary, agg), ""]
+    return atomic_write(exp_dir / "report.md", lambda p: p.write_text("\n".join(text)))

@@ -1,0 +1,163 @@
+"""Grid results -> pandas tables: one row per cell (summary.csv) and one per label (summary_agg.csv).
+
+Reads the results layout directly (experiment.json, <cell>/cell.json, result.json, job.json) so
+analysis never depends on the code that trains or launches cells.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+METRICS = ("linear_top1", "linear_top5", "knn_top1", "random_init_top1", "final_loss")
+PERCENT_METRICS = ("linear_top1", "linear_top5", "knn_top1", "random_init_top1")
+RUN_STATS = ("epochs_done", "wall_time_s", "images_per_s")
+FINISHED = "finished"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The parsed file, or None when it is absent or half-written (a cell still running)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def load_experiment(exp_dir: str | Path) -> dict[str, Any]:
+    """experiment.json of a results directory; a clear error when the grid was never launched."""
+    exp = read_json(Path(exp_dir) / "experiment.json")
+    if exp is None:
+        raise FileNotFoundError(
+            f"no readable experiment.json in {exp_dir}; launch the grid first (ablate grid EXP)"
+        )
+    return exp
+
+
+def axes_of(exp: dict[str, Any]) -> list[str]:
+    """The coordinate columns: first/second for pairwise grids, the swept keys for products."""
+    return ["first", "second"] if exp.get("kind") == "pairwise" else list(exp.get("axes") or [])
+
+
+def _cell_ids(exp_dir: Path, exp: dict[str, Any]) -> list[str]:
+    """Cells in the launcher's order, then any cell directory it did not list."""
+    listed = list(exp.get("cells") or [])
+    extra = sorted(
+        p.name for p in exp_dir.iterdir()
+        if p.is_dir() and p.name not in listed and (p / "cell.json").exists()
+    )
+    return listed + extra
+
+
+def _status(result: dict | None, job: dict | None) -> str:
+    if result is not None:
+        return str(result.get("status", "unknown"))
+    if job is not None:  # submitted or claimed; the live Slurm state is `ablate status`'s job
+        return str(job.get("state") or job.get("status") or "launched")
+    return "pending"
+
+
+def _cell_parts(cell_dir: Path) -> tuple[dict, dict, dict]:
+    """(identity + run stats, coords, metrics) of one cell directory."""
+    cell = read_json(cell_dir / "cell.json") or {}
+    result = read_json(cell_dir / "result.json")
+    info = {**(result or {}), **cell}  # cell.json is the source of truth for identity
+    row = {
+        "id": info.get("id", cell_dir.name),
+        "label": info.get("label"),
+        "seed": info.get("seed"),
+        "status": _status(result, read_json(cell_dir / "job.json")),
+        "reason": (result or {}).get("reason"),
+        **{s: _number((result or {}).get(s)) for s in RUN_STATS},
+    }
+    # Only finished cells carry numbers: a failed run's partial metrics must never be averaged.
+    done = row["status"] == FINISHED
+    metrics = {m: _number(v) if done else math.nan
+               for m, v in ((result or {}).get("metrics") or {}).items()}
+    return row, dict(info.get("coords") or {}), metrics
+
+
+def _number(value: Any) -> float:
+    """Metrics as floats, NaN when absent (pending/failed cells never read as 0)."""
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def finished(summary: pd.DataFrame) -> pd.DataFrame:
+    """Only the cells that finished; failed and pending cells carry no numbers."""
+    return summary[summary["status"] == FINISHED]
+
+
+def aggregate(summary: pd.DataFrame, coords: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Replicates (seeds) per label -> <metric>_mean, <metric>_std, n (finished replicates), cells."""
+    values = list(metrics) + list(RUN_STATS)
+    labelled = summary.dropna(subset=["label"])
+    keys = labelled.drop_duplicates("label").set_index("label")[coords]
+    done = finished(labelled).groupby("label", sort=False)
+    stats = done[values].agg(["mean", "std"])
+    stats.columns = [f"{m}_{s}" for m, s in stats.columns]
+    agg = keys.join(done.size().rename("n")).join(stats)
+    agg["n"] = agg["n"].fillna(0).astype(int)
+    agg["cells"] = labelled.groupby("label", sort=False).size()
+    return agg.reset_index()
+
+
+def load_summary(exp_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary, aggregated) DataFrames built from the cell directories of one experiment."""
+    exp_dir = Path(exp_dir)
+    exp = load_experiment(exp_dir)
+    parts = [_cell_parts(exp_dir / cid) for cid in _cell_ids(exp_dir, exp)]
+    coords = list(dict.fromkeys(axes_of(exp) + [k for _, c, _ in parts for k in c]))
+    metrics = list(dict.fromkeys(list(METRICS) + [k for _, _, m in parts for k in m]))
+    rows = [{**row, **c, **{m: met.get(m, math.nan) for m in metrics}} for row, c, met in parts]
+    columns = ["id", "label", *coords, "seed", "status", "reason", *metrics, *RUN_STATS]
+    summary = pd.DataFrame(rows, columns=columns)
+    return summary, aggregate(summary, coords, metrics)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through a temp file in the same folder, then os.replace: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def collect(exp_dir: str | Path) -> list[Path]:
+    """Write summary.csv and summary_agg.csv (both plain pandas.read_csv-able); return their paths."""
+    exp_dir = Path(exp_dir)
+    summary, agg = load_summary(exp_dir)
+    return [
+        atomic_write(exp_dir / name, lambda p, df=df: df.to_csv(p, index=False))
+        for name, df in (("summary.csv", summary), ("summary_agg.csv", agg))
+    ]
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table (no tabulate dependency); NaN shows as an empty cell."""
+    def cell(v: Any) -> str:
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def setup_line(exp: dict[str, Any]) -> str:
+    """"cifar10, resnet18, 100 epochs": what every figure title and the report name first."""
+    setup = exp.get("setup") or {}
+    swept = any(a.split(".")[-1] == "epochs" for a in exp.get("axes") or [])
+    epochs = "epochs swept" if swept else f"{setup.get('epochs', '?')} epochs"
+    return f"{setup.get('data', '?')}, {setup.get('model', '?')}, {epochs}"
