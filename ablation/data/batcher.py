@@ -1,0 +1,66 @@
+"""GPU-resident batching (as in airbench): the uint8 set lives on the device, so an epoch costs one
+randperm and an index + convert per batch, with no host-to-device copies or loader workers."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+
+def fits_on_device(n_bytes: int, device: torch.device | str, fraction: float = 0.5) -> bool:
+    """Whether a resident set of `n_bytes` should live on `device`.
+
+    CPU (and other non-CUDA devices): always. CUDA: at most `fraction` of the free memory, leaving
+    the rest for the model, activations and augmentation buffers.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return n_bytes <= fraction * free
+
+
+class DeviceBatcher:
+    """Float batches in [0, 1] (B,3,H,W) with labels, from uint8 images already on their device.
+
+    `shard=(rank, world)`: every rank draws the same permutation (same generator seed) and takes
+    its contiguous slice of each global batch, so the ranks together see exactly one global batch.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, drop_last: bool = True,
+                 shard: tuple[int, int] = (0, 1)):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N,C,H,W); got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"labels must have shape ({len(images)},); got {tuple(labels.shape)}")
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world; got {shard}")
+        if batch_size < world or (drop_last and batch_size > len(images)):
+            raise ValueError(f"batch_size {batch_size} must be >= world size {world} and, with drop_last, "
+                             f"<= the {len(images)} images")
+        self.images, self.labels = images, labels.to(images.device)
+        self.batch_size, self.drop_last, self.shard = batch_size, drop_last, shard
+
+    def __len__(self) -> int:
+        n, b = len(self.images), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def epoch(self, generator: torch.Generator | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """One pass in a fresh random order, from step `start` on (resume: skip `start` batches of
+        the same permutation). The permutation is drawn now, not at the first `next`."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start must be in [0, {len(self)}] (steps per epoch); got {start}")
+        device = self.images.device
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(f"generator is on {generator.device} but the images are on {device}; "
+                             f"use torch.Generator(device={str(device)!r})")
+        order = torch.randperm(len(self.images), generator=generator, device=device)
+        return self._batches(order, start)
+
+    def _batches(self, order: Tensor, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        rank, world = self.shard
+        for step in range(start, len(self)):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size].tensor_split(world)[rank]
+            yield self.images[idx].float().div_(255), self.labels[idx]

@@ -1,0 +1,233 @@
+"""Data: embedded set (deterministic, balanced, class only in shape), folders + cache, batching."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ablation.data import (DeviceBatcher, ImageSet, fits_on_device, load_dataset, make_embedded,
+                           streaming_loader)
+from ablation.data.sources import ImageFiles
+
+# ---- embedded ----------------------------------------------------------------------------------
+
+
+def test_embedded_is_deterministic_balanced_and_typed():
+    train, test = make_embedded(200, 50, size=24, seed=3)
+    again, _ = make_embedded(200, 50, size=24, seed=3)
+    other, _ = make_embedded(200, 50, size=24, seed=4)
+    assert torch.equal(train.images, again.images) and torch.equal(train.labels, again.labels)
+    assert not torch.equal(train.images, other.images)
+    assert not torch.equal(train.images[:50], test.images)  # independent draws
+    assert train.images.shape == (200, 3, 24, 24) and train.images.dtype == torch.uint8
+    assert train.labels.dtype == torch.int64 and len(train.classes) == 10
+    assert torch.bincount(train.labels, minlength=10).tolist() == [20] * 10
+    assert torch.bincount(test.labels, minlength=10).tolist() == [5] * 10
+    counts = torch.bincount(make_embedded(23, 7, seed=0)[0].labels, minlength=10)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_embedded_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="n_train"):
+        make_embedded(0, 10)
+
+
+def _colour_features(images: torch.Tensor) -> torch.Tensor:
+    """Mean and std per channel plus an 8-bin histogram per channel: position-free colour statistics."""
+    x = images.float() / 255
+    bins = (x * 7.999).long().flatten(2)
+    hist = torch.nn.functional.one_hot(bins, 8).float().mean(2).flatten(1)
+    return torch.cat([x.mean((2, 3)), x.std((2, 3)), hist], 1)
+
+
+def _linear_accuracy(train: ImageSet, test: ImageSet) -> float:
+    """Held-out accuracy of a ridge-regression (one-hot targets) linear classifier on colour features."""
+    xtr, xte = _colour_features(train.images), _colour_features(test.images)
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xte = [torch.cat([(x - mu) / sd, torch.ones(len(x), 1)], 1) for x in (xtr, xte)]
+    targets = torch.nn.functional.one_hot(train.labels, 10).float()
+    w = torch.linalg.solve(xtr.T @ xtr + torch.eye(xtr.shape[1]), xtr.T @ targets)
+    return ((xte @ w).argmax(1) == test.labels).float().mean().item()
+
+
+def _class_tinted(s: ImageSet) -> ImageSet:
+    """The set with a class-dependent colour cast (red up, green down by ~5 % per class)."""
+    shift = torch.zeros(len(s), 3, 1, 1)
+    shift[:, 0, 0, 0], shift[:, 1, 0, 0] = s.labels * 12.0, (9 - s.labels) * 12.0
+    return ImageSet((s.images.float() * 0.5 + shift).round().to(torch.uint8), s.labels, s.classes)
+
+
+def test_embedded_colour_carries_no_class_information():
+    train, test = make_embedded(2000, 1000, size=32, seed=0)
+    # brightness / mean colour: every class mean lies within 4 standard errors of the overall mean
+    mean_rgb = train.images.float().mean((2, 3)) / 255
+    per_class = torch.stack([mean_rgb[train.labels == c].mean(0) for c in range(10)])
+    standard_error = mean_rgb.std(0) / (len(train) / 10) ** 0.5
+    assert ((per_class - mean_rgb.mean(0)) / standard_error).abs().max() < 4
+    # a linear classifier on colour statistics stays near chance (0.10; SE ~0.01 on 1000 images) ...
+    assert _linear_accuracy(train, test) < 0.15
+    # ... and finds a class-dependent colour cast, so the check has power (~0.34)
+    assert _linear_accuracy(_class_tinted(train), _class_tinted(test)) > 0.25
+
+
+def test_load_dataset_embedded_and_unknown_name():
+    train, test = load_dataset("embedded", None, 16, False, None, n_train=20, n_test=10, seed=1)
+    assert train.images.shape == (20, 3, 16, 16) and len(test) == 10
+    with pytest.raises(ValueError, match="did you mean 'cifar10'.*choose from"):
+        load_dataset("cifar-10", None, 32, False, None)
+
+
+# ---- image folders and cache -------------------------------------------------------------------
+
+
+def _write(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (20, 20)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """train: 3 red 'a' (PNG), 2 blue 'b' (JPEG, non-square); val (not test): 1 of each."""
+    root = tmp_path / "tiny"
+    for i in range(3):
+        _write(root / "train" / "a" / f"{i}.png", (255, 0, 0))
+    for i in range(2):
+        _write(root / "train" / "b" / f"{i}.jpg", (0, 0, 255), size=(40, 20))
+    _write(root / "val" / "a" / "0.png", (255, 0, 0))
+    _write(root / "val" / "b" / "0.JPEG", (0, 0, 255))
+    return root
+
+
+def test_folder_loads_resizes_and_labels(tiny_folder: Path, tmp_path: Path):
+    train, test = load_dataset("folder", tiny_folder, 16, False, tmp_path / "cache")
+    assert train.classes == ["a", "b"] and test.classes == ["a", "b"]
+    assert train.images.shape == (5, 3, 16, 16) and train.images.dtype == torch.uint8
+    assert train.labels.tolist() == [0, 0, 0, 1, 1] and test.labels.tolist() == [0, 1]
+    red = train.images[0].float().mean((1, 2))
+    assert red[0] > 250 and red[1:].max() < 5
+    blue = train.images[3].float().mean((1, 2))  # JPEG: close, not exact
+    assert blue[2] > 240 and blue[:2].max() < 15
+    one, _ = load_dataset("folder", tiny_folder, 16, False, tmp_path / "cache", limit_per_class=1)
+    assert one.labels.tolist() == [0, 1]
+
+
+def test_folder_resize_is_shorter_side_then_center_crop(tmp_path: Path):
+    image = Image.new("RGB", (40, 20), (0, 0, 255))  # W=40, H=20: blue margins, red middle 20 columns
+    image.paste((255, 0, 0), (10, 0, 30, 20))
+    image.save(tmp_path / "x.png")
+    out, _ = ImageFiles([str(tmp_path / "x.png")], [0], ["x"], 10)[0]
+    assert out.shape == (3, 10, 10)
+    assert out[0, :, 1:-1].min() > 240 and out[2, :, 1:-1].max() < 15  # the crop keeps the middle
+
+
+def test_cache_round_trip_and_invalidation(tiny_folder: Path, tmp_path: Path):
+    cache = tmp_path / "cache"
+    first = load_dataset("folder", tiny_folder, 16, False, cache)
+    files = list(cache.glob("*.pt"))
+    assert len(files) == 1 and not list(cache.glob("*.tmp"))
+    second = load_dataset("folder", tiny_folder, 16, False, cache)
+    for a, b in zip(first, second):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.classes == b.classes
+    # the second load comes from the file: a changed file is what the next load returns
+    blob = torch.load(files[0], weights_only=True)
+    blob["train_images"] = torch.zeros_like(blob["train_images"])
+    torch.save(blob, files[0])
+    assert load_dataset("folder", tiny_folder, 16, False, cache)[0].images.max() == 0
+    # changing the data (a new image) gives a new key
+    _write(tiny_folder / "train" / "a" / "9.png", (255, 0, 0))
+    assert len(load_dataset("folder", tiny_folder, 16, False, cache)[0]) == 6
+    assert len(list(cache.glob("*.pt"))) == 2
+    # an unreadable cache file is rebuilt, with a warning
+    files[0].write_bytes(b"not a tensor file")
+    (tiny_folder / "train" / "a" / "9.png").unlink()
+    with pytest.warns(UserWarning, match="unreadable cache"):
+        assert torch.equal(load_dataset("folder", tiny_folder, 16, False, cache)[0].images, first[0].images)
+
+
+def test_missing_data_gives_one_clear_error(tmp_path: Path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*train/<class>"):
+        load_dataset("folder", missing, 32, False, tmp_path / "cache")
+    with pytest.raises(ValueError, match="needs data.root"):
+        load_dataset("folder", None, 32, False, tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match=r"cifar10 not found.*data.download=true"):
+        load_dataset("cifar10", missing, 32, False, tmp_path / "cache")
+
+
+def test_streaming_loader_yields_uint8_batches_in_seeded_order(tiny_folder: Path):
+    loader = streaming_loader(tiny_folder, "train", 8, batch_size=2, workers=0, seed=5)
+    batches = list(loader)
+    assert len(batches) == 2  # 5 images, drop_last when shuffling
+    images, labels = batches[0]
+    assert images.shape == (2, 3, 8, 8) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    again = list(streaming_loader(tiny_folder, "train", 8, batch_size=2, workers=0, seed=5))
+    assert all(torch.equal(a[1], b[1]) and torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    test = list(streaming_loader(tiny_folder, "test", 8, batch_size=2, workers=0))  # falls back to val/
+    assert [b[1].tolist() for b in test] == [[0, 1]]
+
+
+# ---- batcher -----------------------------------------------------------------------------------
+
+
+def _indexed(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose first pixel encodes their index, labels = index."""
+    images = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    return images, torch.arange(n)
+
+
+def test_batcher_visits_every_index_once_as_floats():
+    images, labels = _indexed(103)
+    batcher = DeviceBatcher(images, labels, batch_size=10, drop_last=False)
+    batches = list(batcher.epoch(torch.Generator().manual_seed(0)))
+    assert len(batcher) == len(batches) == 11
+    seen = torch.cat([y for _, y in batches])
+    assert sorted(seen.tolist()) == list(range(103))
+    x, y = batches[0]
+    assert x.dtype == torch.float32 and torch.allclose(x, images[y].float() / 255)
+    assert torch.equal(x[:, 0, 0, 0] * 255, y.float())
+    dropped = DeviceBatcher(images, labels, batch_size=10)
+    assert len(dropped) == 10 and len(torch.cat([y for _, y in dropped.epoch()]).unique()) == 100
+
+
+def test_batcher_resume_equals_tail_of_full_epoch():
+    images, labels = _indexed(64)
+    batcher = DeviceBatcher(images, labels, batch_size=8)
+    full = [y for _, y in batcher.epoch(torch.Generator().manual_seed(7))]
+    tail = [y for _, y in batcher.epoch(torch.Generator().manual_seed(7), start=3)]
+    assert len(tail) == 5 and all(torch.equal(a, b) for a, b in zip(full[3:], tail))
+    with pytest.raises(ValueError, match="start"):
+        batcher.epoch(None, start=9)
+
+
+def test_batcher_shards_partition_each_global_batch():
+    images, labels = _indexed(50)
+    whole = [y for _, y in DeviceBatcher(images, labels, 12).epoch(torch.Generator().manual_seed(1))]
+    ranks = [[y for _, y in DeviceBatcher(images, labels, 12, shard=(r, 4)).epoch(torch.Generator().manual_seed(1))]
+             for r in range(4)]
+    for step, batch in enumerate(whole):
+        parts = [ranks[r][step] for r in range(4)]
+        assert [len(p) for p in parts] == [3] * 4 and torch.equal(torch.cat(parts), batch)
+    with pytest.raises(ValueError, match="shard"):
+        DeviceBatcher(images, labels, 12, shard=(4, 4))
+
+
+def test_fits_on_device_cpu():
+    assert fits_on_device(10**12, "cpu")
+
+
+# ---- real data ---------------------------------------------------------------------------------
+
+
+@pytest.mark.cifar
+def test_cifar10_jpeg_copy_loads_as_folder(cifar_root: Path, tmp_path: Path):
+    train, test = load_dataset("folder", cifar_root, 32, False, tmp_path, limit_per_class=20)
+    assert train.classes[:3] == ["airplane", "automobile", "bird"] and len(train.classes) == 10
+    assert train.images.shape == (200, 3, 32, 32) and test.images.shape == (200, 3, 32, 32)
+    assert torch.bincount(train.labels).tolist() == [20] * 10
+    direct = torch.from_numpy(np.array(Image.open(cifar_root / "train/airplane/0000.jpg")))
+    assert (train.images[0].permute(1, 2, 0).int() - direct.int()).abs().max() <= 2  # same pixels (decoders)
+    assert 80 < train.images.float().mean() < 160  # natural-image brightness, not blank
