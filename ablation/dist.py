@@ -1,0 +1,44 @@
+"""torch.distributed facts the cell needs, valid with or without a process group."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is set on any process (one tiny all-reduce; used to stop all ranks together)."""
+    if not active():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean(t: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over processes (for logging the loss of the global batch)."""
+    if not active():
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / world()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()

@@ -1,0 +1,73 @@
+"""The results layout and atomic file writes.
+
+    results/<experiment>/experiment.json      what the grid is (kind, ops/axes, setup)
+    results/<experiment>/<cell-id>/cell.json  identity: id, label, coords, seed
+    results/<experiment>/<cell-id>/config.yaml  the fully resolved config
+    results/<experiment>/<cell-id>/result.json  written once, at the end: the only proof of done
+    results/<experiment>/<cell-id>/checkpoint.pt, job.json, logs/
+
+Every write goes to a temporary file in the same folder and is renamed into place,
+so a crash or a preemption leaves either the old file or the new one, never half.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+FINISHED = "finished"
+FAILED = "failed"
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> Path:
+    """Call write(fileobj) on a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=True, default=str))
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    return atomic_write(path, lambda f: yaml.safe_dump(data, f, sort_keys=False))
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, or None when it does not exist (a half-written file cannot exist)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def result_path(cell_dir: Path) -> Path:
+    return Path(cell_dir) / "result.json"
+
+
+def checkpoint_path(cell_dir: Path) -> Path:
+    return Path(cell_dir) / "checkpoint.pt"
+
+
+def read_result(cell_dir: Path) -> dict | None:
+    return read_json(result_path(cell_dir))
+
+
+def is_finished(cell_dir: Path) -> bool:
+    result = read_result(cell_dir)
+    return bool(result) and result.get("status") == FINISHED

@@ -1,0 +1,94 @@
+"""One cell: trains, evaluates, resumes bit-exactly, records failures, never re-runs a finished cell."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ablation.cell import Preempted, run_cell
+from ablation.cli import main
+from ablation.config import build_config
+
+TINY = ["data.n_train=256", "data.n_test=128", "data.size=16", "model.width=8", "model.head_hidden=32",
+        "model.out_dim=16", "train.epochs=3", "train.batch_size=64", "train.checkpoint_every=1",
+        "eval.knn_k=20", "augment.views=crop+color"]
+
+
+class StopAfter:
+    """An interrupt that fires after `steps` training steps (what a signal handler would set)."""
+    reason = "test interrupt"
+
+    def __init__(self, steps: int):
+        self.left = steps
+
+    @property
+    def requested(self) -> bool:
+        self.left -= 1
+        return self.left <= 0
+
+
+def tiny(*extra: str):
+    return build_config({}, TINY + list(extra))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    return run_cell(tiny(), out, show_progress=False), out
+
+
+def test_result_has_the_contract_keys(uninterrupted):
+    result, out = uninterrupted
+    assert result["status"] == "finished" and result["epochs_done"] == 3
+    on_disk = json.loads((out / "result.json").read_text())
+    assert on_disk["metrics"] == result["metrics"]
+    for key in ("linear_top1", "linear_top5", "knn_top1", "random_init_top1"):
+        assert 0.0 <= on_disk["metrics"][key] <= 1.0
+    assert on_disk["metrics"]["linear_top5"] >= on_disk["metrics"]["linear_top1"]
+    for key in ("wall_time_s", "images_per_s", "device", "seed", "versions", "config", "resumed_at"):
+        assert key in on_disk
+    assert on_disk["config"]["train"]["epochs"] == 3 and (out / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("stop_at", [2, 4, 9])  # mid-epoch, at an epoch boundary, in the last epoch
+def test_interrupted_then_resumed_equals_uninterrupted(uninterrupted, tmp_path, stop_at):
+    full, _ = uninterrupted
+    with pytest.raises(Preempted):
+        run_cell(tiny(), tmp_path, interrupt=StopAfter(stop_at), show_progress=False)
+    assert not (tmp_path / "result.json").exists() and (tmp_path / "checkpoint.pt").exists()
+    resumed = run_cell(tiny(), tmp_path, show_progress=False)
+    assert resumed["metrics"] == full["metrics"]  # bit-exact on CPU
+    assert resumed["losses"] == full["losses"]
+    (where,) = resumed["resumed_at"]
+    assert where["epoch"] * (256 // 64) + where["step"] == stop_at
+
+
+def test_finished_cell_is_not_rerun(uninterrupted):
+    result, out = uninterrupted
+    stamp = (out / "result.json").stat().st_mtime_ns
+    again = run_cell(tiny(), out, interrupt=StopAfter(0), show_progress=False)
+    assert again == json.loads((out / "result.json").read_text())
+    assert (out / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_checkpoint_loads_with_weights_only(uninterrupted):
+    _, out = uninterrupted
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["state"]["epoch"] == 3
+
+
+def test_non_finite_loss_fails_the_cell_with_a_reason(tmp_path):
+    cfg = tiny("optim.name=sgd", "optim.lr=1000", "optim.lr_scaling=linear", "loss.normalize=false",
+               "loss.temperature=0.0001", "train.epochs=2")
+    result = run_cell(cfg, tmp_path, show_progress=False)
+    assert result["status"] == "failed" and "non-finite loss" in result["reason"]
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+
+
+def test_ablate_run_cli_prints_metrics(tmp_path, capsys):
+    args = ["run", "--out", str(tmp_path)] + [a for kv in TINY for a in ("--set", kv)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "linear_top1=" in out and "random_init_top1=" in out
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "finished"
