@@ -1,0 +1,212 @@
+"""`ablate`: the command line. It parses arguments and calls the library; nothing more."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EPILOG = """examples:
+  ablate grid                                  # Figure 5 on the embedded data, on this machine
+  ablate grid pairwise --preset cifar10 --executor slurm --set slurm.partition=gpu
+  ablate status pairwise                       # one row per cell; exit 0 when all are done
+  ablate run --set train.epochs=5 --out results/try   # one cell
+  ablate augs                                  # the augmentation registry
+  ablate preview crop color sobel --out preview.png
+"""
+
+
+def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", nargs="?", default=None,
+                   help="experiment name in experiments/ (pairwise, color_strength, ...) or a YAML path "
+                        "(default: pairwise)")
+    p.add_argument("--preset", help="embedded | cifar10 | imagenet (default: the file's preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a cell key (train.epochs=5) or a slurm key (slurm.partition=gpu); repeatable")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results/)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ablate", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Reproduce and extend SimCLR's data-augmentation ablations: run one cell, "
+                    "a whole grid locally or on Slurm, and turn the results into tables and figures.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("augs", help="list the augmentation registry (name, parameters, defaults, doc)")
+
+    p = sub.add_parser("preview", help="draw a gallery of random draws of augmentation specs (like Figure 4)")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help='augmentation specs, e.g. crop "color(s=0.5)" crop+blur')
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--image", type=Path, help="image to augment (default: a built-in sample)")
+    p.add_argument("--draws", type=int, default=6, help="random draws per spec (default: 6)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("run", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="run one cell: SimCLR pretraining + linear evaluation",
+                       description="Run one cell in this process. Rerun with the same --out to resume "
+                                   "after an interruption; a finished --out is not re-run.",
+                       epilog="config keys (KEY default: doc):\n" + _config_help())
+    p.add_argument("config", nargs="?", type=Path, help="cell config YAML (default: the embedded defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5; repeatable")
+    p.add_argument("--out", type=Path, default=Path("results/run"), help="cell folder (default: results/run)")
+
+    p = sub.add_parser("grid", help="expand an experiment into cells and run them (local or Slurm)",
+                       description="Run every cell of an experiment that is not done yet. Finished cells "
+                                   "are skipped, queued or running ones are not submitted again, failed "
+                                   "ones only with --retry. Locally the grid ends with collect, plot and "
+                                   "report.")
+    _add_experiment_args(p)
+    p.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto",
+                   help="auto: slurm when sbatch is on PATH, else local")
+    p.add_argument("--dry-run", action="store_true", help="print the cells, their states and the cost; run nothing")
+    p.add_argument("--retry", action="store_true", help="also rerun failed, cancelled and timed-out cells")
+    p.add_argument("--wait", action="store_true", help="slurm: show the live status table until all cells end")
+    p.add_argument("--workers", type=int, default=1, help="local: cells run at once (default: 1)")
+
+    p = sub.add_parser("status", help="one row per cell with its state and metric; exit 0 when all are done")
+    _add_experiment_args(p)
+
+    for name, doc in (("collect", "write results/<experiment>/summary.csv (+ replicate means)"),
+                      ("plot", "write the paper-style figures to results/<experiment>/figures/"),
+                      ("report", "write results/<experiment>/report.md beside the paper's findings")):
+        _add_experiment_args(sub.add_parser(name, help=doc))
+    return parser
+
+
+def _config_help() -> str:
+    from .config import describe
+    return "\n".join(f"  {key} {default!r}: {doc}" for key, default, doc in describe())
+
+
+def cmd_augs(args) -> int:
+    from .augment import describe_registry
+    for entry in describe_registry():
+        params = ", ".join(f"{p['name']}={p['default']}" for p in entry["params"])
+        print(f"{entry['name']:<11} {params:<42} {entry['doc']}")
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from .augment import preview
+    out = preview(args.specs, args.out, image=args.image, draws=args.draws, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .cell import Preempted, run_cell
+    from .config import load_config
+    from .launch import interrupt_on_signals, Interrupt
+    cfg = load_config(args.config, args.overrides)
+    interrupt = Interrupt()
+    try:
+        with interrupt_on_signals(interrupt):
+            result = run_cell(cfg, args.out, interrupt)
+    except Preempted as stop:
+        print(f"stopped: {stop}. Run the same command again to resume.", file=sys.stderr)
+        return 130
+    m = result["metrics"]
+    if result["status"] != "finished":
+        print(f"failed: {result.get('reason')} (see {args.out / 'result.json'})", file=sys.stderr)
+        return 1
+    base = m.get("random_init_top1")
+    print(f"linear_top1={m['linear_top1']:.4f} linear_top5={m['linear_top5']:.4f} knn_top1={m['knn_top1']:.4f}"
+          + (f" random_init_top1={base:.4f}" if base is not None else "")
+          + f" final_loss={m['final_loss']:.4f} ({result['wall_time_s']:.0f}s, {result['images_per_s']} img/s)")
+    print(f"wrote {args.out / 'result.json'}")
+    return 0
+
+
+def _experiment(args):
+    from .grid import load_experiment
+    return load_experiment(args.experiment, args.preset, args.overrides)
+
+
+def cmd_grid(args) -> int:
+    from . import launch, status
+    exp = _experiment(args)
+    if args.dry_run:
+        rows = launch.statuses(args.results, exp)
+        print(f"{exp.name}: {len(exp.cells)} cells ({exp.kind}, preset {exp.preset}) from {exp.path}")
+        print(status.render(rows, limit=60))
+        print(status.estimate(args.results, exp, rows))
+        return 0
+    outcome = launch.launch(args.results, exp, args.executor, args.retry, args.workers)
+    if outcome["executor"] == "slurm" and not args.wait:
+        print(f"submitted {len(outcome['submitted'])} jobs. Follow with: ablate status {exp.path} "
+              f"{'--preset ' + exp.preset} --results {args.results}")
+        return 0
+    if outcome["executor"] == "slurm":
+        if _watch(args.results, exp) != 0:
+            return 1
+    return _finish(args.results, exp)
+
+
+def _watch(results: Path, exp, every_s: float = 10.0) -> int:
+    from . import launch, status
+    while True:
+        rows = launch.statuses(results, exp)
+        print(status.render(rows, limit=40), flush=True)
+        if not any(r.state in (launch.QUEUED, launch.RUNNING) for r in rows):
+            return 0 if all(r.state == launch.DONE for r in rows) else 1
+        time.sleep(every_s)
+
+
+def _finish(results: Path, exp) -> int:
+    """Collect, plot and report, then say where the figures are."""
+    import analysis
+    from . import launch, status
+    folder = launch.experiment_dir(results, exp)
+    rows = launch.statuses(results, exp, query_slurm=False)
+    print(status.render(rows, limit=60))
+    analysis.collect(folder)
+    figures = analysis.plot(folder)
+    report = analysis.report(folder)
+    for path in figures:
+        if path.suffix == ".png":
+            print(f"figure: {path}")
+    print(f"report: {report}")
+    return 0 if all(r.state == launch.DONE for r in rows) else 1
+
+
+def cmd_status(args) -> int:
+    from . import launch, status
+    exp = _experiment(args)
+    rows = launch.statuses(args.results, exp)
+    print(status.render(rows))
+    return 0 if all(r.state == launch.DONE for r in rows) else 1
+
+
+def _analysis(name: str):
+    def command(args) -> int:
+        import analysis
+        from .launch import experiment_dir
+        folder = experiment_dir(args.results, _experiment(args))
+        out = getattr(analysis, name)(folder)
+        for path in out if isinstance(out, (list, tuple)) else [out]:
+            print(f"wrote {path}")
+        return 0
+    return command
+
+
+COMMANDS = {"augs": cmd_augs, "preview": cmd_preview, "run": cmd_run, "grid": cmd_grid, "status": cmd_status,
+            "collect": _analysis("collect"), "plot": _analysis("plot"), "report": _analysis("report")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ablate {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

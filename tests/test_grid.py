@@ -1,0 +1,108 @@
+"""Experiments expand into validated cells; every shipped experiment resolves on every preset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablation.cli import main
+from ablation.grid import EXPERIMENTS_DIR, load_experiment
+
+SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "presets")
+PRESETS = ("embedded", "cifar10", "imagenet")
+
+
+def write(tmp_path: Path, spec: dict, name: str = "exp") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_pairwise_is_all_ordered_pairs_with_singles_on_the_diagonal(tmp_path):
+    path = write(tmp_path, {"grid": {"kind": "pairwise", "ops": ["crop", "color", "rotate"]}})
+    exp = load_experiment(str(path))
+    assert exp.kind == "pairwise" and exp.ops == ["crop", "color", "rotate"]
+    assert [c.label for c in exp.cells] == ["crop", "crop+color", "crop+rotate", "color+crop", "color",
+                                            "color+rotate", "rotate+crop", "rotate+color", "rotate"]
+    cell = exp.cells[1]
+    assert cell.coords == {"first": "crop", "second": "color"}
+    assert cell.config.augment.views == "crop+color"
+    assert len({c.id for c in exp.cells}) == 9
+
+
+def test_product_axes_zipped_keys_and_seeds(tmp_path):
+    spec = {"grid": {"kind": "product", "seeds": [0, 1],
+                     "axes": {"loss.normalize,loss.temperature": [[True, 0.1], [False, 10]],
+                              "loss.name": ["nt_xent", "margin"]}}}
+    exp = load_experiment(str(write(tmp_path, spec)))
+    assert len(exp.cells) == 8 and exp.axes == ["loss.normalize", "loss.temperature", "loss.name"]
+    first = exp.cells[0]
+    assert first.label == "normalize=true,temperature=0.1,loss=nt_xent"
+    assert first.config.loss.temperature == 0.1 and first.config.loss.normalize is True
+    replicates = [c for c in exp.cells if c.label == first.label]
+    assert [c.seed for c in replicates] == [0, 1] and len({c.id for c in replicates}) == 2
+
+
+def test_cell_id_is_the_resolved_config_not_the_overrides(tmp_path):
+    base = {"grid": {"kind": "pairwise", "ops": ["crop"]}}
+    default_epochs = load_experiment(str(write(tmp_path, base))).cells[0]
+    explicit = dict(base, cell={"train": {"epochs": default_epochs.config.train.epochs}})
+    assert load_experiment(str(write(tmp_path, explicit, "b"))).cells[0].id == default_epochs.id
+    changed = load_experiment(str(write(tmp_path, base, "c")), overrides=["train.epochs=1"]).cells[0]
+    assert changed.id != default_epochs.id
+
+
+def test_presets_and_slurm_overrides(tmp_path):
+    spec = {"grid": {"kind": "pairwise", "ops": ["crop"]}, "slurm": {"partition": "gpu"},
+            "presets": {"tiny": {"train": {"epochs": 1}}}}
+    exp = load_experiment(str(write(tmp_path, spec)), preset="tiny", overrides=["slurm.cpus_per_task=2"])
+    assert exp.name == "exp-tiny" and exp.cells[0].config.train.epochs == 1
+    assert exp.slurm.partition == "gpu" and exp.slurm.cpus_per_task == 2
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"kind": "pairwise", "ops": ["crop", "colr"]}}, r"cell 'crop\+colr'.*'colr'.*color"),
+    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"trian": {}}}, r"unknown config key 'trian'.*train"),
+    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"train": {"epochs": "x"}}},
+     r"train.epochs: expected int, got 'x'"),
+    ({"grid": {"kind": "product", "axes": {"loss.temperature": [0.5, -1]}}},
+     r"loss.temperature: -1.0 is out of range"),
+    ({"grid": {"kind": "matrix"}}, r"grid.kind: 'matrix' is not allowed; choose from: pairwise, product"),
+    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "slurm": {"partiton": "x"}},
+     r"unknown config key 'slurm.partiton' \(did you mean 'slurm.partition'\?\)"),
+    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "paper": "fig5"}, r"paper: 'fig5'.*figure5"),
+    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "grdi": {}}, r"unknown key 'grdi' \(did you mean 'grid'\?\)"),
+])
+def test_invalid_experiments_name_file_key_and_choices(tmp_path, spec, message):
+    path = write(tmp_path, spec)
+    with pytest.raises(ValueError, match=rf"^{path}: .*{message}"):
+        load_experiment(str(path))
+
+
+def test_invalid_experiment_fails_before_anything_runs(tmp_path, capsys):
+    path = write(tmp_path, {"grid": {"kind": "pairwise", "ops": ["crop", "colr"]}})
+    assert main(["grid", str(path), "--executor", "local", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "did you mean 'color'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_experiment_name_suggests():
+    with pytest.raises(FileNotFoundError, match="did you mean 'pairwise'"):
+        load_experiment("pairwsie")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_experiment_validates_with_dry_run(name, preset, tmp_path, capsys):
+    assert main(["grid", name, "--preset", preset, "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    exp = load_experiment(name, preset)
+    assert f"{len(exp.cells)} cells" in out and f"total: {len(exp.cells)} todo" in out
+
+
+def test_shipped_pairwise_is_the_papers_seven_by_seven():
+    exp = load_experiment("pairwise")
+    assert exp.ops == ["crop", "cutout", "color", "sobel", "noise", "blur", "rotate"]
+    assert len(exp.cells) == 49 and exp.paper == "figure5"
