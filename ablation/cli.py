@@ -83,7 +83,8 @@ def _config_help() -> str:
 def cmd_augs(args) -> int:
     from .augment import describe_registry
     for entry in describe_registry():
-        params = ", ".join(f"{p['name']}={p['default']}" for p in entry["params"])
+        params = ", ".join(f"{p['name']}={p['default']:g}" if isinstance(p["default"], float)
+                           else f"{p['name']}={p['default']}" for p in entry["params"])
         print(f"{entry['name']:<11} {params:<42} {entry['doc']}")
     return 0
 
@@ -125,14 +126,15 @@ def _experiment(args):
 
 
 def cmd_grid(args) -> int:
-    from . import launch, status
+    from . import status
     exp = _experiment(args)
     if args.dry_run:
-        rows = launch.statuses(args.results, exp)
+        rows = status.statuses(args.results, exp)
         print(f"{exp.name}: {len(exp.cells)} cells ({exp.kind}, preset {exp.preset}) from {exp.path}")
         print(status.render(rows, limit=60))
         print(status.estimate(args.results, exp, rows))
         return 0
+    from . import launch
     outcome = launch.launch(args.results, exp, args.executor, args.retry, args.workers)
     if outcome["executor"] == "slurm" and not args.wait:
         print(f"submitted {len(outcome['submitted'])} jobs. Follow with: ablate status {exp.path} "
@@ -145,21 +147,21 @@ def cmd_grid(args) -> int:
 
 
 def _watch(results: Path, exp, every_s: float = 10.0) -> int:
-    from . import launch, status
+    from . import status
     while True:
-        rows = launch.statuses(results, exp)
+        rows = status.statuses(results, exp)
         print(status.render(rows, limit=40), flush=True)
-        if not any(r.state in (launch.QUEUED, launch.RUNNING) for r in rows):
-            return 0 if all(r.state == launch.DONE for r in rows) else 1
+        if not any(r.state in (status.QUEUED, status.RUNNING) for r in rows):
+            return 0 if all(r.state == status.DONE for r in rows) else 1
         time.sleep(every_s)
 
 
 def _finish(results: Path, exp) -> int:
     """Collect, plot and report, then say where the figures are."""
     import analysis
-    from . import launch, status
-    folder = launch.experiment_dir(results, exp)
-    rows = launch.statuses(results, exp, query_slurm=False)
+    from . import status
+    folder = status.experiment_dir(results, exp)
+    rows = status.statuses(results, exp)
     print(status.render(rows, limit=60))
     analysis.collect(folder)
     figures = analysis.plot(folder)
@@ -168,21 +170,21 @@ def _finish(results: Path, exp) -> int:
         if path.suffix == ".png":
             print(f"figure: {path}")
     print(f"report: {report}")
-    return 0 if all(r.state == launch.DONE for r in rows) else 1
+    return 0 if all(r.state == status.DONE for r in rows) else 1
 
 
 def cmd_status(args) -> int:
-    from . import launch, status
+    from . import status
     exp = _experiment(args)
-    rows = launch.statuses(args.results, exp)
+    rows = status.statuses(args.results, exp)
     print(status.render(rows))
-    return 0 if all(r.state == launch.DONE for r in rows) else 1
+    return 0 if all(r.state == status.DONE for r in rows) else 1
 
 
 def _analysis(name: str):
     def command(args) -> int:
         import analysis
-        from .launch import experiment_dir
+        from .status import experiment_dir
         folder = experiment_dir(args.results, _experiment(args))
         out = getattr(analysis, name)(folder)
         for path in out if isinstance(out, (list, tuple)) else [out]:
