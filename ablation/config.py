@@ -55,7 +55,7 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     encoder: str = opt("small_cnn", "encoder network", choices=("small_cnn", "resnet18", "resnet50"))
-    width: int = opt(32, "small_cnn only: channels of the first block", low=4, high=1024)
+    width: int = opt(16, "small_cnn only: channels of the first block (8x this is the feature size)", low=4, high=1024)
     cifar_stem: bool = opt(True, "resnets: 3x3 stride-1 first conv and no max-pool (small images)")
     head: str = opt("nonlinear", "projection head", choices=("none", "linear", "nonlinear"))
     head_layers: int = opt(2, "nonlinear head: number of linear layers", low=2, high=8)
