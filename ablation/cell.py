@@ -192,7 +192,8 @@ def _batcher(cfg: CellConfig, train: ImageSet, device: torch.device) -> DeviceBa
                          shard=(dist.rank(), dist.world()))
 
 
-def _optimisation(cfg: CellConfig, model: torch.nn.Module, steps: int):
+def build_optimisation(cfg: CellConfig, model: torch.nn.Module, steps: int):
+    """Optimiser with the scaled learning rate, and its warmup + cosine schedule over the whole run."""
     lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size, cfg.optim.lr_scaling)
     optimizer = build_optimizer(model, cfg.optim.name, lr, cfg.optim.weight_decay, cfg.optim.momentum)
     total = steps * cfg.train.epochs
@@ -218,7 +219,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     model = build_model(cfg, device)
     batcher = _batcher(cfg, train, device)
     steps, epochs, seed = len(batcher), cfg.train.epochs, cfg.train.seed
-    optimizer, scheduler = _optimisation(cfg, model, steps)
+    optimizer, scheduler = build_optimisation(cfg, model, steps)
     ckpt = store.checkpoint_path(out)
     state = TrainState()
     if ckpt.exists():

@@ -8,7 +8,7 @@ import math
 import kornia
 import pytest
 import torch
-import torch.nn.functional as F
+
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
