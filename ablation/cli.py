@@ -120,9 +120,9 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _experiment(args):
+def _experiment(args, check: bool = True):
     from .grid import load_experiment
-    return load_experiment(args.experiment, args.preset, args.overrides)
+    return load_experiment(args.experiment, args.preset, args.overrides, check)
 
 
 def cmd_grid(args) -> int:
@@ -151,7 +151,7 @@ def _watch(results: Path, exp, every_s: float = 10.0) -> int:
     while True:
         rows = status.statuses(results, exp)
         print(status.render(rows, limit=40), flush=True)
-        if not any(r.state in (status.QUEUED, status.RUNNING) for r in rows):
+        if not any(r.state in (status.QUEUED, status.RUNNING, status.UNKNOWN) for r in rows):
             return 0 if all(r.state == status.DONE for r in rows) else 1
         time.sleep(every_s)
 
@@ -175,7 +175,7 @@ def _finish(results: Path, exp) -> int:
 
 def cmd_status(args) -> int:
     from . import status
-    exp = _experiment(args)
+    exp = _experiment(args, check=False)  # cell ids need no torch import
     rows = status.statuses(args.results, exp)
     print(status.render(rows))
     return 0 if all(r.state == status.DONE for r in rows) else 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import CellConfig, build_config, from_dict, merge, opt, read_yaml, set_dotted, signature
+from .config import CellConfig, from_dict, merge, opt, read_yaml, set_dotted, signature, validate
 from .errors import did_you_mean
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
@@ -121,7 +121,7 @@ def _grid_points(grid: dict, where: str) -> tuple[str, list, list, list[tuple[st
             label = ",".join(f"{_short(k)}={_fmt(v)}" for k, v in coords.items())
             overrides: dict = {}
             for k, v in coords.items():
-                set_dotted(overrides, f"{k}={_fmt(v)}")
+                overrides = merge(overrides, _nested(k, v))
             points.append((label, coords, overrides))
         return kind, [], [k for keys in names for k in keys], points
     raise ValueError(f"{where}.kind: '{kind}' is not allowed{did_you_mean(kind, ('pairwise', 'product'))}; "
@@ -138,6 +138,14 @@ def _axis_values(where: str, key: str, values: Any) -> list[tuple]:
     return rows
 
 
+def _nested(key: str, value: Any) -> dict:
+    """{"loss": {"temperature": 0.5}} from "loss.temperature", 0.5 (the value keeps its YAML type)."""
+    tree: Any = value
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    return tree
+
+
 def _short(key: str) -> str:
     """The label name of a swept key: its leaf (temperature), or its section for `*.name` (loss)."""
     parts = key.split(".")
@@ -149,16 +157,20 @@ def _fmt(value: Any) -> str:
 
 
 def load_experiment(name_or_path: str | None = None, preset: str | None = None,
-                    overrides: tuple | list = ()) -> Experiment:
-    """Read, expand and validate an experiment; every error names the file and the key."""
+                    overrides: tuple | list = (), check: bool = True) -> Experiment:
+    """Read, expand and validate an experiment; every error names the file and the key.
+
+    check=False skips the cross-field checks (augmentation specs parse, ...) that import torch:
+    keys, types and ranges are still checked, and cell ids do not depend on it (`ablate status`).
+    """
     path = find_experiment(name_or_path)
     try:
-        return _expand(path, read_yaml(path), preset, list(overrides))
+        return _expand(path, read_yaml(path), preset, list(overrides), check)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 
 
-def _expand(path: Path, spec: dict, preset: str | None, overrides: list) -> Experiment:
+def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: bool) -> Experiment:
     _check_keys("experiment", spec, ("name", "title", "paper", "cell", "presets", "preset", "grid", "slurm"))
     shared, own = _shared_presets(path), spec.get("presets") or {}
     presets = merge(shared, own)
@@ -174,13 +186,12 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list) -> Expe
     chosen = dict(own.get(preset) or {})
     grid = merge(spec.get("grid") or {}, chosen.pop("grid", None) or {})
     base = merge(merge(shared.get(preset) or {}, spec.get("cell") or {}), chosen)
-    slurm_tree = dict(spec.get("slurm") or {})
-    cell_overrides = []
-    for assignment in overrides:
+    slurm_tree, cell_tree = dict(spec.get("slurm") or {}), {}
+    for assignment in overrides:  # parsed once, not once per cell
         if assignment.startswith("slurm."):
             set_dotted(slurm_tree, assignment.removeprefix("slurm."))
         else:
-            cell_overrides.append(assignment)
+            set_dotted(cell_tree, assignment)
     slurm = from_dict(SlurmConfig, slurm_tree, "slurm.")
     kind, ops, axes, points = _grid_points(grid, "grid")
     seeds = grid.get("seeds") or [None]
@@ -189,10 +200,13 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list) -> Expe
     cells, seen = [], set()
     for seed in seeds:
         for label, coords, point in points:
-            tree = merge(base, point)
-            extra = cell_overrides + ([f"train.seed={seed}"] if seed is not None else [])
+            tree = merge(merge(base, point), cell_tree)
+            if seed is not None:
+                tree = merge(tree, {"train": {"seed": seed}})
             try:
-                config = build_config(tree, extra)
+                config = from_dict(CellConfig, tree)
+                if check:
+                    validate(config)
             except ValueError as err:
                 raise ValueError(f"cell '{label}': {err}") from None
             cell = Cell(signature(config), label, coords, config.train.seed, config)

@@ -1,0 +1,193 @@
+"""Local launches: every cell once, finished ones skipped, failures recorded and retried on demand;
+sacct output (pending array ranges, requeues) read into cell states."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablation import launch, status
+from ablation.cli import main
+from ablation.grid import Cell, load_experiment
+
+TINY = {"data": {"n_train": 256, "n_test": 128, "size": 16},
+        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+        "train": {"epochs": 1, "batch_size": 64}, "eval": {"knn_k": 20, "random_init": False}}
+# One cell fails while loading its data (the folder does not exist), the other trains.
+FAILING = {"data.name,data.root": [["folder", "/nonexistent/images"], ["embedded", None]]}
+
+
+def experiment(tmp_path: Path, grid: dict, name: str = "exp") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "cell": TINY, "grid": grid}, sort_keys=False))
+    return path
+
+
+def pairwise(tmp_path: Path) -> Path:
+    return experiment(tmp_path, {"kind": "pairwise", "ops": ["crop", "color"]})
+
+
+def results(root: Path, exp) -> dict[str, dict | None]:
+    folder = status.experiment_dir(root, exp)
+    return {c.label: json.loads(p.read_text()) if (p := folder / c.id / "result.json").exists() else None
+            for c in exp.cells}
+
+
+def test_local_grid_runs_every_cell_once_then_skips_finished(tmp_path, capsys):
+    exp = load_experiment(str(pairwise(tmp_path)))
+    root = tmp_path / "results"
+    first = launch.launch(root, exp, "local")
+    assert sorted(first["ran"]) == sorted(c.id for c in exp.cells)
+    assert set(first["ran"].values()) == {"finished"}
+    assert all(r["status"] == "finished" for r in results(root, exp).values())
+    assert not any((root / exp.name / c.id / "job.json").exists() for c in exp.cells)  # claims released
+    assert json.loads((root / exp.name / "experiment.json").read_text())["cells"] == [c.id for c in exp.cells]
+    stamps = {c.id: (root / exp.name / c.id / "result.json").stat().st_mtime_ns for c in exp.cells}
+    capsys.readouterr()
+    assert launch.launch(root, exp, "local")["ran"] == {}
+    assert "launching 0 (local); skipping 4 done" in capsys.readouterr().out
+    assert stamps == {c.id: (root / exp.name / c.id / "result.json").stat().st_mtime_ns for c in exp.cells}
+    assert main(["status", str(exp.path), "--results", str(root)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in table[1:-1]] == ["done"] * 4 and "%" in table[1]
+    assert table[-1] == "total: 4 done (of 4)"
+
+
+def test_failing_cell_is_recorded_the_grid_goes_on_and_retry_reruns_only_it(tmp_path, capsys):
+    exp = load_experiment(str(experiment(tmp_path, {"kind": "product", "axes": FAILING})))
+    bad, good = exp.cells
+    root = tmp_path / "results"
+    outcome = launch.launch(root, exp, "local")["ran"]
+    assert outcome[bad.id].startswith("failed: FileNotFoundError") and outcome[good.id] == "finished"
+    first = results(root, exp)
+    assert first[bad.label]["status"] == "failed" and "nonexistent" in first[bad.label]["reason"]
+    rows = {r.cell.id: r for r in status.statuses(root, exp)}
+    assert rows[bad.id].state == status.FAILED and rows[good.id].state == status.DONE
+    assert main(["status", str(exp.path), "--results", str(root)]) == 1
+    assert "nonexistent" in capsys.readouterr().out  # the table says why
+
+    assert launch.launch(root, exp, "local")["ran"] == {}  # failed cells wait for --retry
+    good_stamp = (root / exp.name / good.id / "result.json").stat().st_mtime_ns
+    assert list(launch.launch(root, exp, "local", retry=True)["ran"]) == [bad.id]
+    retired = list((root / exp.name / bad.id / "attempts").iterdir())
+    assert [p.name.split("-", 2)[-1] for p in retired] == ["result.json"]
+    assert json.loads(retired[0].read_text()) == first[bad.label]
+    assert (root / exp.name / good.id / "result.json").stat().st_mtime_ns == good_stamp
+    assert not (root / exp.name / good.id / "attempts").exists()
+
+
+def _launch_in_child(path: str, root: str, ready, out) -> None:
+    exp = load_experiment(path)
+    ready.wait()  # both launches start together, once both have imported torch
+    out.put(launch.launch(Path(root), exp, "local", log=lambda _: None)["ran"])
+
+
+def test_concurrent_local_launches_run_each_cell_once(tmp_path):
+    path, root = pairwise(tmp_path), tmp_path / "results"
+    exp = load_experiment(str(path))
+    spawn = multiprocessing.get_context("spawn")  # a fork of a process that ran torch can deadlock
+    ready, out = spawn.Barrier(2), spawn.Queue()
+    children = [spawn.Process(target=_launch_in_child, args=(str(path), str(root), ready, out)) for _ in range(2)]
+    for child in children:
+        child.start()
+    ran = [out.get(timeout=300) for _ in children]
+    for child in children:
+        child.join()
+    assert not set(ran[0]) & set(ran[1]), "a cell ran in both launches"
+    assert sorted([*ran[0], *ran[1]]) == sorted(c.id for c in exp.cells)
+    assert all(r["status"] == "finished" for r in results(root, exp).values())
+
+
+def test_workers_run_each_cell_once(tmp_path):
+    exp = load_experiment(str(pairwise(tmp_path)))
+    root = tmp_path / "results"
+    ran = launch.launch(root, exp, "local", workers=2)["ran"]
+    assert sorted(ran) == sorted(c.id for c in exp.cells) and set(ran.values()) == {"finished"}
+    assert {r.state for r in status.statuses(root, exp)} == {status.DONE}
+
+
+def test_claims_of_live_and_dead_local_processes(tmp_path):
+    exp = load_experiment(str(pairwise(tmp_path)))
+    root = tmp_path / "results"
+    launch.prepare(root, exp)
+    live, dead = exp.cells[0], exp.cells[1]
+    child = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,))
+    child.start()
+    child.join()
+    for cell, pid in ((live, os.getpid()), (dead, child.pid)):
+        (root / exp.name / cell.id / "job.json").write_text(json.dumps(
+            {"executor": "local", "pid": pid, "host": os.uname().nodename, "submitted": time.time()}))
+    rows = {r.cell.id: r for r in status.statuses(root, exp)}
+    assert rows[live.id].state == status.RUNNING
+    assert rows[dead.id].state == status.FAILED and "without a result" in rows[dead.id].reason
+    assert launch.claim(root, exp).id == exp.cells[2].id  # skips the running and the failed cell
+    assert [c.id for c in launch.select(status.statuses(root, exp), retry=True)] == [dead.id, exp.cells[3].id]
+
+
+def test_status_needs_no_torch(tmp_path):
+    """`ablate status` on a big grid must stay fast: torch alone takes seconds to import."""
+    path = pairwise(tmp_path)
+    code = ("import sys; from ablation.cli import main; "
+            f"code = main(['status', {str(path)!r}, '--results', {str(tmp_path / 'results')!r}]); "
+            "heavy = [m for m in ('torch', 'torchvision', 'kornia', 'submitit') if m in sys.modules]; "
+            "assert code == 1 and not heavy, (code, heavy)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "total: 4 todo (of 4)" in run.stdout
+
+
+SACCT_OUTPUT = """\
+12_0|COMPLETED|00:00:31
+12_1|CANCELLED by 0|00:00:03
+12_2|RUNNING|00:00:10
+12_[3-5,7%2]|PENDING|00:00:00
+13|REQUEUED|00:00:13
+14|TIMEOUT|00:30:00
+not a record
+"""
+
+
+def test_sacct_output_names_every_array_task():
+    states = status.parse_sacct(SACCT_OUTPUT)
+    assert states["12_1"] == ("CANCELLED", "00:00:03")
+    assert {k for k, (s, _) in states.items() if s == "PENDING"} == {"12_3", "12_4", "12_5", "12_7"}
+    assert states["13"][0] == "REQUEUED" and states["14"][0] == "TIMEOUT"
+    assert status.expand_array("12_[3-5%2]") == ["12_3", "12_4", "12_5"]
+    assert status.expand_array("12_3") == ["12_3"]
+
+
+@pytest.mark.parametrize("sacct_state, result, state", [
+    ("PENDING", None, status.QUEUED), ("REQUEUED", None, status.QUEUED), ("RUNNING", None, status.RUNNING),
+    ("CANCELLED", None, status.CANCELLED), ("TIMEOUT", None, status.TIMEOUT),
+    ("COMPLETED", None, status.FAILED),  # ended without a finished result
+    ("COMPLETED", {"status": "finished", "metrics": {"linear_top1": 0.5}, "wall_time_s": 3}, status.DONE),
+    ("FAILED", {"status": "failed", "reason": "boom"}, status.FAILED),
+])
+def test_slurm_cell_states(sacct_state, result, state):
+    cell = Cell("abc", "crop", {}, 0, None)
+    job = {"executor": "slurm", "job_id": "12_1", "submitted": time.time()}
+    assert status.cell_status(cell, result, job, {"12_1": (sacct_state, "00:00:05")}).state == state
+
+
+def test_job_unknown_to_sacct_is_queued_at_first_and_lost_later():
+    cell = Cell("abc", "crop", {}, 0, None)
+    fresh = {"executor": "slurm", "job_id": "99", "submitted": time.time()}
+    old = dict(fresh, submitted=time.time() - status.LOST_AFTER_S - 1)
+    assert status.cell_status(cell, None, fresh, {}).state == status.QUEUED
+    assert status.cell_status(cell, None, old, {}).state == status.FAILED
+
+
+def test_without_an_answer_from_sacct_no_job_is_taken_for_lost(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sacct on this PATH
+    assert status.sacct(["12_1"]) is None and status.sacct([]) == {}
+    cell = Cell("abc", "crop", {}, 0, None)
+    old = {"executor": "slurm", "job_id": "12_1", "submitted": time.time() - status.LOST_AFTER_S - 1}
+    row = status.cell_status(cell, None, old, None)
+    assert row.state == status.UNKNOWN and launch.select([row], retry=True) == []

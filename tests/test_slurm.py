@@ -1,0 +1,274 @@
+"""Grids on the real local Slurm cluster (scripts/slurm-local.sh): submission, status, cancel and
+retry, USR2 preemption with a bit-exact resume, concurrent launches, validation before sbatch, DDP.
+
+Every test submits tiny cells on the embedded data under an experiment name of its own and
+cancels whatever is left of it at the end. Without a cluster the module is skipped (set
+ABLATION_REQUIRE_SLURM=1 to fail instead, as CI should).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+from ablation import status
+from ablation.cli import main
+from ablation.config import merge
+from ablation.grid import load_experiment
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"data": {"n_train": 256, "n_test": 128, "size": 16},
+        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+        "train": {"epochs": 1, "batch_size": 64}, "eval": {"knn_k": 20, "random_init": False}}
+SLURM = {"cpus_per_task": 1, "gpus_per_node": 0, "timeout_min": 30}  # > 10 min: USR2 is a preemption
+TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> None:
+    try:
+        probe = subprocess.run(["bash", str(ROOT / "scripts" / "slurm-local.sh"), "status"],
+                               capture_output=True, text=True, timeout=120)
+        ready, why = probe.returncode == 0, (probe.stdout + probe.stderr).strip().splitlines()[-1:]
+    except (OSError, subprocess.TimeoutExpired) as err:
+        ready, why = False, [str(err)]
+    if not ready:
+        message = f"no local Slurm cluster ({' '.join(why)}); start one with: bash scripts/slurm-local.sh start"
+        if os.environ.get("ABLATION_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def ablate(*argv: str) -> tuple[int, str]:
+    """Run the CLI in this process; (exit code, stdout + stderr)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+def squeue(*args: str) -> list[str]:
+    """Live jobs from the controller (sacct, fed by slurmdbd, may lag by seconds): one line per array task."""
+    out = subprocess.run(["squeue", "-h", "-r", *args], capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.split()
+
+
+class Grid:
+    """A tiny experiment file with a unique name, its results folder and helpers to follow it."""
+
+    def __init__(self, folder: Path, name: str, grid: dict, cell: dict | None = None, slurm: dict | None = None):
+        self.path, self.root = folder / f"{name}.yaml", folder / "results"
+        spec = {"name": name, "cell": merge(TINY, cell or {}), "grid": grid, "slurm": {**SLURM, **(slurm or {})}}
+        self.path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        self.exp = load_experiment(str(self.path))
+        self.folder = status.experiment_dir(self.root, self.exp)
+
+    def ablate(self, command: str, *extra: str) -> tuple[int, str]:
+        return ablate(command, str(self.path), "--results", str(self.root), *extra)
+
+    def rows(self) -> dict[str, status.CellStatus]:
+        return {r.cell.label: r for r in status.statuses(self.root, self.exp)}
+
+    def job(self, label: str) -> dict:
+        cell = next(c for c in self.exp.cells if c.label == label)
+        return json.loads((self.folder / cell.id / "job.json").read_text())
+
+    def result(self, label: str) -> dict:
+        cell = next(c for c in self.exp.cells if c.label == label)
+        return json.loads((self.folder / cell.id / "result.json").read_text())
+
+    def job_ids(self) -> dict[str, str]:
+        return {c.label: self.job(c.label)["job_id"] for c in self.exp.cells}
+
+    def diagnose(self) -> str:
+        """The status table and the tail of every submitit log: what a failed test prints."""
+        parts = [status.render(status.statuses(self.root, self.exp))]
+        for log in sorted((self.folder / ".submitit").glob("*/*_log.*")):
+            parts.append(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
+        return "\n".join(parts)
+
+    def wait(self, done: Callable[[], object], what: str, every_s: float = 0.5) -> object:
+        """Poll until `done()` is true (tiny cells end within seconds: poll often); returns its value."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            if value := done():
+                return value
+            time.sleep(every_s)
+        raise AssertionError(f"timed out after {TIMEOUT_S}s waiting for {what}\n{self.diagnose()}")
+
+    def wait_ended(self, seen: set | None = None) -> dict[str, status.CellStatus]:
+        """Wait until no cell is queued or running; `seen` collects every state passed through."""
+        def ended() -> dict | None:
+            rows = self.rows()
+            if seen is not None:
+                seen.update(r.state for r in rows.values())
+            active = (status.TODO, status.QUEUED, status.RUNNING, status.UNKNOWN)
+            return rows if all(r.state not in active for r in rows.values()) else None
+        return self.wait(ended, "every cell to end")
+
+    def cancel_unfinished(self) -> None:
+        """Cancel this grid's live jobs except those of finished cells (which are only exiting)."""
+        finished = {r.job_id for r in self.rows().values() if r.state == status.DONE}
+        live = [j for j in squeue("--name", self.exp.name, "-o", "%i") if j not in finished]
+        if live:
+            subprocess.run(["scancel", *live], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def make_grid(tmp_path, monkeypatch):
+    """Grid factory; every job of the grids it made is cancelled when the test ends."""
+    monkeypatch.chdir(tmp_path)  # nothing a job or sbatch writes lands in the repository
+    grids: list[Grid] = []
+
+    def make(tag: str, grid: dict, **kwargs) -> Grid:
+        grids.append(Grid(tmp_path, f"t-{tag}-{uuid.uuid4().hex[:6]}", grid, **kwargs))
+        return grids[-1]
+
+    yield make
+    for grid in grids:
+        grid.cancel_unfinished()
+
+
+def assert_rows(text: str) -> list[list[str]]:
+    """The columns of each cell row of a status table (label, id, state, job, elapsed, top-1, reason)."""
+    lines = text.strip().splitlines()
+    assert lines[0].split()[:3] == ["label", "id", "state"] and lines[-1].startswith("total: "), text
+    return [line.split() for line in lines[1:-1]]
+
+
+PAIRWISE = {"kind": "pairwise", "ops": ["crop", "color"]}
+SEEDS = {"kind": "product", "axes": {"train.seed": [0, 1]}}
+
+
+def test_pairwise_grid_completes_and_a_second_launch_submits_nothing(make_grid):
+    grid = make_grid("pairwise", PAIRWISE)
+    code, out = grid.ablate("grid", "--executor", "slurm")
+    assert code == 0 and "launching 4 (slurm)" in out and "submitted 4 jobs" in out, out
+    jobs = grid.job_ids()
+    assert len(set(jobs.values())) == 4 and all("_" in j for j in jobs.values())  # one array, four tasks
+    grid.wait_ended()
+
+    code, out = grid.ablate("status")
+    rows = assert_rows(out)
+    assert [(r[0], r[2]) for r in rows] == [(label, "done") for label in ("crop", "crop+color", "color+crop", "color")]
+    assert code == 0 and all(r[5].endswith("%") for r in rows) and "total: 4 done (of 4)" in out, out
+    for label in jobs:
+        assert 0.0 <= grid.result(label)["metrics"]["linear_top1"] <= 1.0
+
+    code, out = grid.ablate("grid", "--executor", "slurm")
+    assert code == 0 and "launching 0 (slurm); skipping 4 done" in out and "submitted 0 jobs" in out, out
+    assert grid.job_ids() == jobs and set(squeue("--name", grid.exp.name, "-o", "%i")) <= set(jobs.values())
+
+
+def test_cancelled_cell_is_resubmitted_alone_by_retry(make_grid):
+    grid = make_grid("cancel", SEEDS, cell={"train": {"epochs": 10}})
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    victim, other = "seed=0", "seed=1"
+    first = grid.job_ids()
+    grid.wait(lambda: squeue("-j", first[victim], "-o", "%T") == ["RUNNING"], f"{victim} to run", every_s=0.1)
+    subprocess.run(["scancel", first[victim]], check=True, timeout=60)
+    grid.wait(lambda: grid.rows()[victim].state == status.CANCELLED, f"{victim} to show as cancelled")
+    code, out = grid.ablate("status")
+    states = {r[0]: r[2] for r in assert_rows(out)}
+    assert code == 1 and states[victim] == "cancelled" and states[other] in ("queued", "running", "done"), out
+
+    code, out = grid.ablate("grid", "--executor", "slurm", "--retry")
+    assert code == 0 and "launching 1 (slurm)" in out, out
+    again = grid.job_ids()
+    assert again[other] == first[other] and again[victim] != first[victim]
+    cell = next(c for c in grid.exp.cells if c.label == victim)
+    assert [p.name.split("-", 2)[-1] for p in (grid.folder / cell.id / "attempts").iterdir()] == ["job.json"]
+
+    rows = grid.wait_ended()
+    assert {r.state for r in rows.values()} == {status.DONE}, grid.diagnose()
+    assert grid.ablate("status")[0] == 0
+
+
+def test_usr2_checkpoints_requeues_and_resumes_bit_exactly(make_grid):
+    long = {"train": {"epochs": 60, "checkpoint_every": 1000}}  # still training when the signal comes
+    grid = make_grid("usr2", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
+    reference = make_grid("usr2-ref", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
+    assert grid.exp.cells[0].id == reference.exp.cells[0].id  # the same cell, in two experiments
+    for g in (grid, reference):
+        assert g.ablate("grid", "--executor", "slurm")[0] == 0
+    job = grid.job("crop")
+    log = Path(job["logs"])
+    grid.wait(lambda: log.exists() and "pretrain" in log.read_text(), "the first training epoch", every_s=0.1)
+    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True, timeout=60)
+
+    seen: set = set()
+    grid.wait_ended(seen)
+    reference.wait_ended()
+    assert seen <= {status.RUNNING, status.QUEUED, status.DONE}, f"{seen}\n{grid.diagnose()}"
+    result, uninterrupted = grid.result("crop"), reference.result("crop")
+    assert result["status"] == "finished" and len(result["resumed_at"]) == 1, grid.diagnose()
+    assert grid.job("crop")["job_id"] == job["job_id"]  # requeued, not resubmitted
+    assert "Requeued job" in log.with_suffix(".out").read_text()
+    assert result["epochs_done"] == 60 and uninterrupted["resumed_at"] == []
+    assert result["losses"] == uninterrupted["losses"] and result["metrics"] == uninterrupted["metrics"]
+
+
+def test_concurrent_launches_submit_each_cell_once(make_grid, tmp_path):
+    grid = make_grid("concurrent", PAIRWISE, cell={"train": {"epochs": 30}})
+    ablate_bin = Path(sys.executable).with_name("ablate")
+    argv = [str(ablate_bin), "grid", str(grid.path), "--executor", "slurm", "--results", str(grid.root)]
+    launches = [subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for _ in range(2)]
+    outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in launches]
+    assert [p.returncode for p in launches] == [0, 0], outs
+    assert sorted("launching 4 (slurm)" in o for o in outs) == [False, True], outs
+    assert any("launching 0 (slurm); skipping" in o for o in outs), outs
+    assert sorted(squeue("--name", grid.exp.name, "-o", "%i")) == sorted(grid.job_ids().values())
+    assert len(set(grid.job_ids().values())) == 4
+
+
+@pytest.mark.parametrize("cell, grid_ops, message", [
+    ({}, ["crop", "colr"], r"augment.views: unknown augmentation 'colr' \(did you mean 'color'\?\); choose from: "),
+    ({"trian": {"epochs": 1}}, ["crop"], r"unknown config key 'trian' \(did you mean 'train'\?\); choose from: data,"),
+    ({"train": {"epochs": "two"}}, ["crop"], r"train.epochs: expected int, got 'two'"),
+    ({"loss": {"temperature": -1}}, ["crop"], r"loss.temperature: -1.0 is out of range \[0.0001, "),
+])
+def test_invalid_experiment_fails_before_any_submission(tmp_path, monkeypatch, cell, grid_ops, message):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.yaml"
+    name = f"t-invalid-{uuid.uuid4().hex[:6]}"
+    path.write_text(yaml.safe_dump({"name": name, "cell": merge(TINY, cell), "slurm": SLURM,
+                                    "grid": {"kind": "pairwise", "ops": grid_ops}}))
+    code, out = ablate("grid", str(path), "--executor", "slurm", "--results", str(tmp_path / "results"))
+    assert code == 2 and len(out.strip().splitlines()) == 1, out
+    assert re.search(rf"^ablate grid: error: {re.escape(str(path))}: .*{message}", out), out
+    assert not (tmp_path / "results").exists() and squeue("--name", f"{name}-embedded") == []
+
+
+def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
+    grid = make_grid("ddp", {"kind": "pairwise", "ops": ["crop"]}, cell={"train": {"epochs": 2}},
+                     slurm={"tasks_per_node": 2})
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    rows = grid.wait_ended()
+    assert rows["crop"].state == status.DONE, grid.diagnose()
+    job = grid.job("crop")["job_id"]
+    logs = grid.folder / ".submitit" / job
+    assert "global_rank=1(2)" in (logs / f"{job}_1_log.out").read_text(), grid.diagnose()
+    result = grid.result("crop")
+    assert result["epochs_done"] == 2 and len(result["losses"]) == 2
+
+
+def test_sbatch_refusal_is_a_one_line_error_and_records_no_job(make_grid):
+    grid = make_grid("refused", PAIRWISE, slurm={"partition": "no-such-partition"})
+    code, out = grid.ablate("grid", "--executor", "slurm")
+    assert code == 2 and out.strip().splitlines()[-1].startswith("ablate grid: error: sbatch refused the jobs"), out
+    assert "no-such-partition" in out and len(out.strip().splitlines()) == 2  # the launch line, the error
+    assert not list(grid.folder.glob("*/job.json")) and squeue("--name", grid.exp.name) == []
