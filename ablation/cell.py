@@ -228,6 +228,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     prior_wall = state.wall_s
     net = DistributedDataParallel(model) if dist.active() else model
     views = TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode)
+    rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
 
     def save() -> None:
@@ -241,7 +242,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         net.train()
         for x, _ in batcher.epoch(generator(batcher.images.device, seed, epoch), start=state.step):
             x = x.to(device, non_blocking=True)
-            loss_sum += train_step(net, views, x, generator(device, seed, epoch, state.step), optimizer,
+            loss_sum += train_step(net, views, x, generator(device, seed, epoch, state.step, *rank_key), optimizer,
                                    scheduler, cfg)
             state.step += 1
             state.images += x.shape[0] * dist.world()

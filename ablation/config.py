@@ -8,6 +8,7 @@ schema version, never of the overrides that produced it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import typing
@@ -142,12 +143,17 @@ def _check_value(key: str, value: Any, hint: Any, meta: typing.Mapping) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
 def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
     """Build a (nested) config dataclass, rejecting unknown keys and bad values by dotted name."""
     data = data or {}
     if not isinstance(data, dict):
         raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
