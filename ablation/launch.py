@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -211,18 +212,33 @@ def submit_slurm(root: Path, exp: Experiment, cells: list[Cell]) -> list[str]:
     return [job.job_id for job in jobs]
 
 
-def pick_executor(name: str) -> str:
+def slurm_answers(timeout_s: float = 10.0) -> bool:
+    """Whether a Slurm controller answers (`sinfo`); an installed but stopped cluster does not."""
+    try:
+        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True,
+                              timeout=timeout_s).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pick_executor(name: str, log: Callable[[str], None] = print) -> str:
+    """auto: Slurm when `sbatch` is on PATH and the controller answers, else local (saying why)."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor '{name}'; choose from: {', '.join(EXECUTORS)}")
-    if name == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
-    return name
+    if name != "auto":
+        return name
+    if not shutil.which("sbatch"):
+        return "local"
+    if slurm_answers():
+        return "slurm"
+    log("sbatch is installed but no Slurm controller answers (sinfo); running locally")
+    return "local"
 
 
 def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = False, workers: int = 1,
            log: Callable[[str], None] = print) -> dict:
     """Prepare the results folder and start every cell that needs to run; returns what happened."""
-    executor = pick_executor(executor)
+    executor = pick_executor(executor, log)
     folder = experiment_dir(root, exp)
     with locked(folder):
         prepare(root, exp)

@@ -191,3 +191,17 @@ def test_without_an_answer_from_sacct_no_job_is_taken_for_lost(tmp_path, monkeyp
     old = {"executor": "slurm", "job_id": "12_1", "submitted": time.time() - status.LOST_AFTER_S - 1}
     row = status.cell_status(cell, None, old, None)
     assert row.state == status.UNKNOWN and launch.select([row], retry=True) == []
+
+
+def test_auto_executor_is_local_without_sbatch_or_without_a_controller(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    assert launch.pick_executor("auto") == "local"
+    fake = tmp_path / "sbatch"  # an installed client whose controller does not answer
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    (tmp_path / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact' >&2\nexit 1\n")
+    (tmp_path / "sinfo").chmod(0o755)
+    assert launch.pick_executor("auto") == "local"
+    assert "no Slurm controller answers" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="choose from: auto, slurm, local"):
+        launch.pick_executor("pbs")
