@@ -109,9 +109,11 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
     folder = experiment_dir(root, exp)
     outcome: dict[str, str] = {}
     interrupt = Interrupt()
+    total = sum(r.state == TODO for r in statuses(root, exp))
     with interrupt_on_signals(interrupt):
         while not interrupt.requested and (cell := claim(root, exp)) is not None:
             d = folder / cell.id
+            log(f"[{len(outcome) + 1}/{total}] {exp.name}: running {cell.label} ({cell.id})")
             try:
                 result = run_cell(cell.config, d, interrupt, show_progress=False)
                 outcome[cell.id] = result["status"]
