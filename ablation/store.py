@@ -66,8 +66,3 @@ def checkpoint_path(cell_dir: Path) -> Path:
 
 def read_result(cell_dir: Path) -> dict | None:
     return read_json(result_path(cell_dir))
-
-
-def is_finished(cell_dir: Path) -> bool:
-    result = read_result(cell_dir)
-    return bool(result) and result.get("status") == FINISHED

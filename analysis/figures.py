@@ -18,7 +18,9 @@ from matplotlib.figure import Figure
 from ablation.errors import choices_error
 
 from .paper import ALIASES, derive, paper_table
-from .table import atomic_write, finished, load_experiment, load_summary, setup_line
+from ablation.store import atomic_write
+
+from .table import finished, load_experiment, load_summary, setup_line
 
 Y_LABEL = "top-1 (%), linear evaluation"
 CMAP = "viridis"  # sequential and colour-blind safe
@@ -233,7 +235,7 @@ def plot_sweep(summary: pd.DataFrame, exp: dict[str, Any], metric: str = "linear
 def save(fig: Figure, base: Path) -> list[Path]:
     """base.png (for the report) and base.pdf (for print), each written atomically."""
     return [atomic_write(base.with_suffix(f".{fmt}"),
-                         lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=200))
+                         lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=200), mode="wb")
             for fmt in ("png", "pdf")]
 
 

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ablation.store import atomic_write, read_json
+
 from .figures import heatmap_matrix, plot
 from .paper import compare_with_paper, spearman
 from .table import (
-    FINISHED, PERCENT_METRICS, atomic_write, collect, load_experiment, load_summary, markdown_table,
-    read_json, setup_line,
+    FINISHED, PERCENT_METRICS, collect, load_experiment, load_summary, markdown_table, setup_line,
 )
 
 HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be checked"
@@ -208,4 +209,4 @@ def report(exp_dir: str | Path) -> Path:
     text += [f"![{p.stem}](figures/{p.name}) ([PDF](figures/{p.with_suffix('.pdf').name}))"
              for p in figures]
     text += ["", "## Comparison with the paper", "", *_comparison(exp, summary, agg), ""]
-    return atomic_write(exp_dir / "report.md", lambda p: p.write_text("\n".join(text)))
+    return atomic_write(exp_dir / "report.md", lambda f: f.write("\n".join(text)))

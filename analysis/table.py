@@ -1,31 +1,22 @@
 """Grid results -> pandas tables: one row per cell (summary.csv) and one per label (summary_agg.csv).
 
-Reads the results layout directly (experiment.json, <cell>/cell.json, result.json, job.json) so
-analysis never depends on the code that trains or launches cells.
+Reads the results layout (experiment.json, <cell>/cell.json, result.json, job.json) through
+ablation.store only, so analysis never depends on the code that trains or launches cells.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
+
+from ablation.store import atomic_write, read_json
 
 METRICS = ("linear_top1", "linear_top5", "knn_top1", "random_init_top1", "final_loss")
 PERCENT_METRICS = ("linear_top1", "linear_top5", "knn_top1", "random_init_top1")
 RUN_STATS = ("epochs_done", "wall_time_s", "images_per_s")
 FINISHED = "finished"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The parsed file, or None when it is absent or half-written (a cell still running)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def load_experiment(exp_dir: str | Path) -> dict[str, Any]:
@@ -121,26 +112,12 @@ def load_summary(exp_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return summary, aggregate(summary, coords, metrics)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temp file in the same folder, then os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def collect(exp_dir: str | Path) -> list[Path]:
     """Write summary.csv and summary_agg.csv (both plain pandas.read_csv-able); return their paths."""
     exp_dir = Path(exp_dir)
     summary, agg = load_summary(exp_dir)
     return [
-        atomic_write(exp_dir / name, lambda p, df=df: df.to_csv(p, index=False))
+        atomic_write(exp_dir / name, lambda f, df=df: df.to_csv(f, index=False))
         for name, df in (("summary.csv", summary), ("summary_agg.csv", agg))
     ]
 
