@@ -20,6 +20,8 @@ from typing import Any, Callable
 import yaml
 
 FINISHED = "finished"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 FAILED = "failed"
 
 
@@ -33,6 +35,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> P
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the whole group to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
