@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ablation.augment import TwoViews
 from ablation.data import (DeviceBatcher, ImageSet, fits_on_device, load_dataset, make_embedded,
                            streaming_loader)
 from ablation.data.sources import ImageFiles
@@ -71,6 +72,29 @@ def test_embedded_colour_carries_no_class_information():
     assert _linear_accuracy(train, test) < 0.15
     # ... and finds a class-dependent colour cast, so the check has power (~0.34)
     assert _linear_accuracy(_class_tinted(train), _class_tinted(test)) > 0.25
+
+
+def _colour_match_rate(x: torch.Tensor, spec: str) -> float:
+    """Fraction of augmented views whose nearest original by colour (per-channel mean and std) is
+    their own image, over three seeded draws; chance is 1 / len(x)."""
+    def colour(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t.mean((2, 3)), t.std((2, 3))], 1)
+
+    rates = []
+    for seed in range(3):
+        view, original = TwoViews(spec, mode="asymmetric")(x, torch.Generator().manual_seed(seed))
+        nearest = torch.cdist(colour(view), colour(original)).argmin(1)
+        rates.append((nearest == torch.arange(len(x))).float().mean().item())
+    return sum(rates) / len(rates)
+
+
+def test_embedded_colour_shortcut_survives_crop_but_not_colour_distortion():
+    x = make_embedded(256, 1, size=32, seed=0)[0].images.float() / 255
+    # crops of one image share its colours: ~0.42 of 256 views find their own image by colour alone
+    assert _colour_match_rate(x, "crop") > 0.3
+    # colour distortion's jitter is wider than the palettes' spread: ~0.07 (0.14 with uniform RGB
+    # palettes, where a network still matched crop+color views by colour)
+    assert _colour_match_rate(x, "crop+color") < 0.1
 
 
 def test_load_dataset_embedded_and_unknown_name():

@@ -15,15 +15,25 @@ How an image is made (batched torch, in chunks of images, one SDF call per class
   image), so the fraction of foreground colour says nothing about the class.
 - Per image, independent of the class: centre (jitter), scale, rotation (+-15 degrees, so plus and
   X stay apart), stroke width, and a few shape details (star sharpness, crescent offset).
-- Per image, independent of the class: the palette. Background and foreground colours are drawn
-  uniformly in RGB as a pair with at least some colour and luminance contrast (a symmetric test,
-  so both have the same distribution); each has a mild linear gradient. Up to five clutter items
-  (small blobs and short line segments, each in its own uniform random colour, at uniform
-  positions) are drawn under the shape, and Gaussian pixel noise of a random level (0-0.03) is
-  added.
+- Per image, independent of the class: the palette, one hue for the whole image. Hue, saturation
+  and the background's value come from narrow ranges, and the foreground differs from the
+  background in value only. Undistorted views (crop alone) still match exactly by colour, but
+  colour distortion's jitter (hue +-0.2, brightness, contrast and saturation x[0.2, 1.8]) is wider
+  than the spread between images, so a distorted view no longer says by its colour which image it
+  came from: the shortcut is there for crop alone and gone under crop + colour, as on photos.
+  Each colour field has a mild linear gradient.
+- Per image, independent of the class: a faint grey sinusoidal grating over the background
+  (random orientation, 3-8 cycles per image, random phase, amplitude 0.05-0.1), the same in every
+  channel. Colour distortion keeps it, so two pixel-aligned views (colour alone) can be matched by
+  its orientation and frequency without looking at the shape; a random crop zooms, shifts and flips
+  it. It stands in for the class-irrelevant low-level structure of photos that makes colour
+  distortion alone a poor pretext task.
+- Up to five clutter items (small blobs and short line segments in the image's hue, each with its
+  own random value, at uniform positions) are drawn under the shape, and Gaussian pixel noise of a
+  random level (0-0.03) is added.
 - Pixels: coverage = smoothstep of the SDF over one pixel (anti-aliasing), alpha-composited,
   rounded to uint8.
-So colour, brightness, noise and position carry no class information; only shape does.
+So colour, brightness, grating, noise and position carry no class information; only shape does.
 Train and test are independent draws from seeds derived from the one seed.
 """
 from __future__ import annotations
@@ -113,6 +123,11 @@ SHAPES: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]] = {
     "star": _star, "x": _x, "bars": _bars, "dots": _dots, "crescent": _crescent,
 }
 CLUTTER_ITEMS = 5
+# Palette ranges (HSV, [0, 1]): narrower than colour distortion's jitter (see module docstring).
+PALETTE = {"hue": (0.5, 0.6), "saturation": (0.45, 0.65), "value": (0.4, 0.7), "value_gap": (0.15, 0.3)}
+# Background grating: cycles per image width, and the largest amplitude (image range [0, 1]).
+GRATING_CYCLES = (3.0, 8.0)
+GRATING_AMPLITUDE = 0.1
 # Pixels rendered at once (256 images at 32x32): small tensors reuse freed memory instead of
 # page-faulting fresh allocations, which made one big batch ~5x slower.
 CHUNK_PIXELS = 256 * 32 * 32
@@ -128,24 +143,38 @@ def _smooth_cover(sdf: Tensor, half_pixel: float) -> Tensor:
     return t * t * (3 - 2 * t)
 
 
-def _palette_pair(g: torch.Generator, n: int, tries: int = 16) -> tuple[Tensor, Tensor]:
-    """(background, foreground) RGB in [0,1], each uniform, with colour and luminance contrast.
+def _hsv_to_rgb(hue: Tensor, sat: Tensor, value: Tensor) -> Tensor:
+    """RGB (..., 3) from HSV tensors of equal shape, all in [0, 1]."""
+    k = (torch.tensor([5.0, 3.0, 1.0]) + hue[..., None] * 6) % 6
+    return value[..., None] * (1 - sat[..., None] * torch.minimum(k, 4 - k).clamp(0, 1))
 
-    Draws `tries` candidate pairs and keeps the first that passes a symmetric test, so swapping
-    the two colours leaves the distribution unchanged (both colours have the same marginal).
+
+def _palette(g: torch.Generator, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Background and foreground RGB (n, 3) of one hue, and that hue and saturation (n,).
+
+    The ranges (PALETTE) are narrower than colour distortion's jitter; see the module docstring.
     """
-    a, b = _uniform(g, tries, n, 3), _uniform(g, tries, n, 3)
-    luma = torch.tensor([0.299, 0.587, 0.114])
-    ok = ((a - b).norm(dim=-1) > 0.4) & (((a - b) @ luma).abs() > 0.15)
-    first = torch.where(ok.any(0), ok.float().argmax(0), tries - 1)
-    pick = torch.arange(n)
-    return a[first, pick], b[first, pick]
+    hue, sat, value, gap = (_uniform(g, n, lo=lo, hi=hi) for lo, hi in PALETTE.values())
+    sign = torch.where(_uniform(g, n) < 0.5, -1.0, 1.0)  # foreground lighter or darker
+    return _hsv_to_rgb(hue, sat, value), _hsv_to_rgb(hue, sat, value + sign * gap), hue, sat
 
 
 def _gradient(g: torch.Generator, n: int, base: Tensor, gx: Tensor, gy: Tensor) -> Tensor:
     """Colour field (n,3,H,W): base colour plus a mild random linear ramp per channel."""
     slope = _uniform(g, n, 3, 2, lo=-0.12, hi=0.12)
     return base[:, :, None, None] + slope[..., 0, None, None] * gx + slope[..., 1, None, None] * gy
+
+
+def _grating(g: torch.Generator, n: int, gx: Tensor, gy: Tensor) -> Tensor:
+    """Grey sinusoidal grating (n,1,H,W): random orientation, frequency and phase, amplitude
+    U[GRATING_AMPLITUDE / 2, GRATING_AMPLITUDE]; the same in every channel (see module docstring)."""
+    angle = _uniform(g, n, 1, 1, hi=math.pi)
+    cycles = _uniform(g, n, 1, 1, lo=GRATING_CYCLES[0], hi=GRATING_CYCLES[1])
+    omega = cycles * math.pi  # image coordinates span 2 per width
+    phase = _uniform(g, n, 1, 1, hi=2 * math.pi)
+    amplitude = _uniform(g, n, 1, 1, lo=GRATING_AMPLITUDE / 2, hi=GRATING_AMPLITUDE)
+    wave = torch.sin(omega * (gx * torch.cos(angle) + gy * torch.sin(angle)) + phase)
+    return (amplitude * wave)[:, None]
 
 
 def _clutter_cover(g: torch.Generator, n: int, gx: Tensor, gy: Tensor, half_pixel: float) -> Tensor:
@@ -182,10 +211,12 @@ def _render(labels: Tensor, size: int, g: torch.Generator) -> Tensor:
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
     gy, gx = torch.meshgrid(-coords, coords, indexing="ij")  # y up
     half_pixel = 1.0 / size
-    bg, fg = _palette_pair(g, n)
-    image = _gradient(g, n, bg, gx, gy)
+    bg, fg, hue, sat = _palette(g, n)
+    image = _gradient(g, n, bg, gx, gy) + _grating(g, n, gx, gy)
     clutter = _clutter_cover(g, n, gx, gy, half_pixel)
-    for cover, colour in zip(clutter, _uniform(g, CLUTTER_ITEMS, n, 3)):
+    clutter_colours = _hsv_to_rgb(hue.expand(CLUTTER_ITEMS, n), sat.expand(CLUTTER_ITEMS, n),
+                                  _uniform(g, CLUTTER_ITEMS, n))
+    for cover, colour in zip(clutter, clutter_colours):
         image = torch.lerp(image, colour[:, :, None, None].expand_as(image), cover[:, None])
     lx, ly, scale = _local_coords(g, n, gx, gy)
     width, detail = _uniform(g, n, 1, 1, lo=0.75, hi=1.25), _uniform(g, n, 1, 1)
