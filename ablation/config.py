@@ -70,6 +70,7 @@ class LossConfig:
     temperature: float = opt(0.5, "temperature tau", low=1e-4, high=1e4)
     normalize: bool = opt(True, "l2-normalise projections before the similarity")
     margin: float = opt(1.0, "margin loss only: margin m", low=0.0, high=100.0)
+    semi_hard: bool = opt(False, "nt_logistic and margin only: semi-hard negative mining (Table 4's 'sh' rows)")
 
 
 @dataclass
@@ -197,12 +198,15 @@ def merge(base: dict, update: dict) -> dict:
 def validate(cfg: CellConfig) -> CellConfig:
     """Cross-field checks that need other modules (augmentation specs parse, devices exist)."""
     from .augment import parse_spec
+    from .losses import SEMI_HARD_LOSSES
 
     for key in ("views", "base"):
         try:
             parse_spec(getattr(cfg.augment, key))
         except ValueError as err:
             raise ValueError(f"augment.{key}: {err}") from None
+    if cfg.loss.semi_hard and cfg.loss.name not in SEMI_HARD_LOSSES:
+        raise ValueError(f"loss.semi_hard: applies to {', '.join(SEMI_HARD_LOSSES)}, not '{cfg.loss.name}'")
     if cfg.data.name == "folder" and not cfg.data.root:
         raise ValueError("data.root: required when data.name is 'folder' (root/train/<class>/*)")
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):

@@ -24,6 +24,8 @@ from torch import Tensor
 
 from ablation.errors import choices_error
 
+SEMI_HARD_LOSSES = ("nt_logistic", "margin")  # the losses Table 4 runs with semi-hard negative mining
+
 
 def _rank_and_world() -> tuple[int, int]:
     """(rank, world size), or (0, 1) when not running distributed."""
@@ -53,16 +55,19 @@ def _nt_xent(sim: Tensor, pos: Tensor, neg: Tensor, temperature: float, margin: 
     return torch.logaddexp(pos / temperature, neg_lse) - pos / temperature
 
 
+def _mean_over(terms: Tensor, neg: Tensor) -> Tensor:
+    """Mean of each row's terms over its negatives; 0 for a row without any (possible after mining)."""
+    return terms.masked_fill(~neg, 0.0).sum(dim=1) / neg.sum(dim=1).clamp_min(1)
+
+
 def _nt_logistic(sim: Tensor, pos: Tensor, neg: Tensor, temperature: float, margin: float) -> Tensor:
     """Positive term plus the mean negative term. logsigmoid does not saturate to log(0)."""
-    neg_terms = F.logsigmoid(-sim / temperature).masked_fill(~neg, 0.0)
-    return -F.logsigmoid(pos / temperature) - neg_terms.sum(dim=1) / neg.sum(dim=1)
+    return -F.logsigmoid(pos / temperature) - _mean_over(F.logsigmoid(-sim / temperature), neg)
 
 
 def _margin(sim: Tensor, pos: Tensor, neg: Tensor, temperature: float, margin: float) -> Tensor:
     """Mean triplet hinge over negatives. Uses raw similarities, no temperature."""
-    hinge = F.relu(sim - pos[:, None] + margin).masked_fill(~neg, 0.0)
-    return hinge.sum(dim=1) / neg.sum(dim=1)
+    return _mean_over(F.relu(sim - pos[:, None] + margin), neg)
 
 
 _PER_ANCHOR = {"nt_xent": _nt_xent, "nt_logistic": _nt_logistic, "margin": _margin}
@@ -99,6 +104,7 @@ def contrastive_loss(
     temperature: float = 0.5,
     normalize: bool = True,
     margin: float = 1.0,
+    semi_hard: bool = False,
 ) -> Tensor:
     """Mean loss over this rank's 2n anchors. Row i of ``z1`` and row i of ``z2`` are the two views of image i.
 
@@ -109,6 +115,11 @@ def contrastive_loss(
     - ``margin``: mean over the 2N-2 negatives of max(s- - s+ + margin, 0). ``temperature`` is not
       used here, as in the paper's definition.
 
+    ``semi_hard`` (``nt_logistic`` and ``margin`` only) mines semi-hard negatives (Schroff et al.,
+    2015): an anchor keeps only the negatives less similar to it than its positive (s- < s+), chosen
+    without gradient; the mean runs over those, and an anchor with none has no negative term. The
+    paper does not define its mining further, so this definition is our choice.
+
     Similarities are computed in float32 (float64 inputs stay float64) with autocast disabled, so
     the loss is the same under bf16 autocast.
     """
@@ -116,6 +127,8 @@ def contrastive_loss(
         raise choices_error("loss", name, LOSSES)
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (N, D) with the same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if semi_hard and name not in SEMI_HARD_LOSSES:
+        raise ValueError(f"semi-hard negative mining applies to {' and '.join(SEMI_HARD_LOSSES)}, not '{name}'")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     total = z1.shape[0] * _rank_and_world()[1]
@@ -124,4 +137,6 @@ def contrastive_loss(
     dtype = torch.promote_types(z1.dtype, torch.float32)
     with torch.autocast(device_type=z1.device.type, enabled=False):
         sim, pos, neg = _similarities(z1.to(dtype), z2.to(dtype), normalize)
+        if semi_hard:
+            neg = neg & (sim < pos[:, None])  # a mask: no gradient flows through the choice
         return _PER_ANCHOR[name](sim, pos, neg, temperature, margin).mean()

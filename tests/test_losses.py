@@ -10,11 +10,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ablation.losses import LOSSES, contrastive_loss, gather_with_grad
+from ablation.losses import LOSSES, SEMI_HARD_LOSSES, contrastive_loss, gather_with_grad
 
 
-def naive_loss(name: str, z1, z2, temperature: float, normalize: bool, margin: float):
-    """Table 4 written out anchor by anchor, pair by pair, with scalar autograd ops."""
+def naive_loss(name: str, z1, z2, temperature: float, normalize: bool, margin: float, semi_hard: bool = False):
+    """Table 4 written out anchor by anchor, pair by pair, with scalar autograd ops.
+
+    Semi-hard: an anchor keeps the negatives less similar than its positive; none kept, no negative term.
+    """
     views = list(z1) + list(z2)
     if normalize:
         views = [v / v.norm() for v in views]
@@ -23,15 +26,15 @@ def naive_loss(name: str, z1, z2, temperature: float, normalize: bool, margin: f
     for k in range(n_views):
         pos = (k + n_views // 2) % n_views
         sims = {j: torch.dot(views[k], views[j]) for j in range(n_views) if j != k}
-        negs = [j for j in sims if j != pos]
+        negs = [j for j in sims if j != pos and (not semi_hard or sims[j].item() < sims[pos].item())]
         if name == "nt_xent":
             denom = sum(torch.exp(s / temperature) for s in sims.values())
             total = total - torch.log(torch.exp(sims[pos] / temperature) / denom)
         elif name == "nt_logistic":
-            neg = sum(torch.log(torch.sigmoid(-sims[j] / temperature)) for j in negs) / len(negs)
+            neg = sum(torch.log(torch.sigmoid(-sims[j] / temperature)) for j in negs) / max(len(negs), 1)
             total = total - torch.log(torch.sigmoid(sims[pos] / temperature)) - neg
         else:
-            total = total + sum(torch.clamp(sims[j] - sims[pos] + margin, min=0) for j in negs) / len(negs)
+            total = total + sum(torch.clamp(sims[j] - sims[pos] + margin, min=0) for j in negs) / max(len(negs), 1)
     return total / n_views
 
 
@@ -42,11 +45,12 @@ def _embeddings(n: int, seed: int, scale: float = 1.0) -> tuple[torch.Tensor, to
     return z1, z2
 
 
-def _assert_matches_naive(name, n, temperature, normalize, margin):
+def _assert_matches_naive(name, n, temperature, normalize, margin, semi_hard=False):
     # unnormalised: small scale keeps exp/sigmoid of the naive loop inside float64 range
     z1, z2 = _embeddings(n, seed=n, scale=1.0 if normalize else 0.4)
-    got = contrastive_loss(name, z1, z2, temperature=temperature, normalize=normalize, margin=margin)
-    want = naive_loss(name, z1, z2, temperature, normalize, margin)
+    got = contrastive_loss(name, z1, z2, temperature=temperature, normalize=normalize, margin=margin,
+                           semi_hard=semi_hard)
+    want = naive_loss(name, z1, z2, temperature, normalize, margin, semi_hard)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got, (z1, z2)), torch.autograd.grad(want, (z1, z2)))
 
@@ -64,6 +68,27 @@ def test_temperature_losses_match_naive(name, temperature, normalize, n):
 @pytest.mark.parametrize("margin", [0.2, 1.0])
 def test_margin_matches_naive(margin, normalize, n):
     _assert_matches_naive("margin", n, 0.5, normalize, margin)
+
+
+@pytest.mark.parametrize("n", [2, 5, 16])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("name", SEMI_HARD_LOSSES)
+def test_semi_hard_mining_matches_naive(name, normalize, n):
+    _assert_matches_naive(name, n, 0.5, normalize, margin=0.5, semi_hard=True)
+
+
+def test_semi_hard_keeps_only_negatives_below_the_positive():
+    # image 0's views agree (s+ = 1), so every negative counts; image 1's views are opposite
+    # (s+ = -1), so none does and its anchors keep only the positive term
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    z2 = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    mined = contrastive_loss("margin", z1, z2, margin=0.5, semi_hard=True)
+    # anchors of image 0: negatives (0, 1) and (0, -1) at s = 0, hinge 0 - 1 + 0.5 < 0 -> 0
+    assert mined.item() == 0.0
+    plain = contrastive_loss("margin", z1, z2, margin=0.5)
+    assert plain.item() > 0.0  # image 1's anchors see negatives at s = 0 > s+ = -1
+    with pytest.raises(ValueError, match="semi-hard.*not 'nt_xent'"):
+        contrastive_loss("nt_xent", z1, z2, semi_hard=True)
 
 
 def test_margin_ignores_temperature():
@@ -124,7 +149,8 @@ def test_gather_is_identity_without_distributed():
 # ---- two processes (gloo) against one process on the same total batch ----
 
 WORLD = 2
-CASES = [(name, normalize) for name in LOSSES for normalize in (True, False)]
+CASES = [(name, normalize, False) for name in LOSSES for normalize in (True, False)] + [
+    (name, True, True) for name in SEMI_HARD_LOSSES]
 
 
 def _batch() -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
@@ -139,9 +165,11 @@ def _batch() -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
     return layer, x1, x2
 
 
-def _loss_and_grads(name: str, normalize: bool, rows: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _loss_and_grads(name: str, normalize: bool, semi_hard: bool,
+                    rows: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
     layer, x1, x2 = _batch()
-    loss = contrastive_loss(name, layer(x1[rows]), layer(x2[rows]), temperature=0.2, normalize=normalize, margin=0.5)
+    loss = contrastive_loss(name, layer(x1[rows]), layer(x2[rows]), temperature=0.2, normalize=normalize, margin=0.5,
+                            semi_hard=semi_hard)
     loss.backward()
     return loss.detach(), [p.grad for p in layer.parameters()]
 
@@ -149,13 +177,13 @@ def _loss_and_grads(name: str, normalize: bool, rows: slice) -> tuple[torch.Tens
 def _worker(rank: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     results = {}
-    for name, normalize in CASES:
+    for case in CASES:
         half = 8 // WORLD
-        loss, grads = _loss_and_grads(name, normalize, slice(rank * half, (rank + 1) * half))
+        loss, grads = _loss_and_grads(*case, slice(rank * half, (rank + 1) * half))
         for t in [loss, *grads]:  # DDP-style mean over ranks
             dist.all_reduce(t)
             t /= WORLD
-        results[(name, normalize)] = (loss, grads)
+        results[case] = (loss, grads)
     if rank == 0:
         torch.save(results, out)
     # Both ranks wait until the results are saved, then leave without running torch's C++ static
@@ -169,8 +197,8 @@ def test_two_processes_equal_one_process(tmp_path: Path):
     out = tmp_path / "dist.pt"
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)
     results = torch.load(out)
-    for name, normalize in CASES:
-        loss, grads = _loss_and_grads(name, normalize, slice(None))
-        got_loss, got_grads = results[(name, normalize)]
-        torch.testing.assert_close(got_loss, loss, msg=f"{name} normalize={normalize}: loss")
-        torch.testing.assert_close(got_grads, grads, msg=f"{name} normalize={normalize}: grads")
+    for case in CASES:
+        loss, grads = _loss_and_grads(*case, slice(None))
+        got_loss, got_grads = results[case]
+        torch.testing.assert_close(got_loss, loss, msg=f"{case}: loss")
+        torch.testing.assert_close(got_grads, grads, msg=f"{case}: grads")
