@@ -128,7 +128,8 @@ def contrastive_loss(
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (N, D) with the same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}")
     if semi_hard and name not in SEMI_HARD_LOSSES:
-        raise ValueError(f"semi-hard negative mining applies to {' and '.join(SEMI_HARD_LOSSES)}, not '{name}'")
+        raise ValueError(f"semi-hard negative mining applies to {' and '.join(SEMI_HARD_LOSSES)}, "
+                         f"not '{name}'")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     total = z1.shape[0] * _rank_and_world()[1]

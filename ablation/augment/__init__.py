@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import ops  # noqa: F401  (registers the built-in ops)
+from . import autoaugment  # noqa: F401  (registers autoaugment, after the built-in ops)
 from .pipeline import Compose, TwoViews, parse_spec
 from .preview import load_image, preview
 from .registry import REGISTRY, Augmentation, describe_registry, param, register
