@@ -1,8 +1,9 @@
-"""Run one cell: SimCLR pretraining, then a linear and a kNN probe of the frozen encoder.
+"""Run one cell: pretraining with the cell's method, then a linear and a kNN probe of the frozen encoder.
 
 Resumable and bit-exact: every random draw comes from a generator seeded by
 (seed, epoch) for the shuffle and (seed, epoch, step) for the augmentations, so a
-checkpoint only needs the weights, the optimiser and the position (epoch, step).
+checkpoint only needs the weights (the method's heads and target networks included), the optimiser
+and the position (epoch, step).
 An interrupt (preemption signal, Ctrl-C) is honoured at a step boundary: the
 checkpoint is written there, and a rerun continues from it.
 """
@@ -23,8 +24,7 @@ from . import dist, store
 from .augment import TwoViews
 from .config import CellConfig, signature
 from .data import DeviceBatcher, ImageSet, fits_on_device, load_dataset
-from .losses import contrastive_loss
-from .model import SimCLRModel, build_encoder, build_head
+from .methods import Method, build_method
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probe import extract_features, knn_probe, linear_probe
 from .progress import Progress
@@ -84,13 +84,11 @@ def load_data(cfg: CellConfig) -> tuple[ImageSet, ImageSet]:
     return _cached_dataset((d.name, d.root, d.size, d.download, d.n_train, d.n_test, d.data_seed))
 
 
-def build_model(cfg: CellConfig, device: torch.device) -> SimCLRModel:
-    """Encoder + head, initialised from the cell's seed (so the random-init baseline is the same net)."""
+def build_model(cfg: CellConfig, device: torch.device, n_classes: int) -> Method:
+    """The cell's method (encoder + its heads), initialised from the cell's seed (so the random-init
+    baseline is the same encoder)."""
     torch.manual_seed(cfg.train.seed)
-    m = cfg.model
-    encoder, dim = build_encoder(m.encoder, cifar_stem=m.cifar_stem, width=m.width)
-    head = build_head(m.head, dim, m.head_hidden, m.out_dim, m.head_layers)
-    return SimCLRModel(encoder, head).to(device, memory_format=torch.channels_last)
+    return build_method(cfg, n_classes).to(device, memory_format=torch.channels_last)
 
 
 def _autocast(cfg: CellConfig, device: torch.device):
@@ -168,18 +166,19 @@ def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, sho
         raise
 
 
-def train_step(net: torch.nn.Module, views: TwoViews, x: torch.Tensor, g: torch.Generator, optimizer, scheduler,
-               cfg: CellConfig) -> torch.Tensor:
-    """One SimCLR step: two views, one forward pass over both, contrastive loss, update. Returns the loss."""
-    v1, v2 = views(x, g)
+def train_step(net: torch.nn.Module, views: TwoViews, x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+               optimizer, scheduler, cfg: CellConfig, progress: tuple[int, int]) -> torch.Tensor:
+    """One step of the cell's method: its views of the batch, its loss (one forward pass), the update,
+    then the method's own update at `progress` = (steps done, total steps). Returns the loss."""
+    method = getattr(net, "module", net)  # under DDP, the wrapped method
+    inputs = method.views(views, x, g)
     with _autocast(cfg, x.device):
-        z = net(torch.cat([v1, v2]).contiguous(memory_format=torch.channels_last))
-    z1, z2 = z.float().chunk(2)
-    loss = contrastive_loss(cfg.loss.name, z1, z2, cfg.loss.temperature, cfg.loss.normalize, cfg.loss.margin)
+        loss = net(inputs, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     scheduler.step()
+    method.update(*progress)
     return loss.detach()
 
 
@@ -201,12 +200,12 @@ def build_optimisation(cfg: CellConfig, model: torch.nn.Module, steps: int):
     return optimizer, scheduler
 
 
-def _probe_all(cfg: CellConfig, model: SimCLRModel, train: ImageSet, test: ImageSet, device: torch.device,
+def _probe_all(cfg: CellConfig, model: Method, train: ImageSet, test: ImageSet, device: torch.device,
                final_loss: float) -> dict:
     metrics = {**evaluate(cfg, model.encoder, train, test, device), "final_loss": final_loss,
                "random_init_top1": None}
     if cfg.eval.random_init:
-        baseline = build_model(cfg, device).encoder
+        baseline = build_model(cfg, device, len(train.classes)).encoder
         metrics["random_init_top1"] = evaluate(cfg, baseline, train, test, device)["linear_top1"]
     return metrics
 
@@ -216,7 +215,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         store.write_yaml(out / "config.yaml", cfg.to_dict())
     device = resolve_device(cfg.train.device)
     train, test = load_data(cfg)
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, len(train.classes))
     batcher = _batcher(cfg, train, device)
     steps, epochs, seed = len(batcher), cfg.train.epochs, cfg.train.seed
     optimizer, scheduler = build_optimisation(cfg, model, steps)
@@ -240,10 +239,10 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         epoch, t0 = state.epoch, time.monotonic()
         loss_sum = torch.tensor(state.loss_sum, device=device)
         net.train()
-        for x, _ in batcher.epoch(generator(batcher.images.device, seed, epoch), start=state.step):
-            x = x.to(device, non_blocking=True)
-            loss_sum += train_step(net, views, x, generator(device, seed, epoch, state.step, *rank_key), optimizer,
-                                   scheduler, cfg)
+        for x, y in batcher.epoch(generator(batcher.images.device, seed, epoch), start=state.step):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss_sum += train_step(net, views, x, y, generator(device, seed, epoch, state.step, *rank_key), optimizer,
+                                   scheduler, cfg, (epoch * steps + state.step + 1, steps * epochs))
             state.step += 1
             state.images += x.shape[0] * dist.world()
             if dist.any_rank(interrupt.requested, device):

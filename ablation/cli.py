@@ -12,6 +12,7 @@ EPILOG = """examples:
   ablate status pairwise                       # one row per cell; exit 0 when all are done
   ablate run --set train.epochs=5 --out results/try   # one cell
   ablate augs                                  # the augmentation registry
+  ablate methods                               # the training methods (simclr, supervised, byol, ...)
   ablate preview crop color sobel --out preview.png
 """
 
@@ -26,6 +27,17 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results/)")
 
 
+CONFIG_KEYS = "config keys (KEY default: doc):"
+
+
+class _RunHelp(argparse.RawDescriptionHelpFormatter):
+    """Lists the config keys after CONFIG_KEYS only when help is printed: the method names come from the
+    method registry, which imports torch, and no other command should wait for that."""
+
+    def add_text(self, text: str | None) -> None:
+        super().add_text(f"{text}\n{_config_help()}" if text == CONFIG_KEYS else text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ablate", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -34,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sub.add_parser("augs", help="list the augmentation registry (name, parameters, defaults, doc)")
+    sub.add_parser("methods", help="list the training methods (name, parameters set with method_args, doc)")
 
     p = sub.add_parser("preview", help="draw a gallery of random draws of augmentation specs (like Figure 4)")
     p.add_argument("specs", nargs="+", metavar="SPEC", help='augmentation specs, e.g. crop "color(s=0.5)" crop+blur')
@@ -42,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=6, help="random draws per spec (default: 6)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("run", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       help="run one cell: SimCLR pretraining + linear evaluation",
+    p = sub.add_parser("run", formatter_class=_RunHelp,
+                       help="run one cell: pretraining (SimCLR or another method) + linear evaluation",
                        description="Run one cell in this process. Rerun with the same --out to resume "
                                    "after an interruption; a finished --out is not re-run.",
-                       epilog="config keys (KEY default: doc):\n" + _config_help())
+                       epilog=CONFIG_KEYS)
     p.add_argument("config", nargs="?", type=Path, help="cell config YAML (default: the embedded defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=5; repeatable")
@@ -80,12 +93,23 @@ def _config_help() -> str:
     return "\n".join(f"  {key} {default!r}: {doc}" for key, default, doc in describe())
 
 
-def cmd_augs(args) -> int:
-    from .augment import describe_registry
-    for entry in describe_registry():
+def _print_registry(entries: list[dict], width: int) -> None:
+    """One line per entry: name, parameters with their defaults, doc."""
+    for entry in entries:
         params = ", ".join(f"{p['name']}={p['default']:g}" if isinstance(p["default"], float)
                            else f"{p['name']}={p['default']}" for p in entry["params"])
-        print(f"{entry['name']:<11} {params:<42} {entry['doc']}")
+        print(f"{entry['name']:<{width}} {params:<42} {entry['doc']}")
+
+
+def cmd_augs(args) -> int:
+    from .augment import describe_registry
+    _print_registry(describe_registry(), 11)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import describe_methods
+    _print_registry(describe_methods(), 12)
     return 0
 
 
@@ -193,7 +217,7 @@ def _analysis(name: str):
     return command
 
 
-COMMANDS = {"augs": cmd_augs, "preview": cmd_preview, "run": cmd_run, "grid": cmd_grid, "status": cmd_status,
+COMMANDS = {"augs": cmd_augs, "methods": cmd_methods, "preview": cmd_preview, "run": cmd_run, "grid": cmd_grid, "status": cmd_status,
             "collect": _analysis("collect"), "plot": _analysis("plot"), "report": _analysis("report")}
 
 

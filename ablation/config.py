@@ -14,7 +14,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -25,9 +25,15 @@ SCHEMA_VERSION = 1
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
-        high: float | None = None) -> Any:
-    """A config field with its documentation and allowed values."""
-    return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high})
+        high: float | None = None, registry: Callable[[], tuple] | None = None) -> Any:
+    """A config field with its documentation and allowed values (``registry``: names checked in `validate`)."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high,
+                                            "registry": registry})
+
+
+def _method_names() -> tuple:
+    from .methods import REGISTRY  # imports torch: only `validate` and `ablate run --help` ask
+    return tuple(REGISTRY)
 
 
 @dataclass
@@ -105,6 +111,8 @@ class EvalConfig:
 
 @dataclass
 class CellConfig:
+    method: str = opt("simclr", "training method; `ablate methods` lists each one's parameters", registry=_method_names)
+    method_args: Optional[dict] = opt(None, "parameters of the method, e.g. {momentum: 0.99} for byol")
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -199,12 +207,17 @@ def validate(cfg: CellConfig) -> CellConfig:
     """Cross-field checks that need other modules (augmentation specs parse, devices exist)."""
     from .augment import parse_spec
     from .losses import SEMI_HARD_LOSSES
+    from .methods import check_method
 
     for key in ("views", "base"):
         try:
             parse_spec(getattr(cfg.augment, key))
         except ValueError as err:
             raise ValueError(f"augment.{key}: {err}") from None
+    try:
+        check_method(cfg.method, cfg.method_args)
+    except ValueError as err:
+        raise ValueError(f"method: {err}") from None
     if cfg.loss.semi_hard and cfg.loss.name not in SEMI_HARD_LOSSES:
         raise ValueError(f"loss.semi_hard: applies to {', '.join(SEMI_HARD_LOSSES)}, not '{cfg.loss.name}'")
     if cfg.data.name == "folder" and not cfg.data.root:
@@ -255,7 +268,8 @@ def describe(cls: type = CellConfig, prefix: str = "") -> list[tuple[str, Any, s
         if f.default_factory is not dataclasses.MISSING:  # a section
             rows += describe(f.default_factory, f"{prefix}{f.name}.")
         else:
-            allowed = f.metadata.get("choices")
+            registry = f.metadata.get("registry")
+            allowed = registry() if registry else f.metadata.get("choices")
             doc = f.metadata["doc"] + (f" [{' | '.join(allowed)}]" if allowed else "")
             rows.append((prefix + f.name, f.default, doc))
     return rows

@@ -4,7 +4,6 @@ The representation the probes evaluate is the encoder output h (paper Section 4.
 """
 from __future__ import annotations
 
-import torch
 import torchvision
 from torch import nn
 
@@ -79,17 +78,3 @@ def build_head(kind: str, in_dim: int, hidden_dim: int, out_dim: int, layers: in
     head.out_dim = head_out
     return head
 
-
-class SimCLRModel(nn.Module):
-    """Encoder f and projection head g: the loss sees z = g(f(x)), the probes see h = f(x)."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)

@@ -110,23 +110,24 @@ def ours(data: ImageSet, batch: int, device: torch.device, seed: int) -> Callabl
                             f"augment.views={VIEWS}", "augment.mode=symmetric", f"loss.temperature={TEMPERATURE}",
                             "optim.name=lars", "optim.lr_scaling=sqrt", f"optim.weight_decay={WEIGHT_DECAY}",
                             f"optim.momentum={MOMENTUM}", f"train.device={device}"])
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, len(data.classes))
     batcher = DeviceBatcher(data.images.to(device), data.labels.to(device), batch, drop_last=True)
     optimizer, scheduler = build_optimisation(cfg, model, len(batcher))
     views = TwoViews(VIEWS, mode="symmetric")
     model.train()
 
-    def batches() -> Iterator[tuple[int, int, Tensor]]:
+    def batches() -> Iterator[tuple[int, int, Tensor, Tensor]]:
         for epoch in itertools.count():
-            for step, (x, _) in enumerate(batcher.epoch(generator(device, seed, epoch))):
-                yield epoch, step, x
+            for step, (x, y) in enumerate(batcher.epoch(generator(device, seed, epoch))):
+                yield epoch, step, x, y
 
     def start() -> Step:
         source = batches()
 
         def step() -> None:
-            epoch, i, x = next(source)
-            train_step(model, views, x, generator(device, seed, epoch, i), optimizer, scheduler, cfg)
+            epoch, i, x, y = next(source)
+            train_step(model, views, x, y, generator(device, seed, epoch, i), optimizer, scheduler, cfg,
+                       (epoch * len(batcher) + i + 1, len(batcher) * cfg.train.epochs))
         return step
     return start
 

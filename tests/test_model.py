@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ablation.model import ENCODERS, SimCLRModel, build_encoder, build_head
+from ablation.model import ENCODERS, build_encoder, build_head
 
 
 @pytest.mark.parametrize("name,batch", [("small_cnn", 8), ("resnet18", 4), ("resnet50", 2)])
@@ -85,13 +85,3 @@ def test_bad_heads():
     with pytest.raises(ValueError, match="layers >= 2"):
         build_head("nonlinear", 4, 4, 4, 1)
 
-
-def test_simclr_model_features_are_encoder_output_and_forward_is_head_of_it():
-    torch.manual_seed(0)
-    encoder, dim = build_encoder("small_cnn", width=4)
-    model = SimCLRModel(encoder, build_head("nonlinear", dim, 16, 8, 2)).eval()
-    x = torch.rand(3, 3, 32, 32)
-    h = model.features(x)
-    assert torch.equal(h, encoder(x))
-    assert torch.equal(model(x), model.head(h))
-    assert model(x).shape == (3, 8)

@@ -66,5 +66,9 @@ class TwoViews:
         first, second = self.views(torch.cat([x, x]), generator).chunk(2)
         return first, second
 
+    def one(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A single view, views(base(x)), for methods that train on one view (supervised)."""
+        return self.views(self.base(x, generator), generator)
+
     def __repr__(self) -> str:
         return f"TwoViews(views={self.views.spec!r}, base={self.base.spec!r}, mode={self.mode!r})"

@@ -38,7 +38,7 @@ def allowed(field: dataclasses.Field) -> str:
     return meta["type"].__name__
 
 
-def _coerce(op: str, field: dataclasses.Field, value: Any) -> Any:
+def coerce(op: str, field: dataclasses.Field, value: Any) -> Any:
     """Check a value against its parameter's type and bounds; ints are accepted for floats."""
     meta = field.metadata
     kind = meta["type"]
@@ -70,7 +70,7 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            object.__setattr__(self, field.name, _coerce(self.name, field, getattr(self, field.name)))
+            object.__setattr__(self, field.name, coerce(self.name, field, getattr(self, field.name)))
 
     def draw(self, x: Tensor, generator: torch.Generator | None) -> Params:
         """Per-sample parameters beyond the apply mask; none by default."""

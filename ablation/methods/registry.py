@@ -1,0 +1,118 @@
+"""The method registry: one decorated nn.Module class per training method, parameters declared with `param`.
+
+A method holds everything that differs between SimCLR, BYOL, supervised training, ...: the encoder
+and its own heads (projector, predictor, classifier), any target network, how many views of a batch
+it trains on, its loss, and what it updates after each optimiser step (a momentum target). The
+cell's loop stays the same for all: ``views`` -> ``forward`` (the loss) -> optimiser step ->
+``update``. Everything a method learns or tracks is in its ``state_dict``, and what depends on the
+training position (a momentum schedule) is a function of (step, total steps), so the checkpoint
+resumes it exactly. Parameters are declared as for augmentations and set with ``method_args``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..augment import TwoViews, param
+from ..augment.registry import allowed, coerce
+from ..config import CellConfig
+from ..errors import choices_error
+from ..model import build_encoder
+
+__all__ = ["REGISTRY", "Method", "build_method", "check_method", "describe_methods", "param", "register"]
+
+REGISTRY: dict[str, type["Method"]] = {}
+
+
+class Method(nn.Module):
+    """Base of every method: the encoder (what the probes evaluate), parameters, two views, no update.
+
+    Subclasses build their heads in ``__init__`` (after ``super().__init__``, so the encoder's
+    initialisation is the first draw from the cell's seed) and implement ``forward(views, labels)``
+    returning the scalar loss in float32. Under DDP ``forward`` runs on this rank's share of the
+    batch; a loss that needs the whole batch gathers it (``ablation.losses.gather_with_grad``).
+    """
+
+    name: ClassVar[str]
+    doc: ClassVar[str]
+    params: ClassVar[dict[str, dataclasses.Field]] = {}
+
+    def __init__(self, cfg: CellConfig, n_classes: int, **args: Any) -> None:
+        super().__init__()
+        for key, value in resolve_args(type(self), args).items():
+            setattr(self, key, value)
+        m = cfg.model
+        self.encoder, self.dim = build_encoder(m.encoder, cifar_stem=m.cifar_stem, width=m.width)
+
+    def views(self, pair: TwoViews, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
+        """The augmented inputs of one step (default: the cell's two views)."""
+        return pair(x, generator)
+
+    def features(self, x: Tensor) -> Tensor:
+        """h = encoder(x), in the channels-last layout the convolutions are fastest in."""
+        return self.encoder(x.contiguous(memory_format=torch.channels_last))
+
+    def forward(self, views: tuple[Tensor, ...], labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def update(self, step: int, total: int) -> None:
+        """After optimiser step ``step`` (1-based) of ``total``: nothing by default (momentum targets move here)."""
+
+
+def register(cls: type) -> type:
+    """Class decorator: record a Method subclass under its unique ``name``, with its declared parameters."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{getattr(cls, '__name__', cls)} must subclass Method to be registered")
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name or not isinstance(cls.__dict__.get("doc"), str):
+        raise ValueError(f"{cls.__name__} needs a class attribute 'name' and a one-line 'doc'")
+    if name in REGISTRY:
+        raise ValueError(f"method '{name}' is already registered by {REGISTRY[name].__name__}")
+    annotated = inspect.get_annotations(cls)
+    params = {}
+    for key, value in vars(cls).items():
+        if isinstance(value, dataclasses.Field):
+            if key not in annotated:
+                raise ValueError(f"{name}: parameter '{key}' needs a type annotation, e.g. '{key}: float = param(...)'")
+            value.name = key
+            params[key] = value
+    cls.params = {**cls.params, **params}
+    REGISTRY[name] = cls
+    return cls
+
+
+def _method_class(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise choices_error("method", name, REGISTRY)
+    return REGISTRY[name]
+
+
+def resolve_args(cls: type[Method], args: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter of ``cls``: its default, or the given value checked against its type and range."""
+    for key in args:
+        if key not in cls.params:
+            raise choices_error(f"'{cls.name}' parameter", key, cls.params) if cls.params else ValueError(
+                f"method '{cls.name}' takes no parameters; got '{key}'")
+    return {key: coerce(cls.name, f, args[key]) if key in args else f.default for key, f in cls.params.items()}
+
+
+def check_method(name: str, args: dict[str, Any] | None) -> None:
+    """Raise ValueError naming the problem when ``name`` is not registered or ``args`` do not fit it."""
+    resolve_args(_method_class(name), args or {})
+
+
+def build_method(cfg: CellConfig, n_classes: int) -> Method:
+    """The cell's method (``cfg.method`` with ``cfg.method_args``), freshly initialised from the global RNG."""
+    return _method_class(cfg.method)(cfg, n_classes, **(cfg.method_args or {}))
+
+
+def describe_methods() -> list[dict[str, Any]]:
+    """Every registered method with its doc and parameters (name, type, default, range, doc)."""
+    return [{"name": name, "doc": cls.doc,
+             "params": [{"name": f.name, "type": f.metadata["type"].__name__, "default": f.default,
+                         "range": allowed(f), "doc": f.metadata["doc"]} for f in cls.params.values()]}
+            for name, cls in REGISTRY.items()]

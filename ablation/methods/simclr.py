@@ -1,0 +1,27 @@
+"""SimCLR: a projection head and a contrastive loss over the 2N views, negatives gathered across ranks."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..losses import contrastive_loss
+from ..model import build_head
+from .registry import Method, register
+
+
+@register
+class SimCLR(Method):
+    name = "simclr"
+    doc = ("contrastive (the paper): head model.head, loss loss.name (NT-Xent, NT-Logistic, margin, "
+           "semi-hard mining) over both views of the global batch")
+
+    def __init__(self, cfg, n_classes: int, **args) -> None:
+        super().__init__(cfg, n_classes, **args)
+        m = cfg.model
+        self.head = build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
+        self.loss_config = cfg.loss
+
+    def forward(self, views: tuple[Tensor, ...], labels: Tensor) -> Tensor:
+        z1, z2 = self.head(self.features(torch.cat(views))).float().chunk(2)
+        c = self.loss_config
+        return contrastive_loss(c.name, z1, z2, c.temperature, c.normalize, c.margin, c.semi_hard)

@@ -1,0 +1,35 @@
+"""SimSiam (Chen & He, 2021): a predictor against the stop-gradient projection of the other view."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..model import build_head
+from .registry import Method, param, register
+
+
+def simsiam_loss(p: Tensor, z: Tensor) -> Tensor:
+    """Negative cosine similarity, mean over rows; z gets no gradient (the stop-gradient)."""
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+@register
+class SimSiam(Method):
+    name = "simsiam"
+    doc = ("projector model.head ending in batch norm + bottleneck predictor, symmetric negative cosine "
+           "against the stop-gradient projection of the other view; no target network")
+    predictor_hidden: int = param(512, 1, 65536, "predictor bottleneck width (SimSiam: 512 for 2048-d z)")
+
+    def __init__(self, cfg, n_classes: int, **args) -> None:
+        super().__init__(cfg, n_classes, **args)
+        m = cfg.model
+        head = build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
+        self.projector = nn.Sequential(head, nn.BatchNorm1d(head.out_dim, affine=False))
+        self.predictor = build_head("nonlinear", head.out_dim, self.predictor_hidden, head.out_dim, 2)
+
+    def forward(self, views: tuple[Tensor, ...], labels: Tensor) -> Tensor:
+        z = self.projector(self.features(torch.cat(views)))
+        p1, p2 = self.predictor(z).float().chunk(2)
+        z1, z2 = z.float().chunk(2)
+        return (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2
