@@ -217,7 +217,8 @@ def _analysis(name: str):
     return command
 
 
-COMMANDS = {"augs": cmd_augs, "methods": cmd_methods, "preview": cmd_preview, "run": cmd_run, "grid": cmd_grid, "status": cmd_status,
+COMMANDS = {"augs": cmd_augs, "preview": cmd_preview, "run": cmd_run, "grid": cmd_grid, "status": cmd_status,
+            "methods": cmd_methods,
             "collect": _analysis("collect"), "plot": _analysis("plot"), "report": _analysis("report")}
 
 
