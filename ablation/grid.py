@@ -7,9 +7,11 @@ An experiment file holds
                             they extend presets.yaml beside the file; a preset may also
                             override keys of the grid section (e.g. its ops)
     preset                  the default preset
-    grid                    kind: pairwise (ops: [...]) or product (axes: {key: [values]}), seeds: [...]
+    grid                    kind: pairwise (ops: [...], optional axes: facets such as {method: [...]})
+                            or product (axes: {key: [values]}), seeds: [...]
     slurm                   resources for `ablate grid --executor slurm`
-The whole experiment is resolved and validated before anything runs.
+A cell whose method has a recipe for the preset in methods.yaml (beside presets.yaml) gets it on top
+of the preset, below everything else. The whole experiment is resolved and validated before anything runs.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from .errors import did_you_mean
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT_EXPERIMENT = "pairwise"
+SHARED_FILES = ("presets", "methods")  # experiments/*.yaml that every experiment reads; not experiments
+DEFAULT_METHOD = CellConfig.method
 PAPER_TABLES = ("figure5", "table1", "table4", "table5", "figure8", "tableB1")
 
 
@@ -73,7 +77,7 @@ class Experiment:
         setup = {"data": c.data.name, "size": c.data.size, "model": c.model.encoder, "epochs": c.train.epochs,
                  "batch_size": c.train.batch_size, "mode": c.augment.mode, "base": c.augment.base,
                  "views": c.augment.views if self.kind == "product" else None, "loss": c.loss.name,
-                 "lr_scaling": c.optim.lr_scaling}
+                 "lr_scaling": c.optim.lr_scaling, "method": None if "method" in self.axes else c.method}
         return {"name": self.name, "title": self.title, "kind": self.kind, "paper": self.paper,
                 "preset": self.preset, "ops": self.ops, "axes": self.axes, "setup": setup,
                 "cells": [cell.id for cell in self.cells]}
@@ -86,7 +90,7 @@ def find_experiment(name_or_path: str | None) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "presets")
+    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem not in SHARED_FILES)
     raise FileNotFoundError(f"experiment '{name}' not found{did_you_mean(name, known)}; "
                             f"give a YAML path or one of: {', '.join(known)}")
 
@@ -102,30 +106,41 @@ def _grid_points(grid: dict, where: str) -> tuple[str, list, list, list[tuple[st
     """(kind, ops, axes, [(label, coords, overrides)]) for a grid section."""
     kind = grid.get("kind")
     if kind == "pairwise":
-        _check_keys(where, grid, ("kind", "ops", "seeds"))
+        _check_keys(where, grid, ("kind", "ops", "axes", "seeds"))
         ops = [str(op) for op in grid.get("ops") or []]
         if not ops:
             raise ValueError(f"{where}.ops: a pairwise grid needs a non-empty list of augmentation specs")
-        points = [(a if a == b else f"{a}+{b}", {"first": a, "second": b},
-                   {"augment": {"views": a if a == b else f"{a}+{b}"}}) for a in ops for b in ops]
-        return kind, ops, [], points
+        pairs = [(a if a == b else f"{a}+{b}", {"first": a, "second": b},
+                  {"augment": {"views": a if a == b else f"{a}+{b}"}}) for a in ops for b in ops]
+        if not grid.get("axes"):
+            return kind, ops, [], pairs
+        facets, points = _product(where, grid["axes"]), []
+        for facet_label, facet_coords, facet_overrides in facets[1]:
+            points += [(f"{label},{facet_label}", {**coords, **facet_coords}, merge(overrides, facet_overrides))
+                       for label, coords, overrides in pairs]
+        return kind, ops, facets[0], points
     if kind == "product":
         _check_keys(where, grid, ("kind", "axes", "seeds"))
-        axes = grid.get("axes") or {}
-        if not isinstance(axes, dict) or not axes:
-            raise ValueError(f"{where}.axes: a product grid needs a mapping of key: [values]")
-        names = [[k.strip() for k in key.split(",")] for key in axes]
-        points = []
-        for combo in itertools.product(*[_axis_values(where, key, vals) for key, vals in axes.items()]):
-            coords = {k: v for keys, vals in zip(names, combo) for k, v in zip(keys, vals)}
-            label = ",".join(f"{_short(k)}={_fmt(v)}" for k, v in coords.items())
-            overrides: dict = {}
-            for k, v in coords.items():
-                overrides = merge(overrides, _nested(k, v))
-            points.append((label, coords, overrides))
-        return kind, [], [k for keys in names for k in keys], points
+        names, points = _product(where, grid.get("axes"))
+        return kind, [], names, points
     raise ValueError(f"{where}.kind: '{kind}' is not allowed{did_you_mean(kind, ('pairwise', 'product'))}; "
                      f"choose from: pairwise, product")
+
+
+def _product(where: str, axes: Any) -> tuple[list[str], list[tuple[str, dict, dict]]]:
+    """(swept keys, [(label, coords, overrides)]) for every combination of the axes' values."""
+    if not isinstance(axes, dict) or not axes:
+        raise ValueError(f"{where}.axes: expected a mapping of key: [values]")
+    names = [[k.strip() for k in key.split(",")] for key in axes]
+    points = []
+    for combo in itertools.product(*[_axis_values(where, key, vals) for key, vals in axes.items()]):
+        coords = {k: v for keys, vals in zip(names, combo) for k, v in zip(keys, vals)}
+        label = ",".join(f"{_short(k)}={_fmt(v)}" for k, v in coords.items())
+        overrides: dict = {}
+        for k, v in coords.items():
+            overrides = merge(overrides, _nested(k, v))
+        points.append((label, coords, overrides))
+    return [k for keys in names for k in keys], points
 
 
 def _axis_values(where: str, key: str, values: Any) -> list[tuple]:
@@ -172,7 +187,7 @@ def load_experiment(name_or_path: str | None = None, preset: str | None = None,
 
 def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: bool) -> Experiment:
     _check_keys("experiment", spec, ("name", "title", "paper", "cell", "presets", "preset", "grid", "slurm"))
-    shared, own = _shared_presets(path), spec.get("presets") or {}
+    shared, own = _shared(path, "presets"), spec.get("presets") or {}
     presets = merge(shared, own)
     preset = preset or spec.get("preset") or (next(iter(presets)) if presets else "default")
     if presets and preset not in presets:
@@ -182,10 +197,12 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
     if paper is not None and paper not in PAPER_TABLES:
         raise ValueError(f"paper: '{paper}' is not allowed{did_you_mean(paper, PAPER_TABLES)}; "
                          f"choose from: {', '.join(PAPER_TABLES)}")
-    # precedence: shared preset < the experiment's cell < the experiment's own preset < --set
+    # precedence: shared preset < the cell's method recipe < the experiment's cell < the experiment's
+    # own preset < the grid point < --set
     chosen = dict(own.get(preset) or {})
     grid = merge(spec.get("grid") or {}, chosen.pop("grid", None) or {})
-    base = merge(merge(shared.get(preset) or {}, spec.get("cell") or {}), chosen)
+    below, above = shared.get(preset) or {}, merge(spec.get("cell") or {}, chosen)
+    recipes = _shared(path, "methods")
     slurm_tree, cell_tree = dict(spec.get("slurm") or {}), {}
     for assignment in overrides:  # parsed once, not once per cell
         if assignment.startswith("slurm."):
@@ -200,9 +217,11 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
     cells, seen = [], set()
     for seed in seeds:
         for label, coords, point in points:
-            tree = merge(merge(base, point), cell_tree)
+            tree = merge(merge(above, point), cell_tree)
             if seed is not None:
                 tree = merge(tree, {"train": {"seed": seed}})
+            method = tree.get("method", below.get("method", DEFAULT_METHOD))
+            tree = merge(merge(below, _recipe(recipes, method, preset)), tree)
             try:
                 config = from_dict(CellConfig, tree)
                 if check:
@@ -219,12 +238,22 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
                       preset=preset, ops=ops, axes=axes, cells=cells, slurm=slurm, path=path)
 
 
-def _shared_presets(path: Path) -> dict:
-    """presets.yaml beside the experiment (else the project's): the data/model settings all share."""
+def _shared(path: Path, name: str) -> dict:
+    """<name>.yaml beside the experiment (else the project's): presets (the data/model settings all
+    share) or methods (each method's recipe per preset)."""
     for folder in (path.parent, EXPERIMENTS_DIR):
-        if (folder / "presets.yaml").is_file():
-            return read_yaml(folder / "presets.yaml")
+        if (folder / f"{name}.yaml").is_file():
+            return read_yaml(folder / f"{name}.yaml")
     return {}
+
+
+def _recipe(recipes: dict, method: Any, preset: str) -> dict:
+    """The cell overrides methods.yaml gives `method` on `preset` ({} when it gives none)."""
+    entry = recipes.get(method) if isinstance(method, str) else None
+    recipe = entry.get(preset) if isinstance(entry, dict) else entry
+    if recipe is not None and not isinstance(recipe, dict):
+        raise ValueError(f"methods.yaml: {method}.{preset}: expected a mapping of cell keys, got {recipe!r}")
+    return recipe or {}
 
 
 def cell_identity(exp: Experiment, cell: Cell) -> dict:

@@ -20,7 +20,8 @@ from ablation.errors import choices_error
 from .paper import ALIASES, derive, paper_table
 from ablation.store import atomic_write
 
-from .table import finished, load_experiment, load_summary, setup_line
+from .sensitivity import plot_drop
+from .table import facet_groups, finished, load_experiment, load_summary, setup_line
 
 Y_LABEL = "top-1 (%), linear evaluation"
 CMAP = "viridis"  # sequential and colour-blind safe
@@ -80,20 +81,36 @@ def _annotations(stats: dict[str, pd.DataFrame], matrix: pd.DataFrame) -> np.nda
 
 
 def plot_heatmap(summary: pd.DataFrame, exp: dict[str, Any], metric: str = "linear_top1") -> Figure:
-    """Figure 5: composition grid with an Average column; missing/failed cells hatched and named."""
-    ops = list(exp["ops"])
-    stats = _pairwise(summary, ops, metric)
-    matrix = _with_average(stats["mean"])
-    values = matrix.to_numpy(dtype=float)
-    known = values[~np.isnan(values)]
+    """Figure 5: composition grid with an Average column; missing/failed cells hatched and named.
+
+    A grid with facets (e.g. a method axis) gets one heatmap per facet, side by side, on one colour scale.
+    """
+    ops, groups = list(exp["ops"]), facet_groups(summary, exp)
+    stats = [_pairwise(part, ops, metric) for _, part in groups]
+    matrices = [_with_average(s["mean"]) for s in stats]
+    known = np.concatenate([m.to_numpy(dtype=float).ravel() for m in matrices])
+    known = known[~np.isnan(known)]
     vmin, vmax = (known.min(), known.max()) if known.size else (0.0, 100.0)
     n = len(ops)
-    fig = Figure(figsize=(0.95 * (n + 1) + 2.4, 0.75 * n + 1.9), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(len(groups) * (0.95 * (n + 1) + 1.2) + 1.2, 0.75 * n + 1.9), layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for k, (ax, (facet, _), st, matrix) in enumerate(zip(axes, groups, stats, matrices)):
+        scale = (vmin, vmax if vmax > vmin else vmin + 1)
+        _draw_heatmap(ax, st, matrix, ops, scale, colorbar=k == len(groups) - 1)
+        ax.set_title(facet)
+        if k:
+            ax.set_ylabel("")
+    fig.suptitle(f"{exp.get('title') or exp.get('name', '')}\n{setup_line(exp)}, {_mode(exp)}")
+    return fig
+
+
+def _draw_heatmap(ax, stats: dict[str, pd.DataFrame], matrix: pd.DataFrame, ops: list[str],
+                  scale: tuple[float, float], colorbar: bool) -> None:
+    n = len(ops)
     ax.patch.set(facecolor="#f2f2f2", edgecolor="#c8c8c8", hatch="///")
     sns.heatmap(matrix, mask=matrix.isna(), annot=_annotations(stats, matrix), fmt="", cmap=CMAP,
-                vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1, linewidths=1.5, linecolor="white",
-                annot_kws={"fontsize": 9}, cbar_kws={"label": Y_LABEL, "shrink": 0.85}, ax=ax)
+                vmin=scale[0], vmax=scale[1], linewidths=1.5, linecolor="white", annot_kws={"fontsize": 9},
+                cbar=colorbar, cbar_kws={"label": Y_LABEL, "shrink": 0.85}, ax=ax)
     for i, first in enumerate(ops):
         for j, second in enumerate(ops):
             if math.isnan(matrix.loc[first, second]):
@@ -104,8 +121,6 @@ def plot_heatmap(summary: pd.DataFrame, exp: dict[str, Any], metric: str = "line
     ax.set_ylabel("1st transformation")
     ax.tick_params(axis="x", rotation=30, length=0)
     ax.tick_params(axis="y", rotation=0, length=0)
-    ax.set_title(f"{exp.get('title') or exp.get('name', '')}\n{setup_line(exp)}, {_mode(exp)}")
-    return fig
 
 
 def _mode(exp: dict[str, Any]) -> str:
@@ -240,11 +255,14 @@ def save(fig: Figure, base: Path) -> list[Path]:
 
 
 def plot(exp_dir: str | Path) -> list[Path]:
-    """Write results/<exp>/figures/{heatmap|sweep}.{png,pdf}; return the paths written."""
+    """Write results/<exp>/figures/{heatmap|sweep}.{png,pdf} (and drop.{png,pdf} for a method x
+    augmentation grid); return the paths written."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     summary, _ = load_summary(exp_dir)
     with sns.axes_style("ticks"), sns.plotting_context("paper", font_scale=1.25):
         if exp.get("kind") == "pairwise":
             return save(plot_heatmap(summary, exp), exp_dir / "figures" / "heatmap")
-        return save(plot_sweep(summary, exp), exp_dir / "figures" / "sweep")
+        drop = plot_drop(summary, exp)
+        return save(plot_sweep(summary, exp), exp_dir / "figures" / "sweep") + (
+            save(drop, exp_dir / "figures" / "drop") if drop else [])

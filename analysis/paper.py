@@ -1,9 +1,10 @@
 """The paper's published numbers (only those in shared/paper/simclr-facts.md) and matching ours to them.
 
 paper_numbers.csv is long format: one row per published number, with the table it comes from,
-the setting that produced it (typed columns, empty where the table does not vary them) and the
-value in top-1 % (linear evaluation, ImageNet, ResNet-50). Figure 5 and Figure 8 are images in
-the paper, so none of their values are here.
+the setting that produced it (typed columns, empty where the table does not vary them or where a
+setting does not apply: AutoAugment has no colour strength) and the value in top-1 % (linear
+evaluation, ImageNet, ResNet-50). Figure 5 and Figure 8 are images in the paper, so none of their
+values are here.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import pandas as pd
 from ablation.errors import choices_error
 
 CSV = Path(__file__).with_name("paper_numbers.csv")
-BOOL_COLUMNS = ("blur", "semi_hard", "normalize")
+BOOL_COLUMNS = ("blur", "autoaugment", "semi_hard", "normalize")
 # Setting columns that pick a paper row for one of our labels, and columns that split the paper
 # into separate series (e.g. SimCLR vs supervised) unless our setup fixes them.
 KEYS = {
-    "table1": ("strength", "blur"),
+    "table1": ("strength", "blur", "autoaugment"),
     "table4": ("loss", "semi_hard"),
     "table5": ("normalize", "temperature"),
     "tableB1": ("batch_size", "epochs"),
@@ -32,6 +33,7 @@ SERIES = {"table1": ("method",), "table4": (), "table5": (), "tableB1": ("lr_sca
 ALIASES = {
     "strength": ("strength", "color_strength", "colour_strength", "color.s"),
     "blur": ("blur",),
+    "autoaugment": ("autoaugment",),
     "loss": ("loss", "loss.name", "loss.kind", "loss_name"),
     "semi_hard": ("semi_hard", "semihard"),
     "normalize": ("normalize", "l2_norm", "l2_normalize", "normalise"),
@@ -39,10 +41,11 @@ ALIASES = {
     "batch_size": ("batch_size",),
     "epochs": ("epochs",),
     "lr_scaling": ("lr_scaling", "scaling"),
-    "method": (),
+    "method": ("method",),
 }
 # A setting our config does not name is taken as the plain SimCLR default.
-DEFAULTS = {"blur": False, "semi_hard": False}
+DEFAULTS = {"blur": False, "autoaugment": False, "semi_hard": False}
+SPEC_SETTINGS = ("strength", "blur", "autoaugment")  # also read from augmentation spec strings
 
 
 @lru_cache(maxsize=1)
@@ -83,8 +86,10 @@ def _lookup(column: str, values: dict[str, Any]) -> Any:
 
 
 def _from_spec(column: str, values: dict[str, Any]) -> Any:
-    """Colour strength / blur read from an augmentation spec string like "crop+color(s=0.5)+blur"."""
+    """Colour strength / blur / AutoAugment read from an augmentation spec like "crop+color(s=0.5)+blur"."""
     for value in values.values():
+        if column == "autoaugment" and isinstance(value, str) and "autoaugment" in value:
+            return True
         if isinstance(value, str) and "color" in value:
             if column == "blur":
                 return "blur" in value
@@ -98,7 +103,7 @@ def derive(column: str, coords: dict[str, Any], setup: dict[str, Any]) -> Any:
     """Our value for a paper setting: from the cell's coords first, then the fixed setup."""
     for values in (coords, _flatten(setup)):
         found = _lookup(column, values)
-        if found is None and column in ("strength", "blur"):
+        if found is None and column in SPEC_SETTINGS:
             found = _from_spec(column, values)
         if found is not None:
             return found
@@ -118,31 +123,50 @@ def _as_bool(v: Any) -> bool:
     return str(v).strip().lower() in ("true", "1", "yes", "y", "on")
 
 
+def _matches(ours: Any, theirs: Any) -> bool:
+    """A paper setting left empty does not apply to that row; any other must equal ours."""
+    if not isinstance(theirs, bool) and pd.isna(theirs):
+        return True
+    return ours is not None and _same(ours, theirs)
+
+
 def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any],
                        metric: str = "linear_top1") -> pd.DataFrame | None:
-    """Our mean (%) beside the paper's number for each label; None when exp["paper"] has no table.
+    """Our mean (%) beside the paper's number for each label, then every paper row no label matched
+    (with an empty label); None when exp["paper"] has no table.
 
-    Paper columns are named "paper", or "paper (<series>)" (e.g. "paper (Supervised)") when the
-    table holds several series our setup does not pick between.
+    A series of the paper (e.g. SimCLR vs supervised) that our setup fixes picks its rows only; one
+    that a swept key gives (a `method` axis) is matched per label and shown in its own column; any
+    other gets its own paper column, "paper (<series>)" (e.g. "paper (Supervised)").
     """
     name = exp.get("paper")
     if name not in KEYS:
         return None
-    table, setup = paper_table(name), exp.get("setup") or {}
+    setup = exp.get("setup") or {}
+    fixed = {c: v for c in SERIES[name] if (v := derive(c, {}, setup)) is not None}
+    table = paper_table(name)
+    table = table[[all(_same(v, t[c]) for c, v in fixed.items()) for _, t in table.iterrows()]]
     axes = [c for c in exp.get("axes") or [] if c in agg.columns]
-    series = [c for c in SERIES[name] if derive(c, {}, setup) is None]
-    fixed = {c: derive(c, {}, setup) for c in SERIES[name] if c not in series}
-    rows = []
-    for _, r in agg.iterrows():
-        coords = {a: r[a] for a in axes}
-        wanted = {c: derive(c, coords, setup) for c in KEYS[name]} | fixed
-        match = table[[all(v is not None and _same(v, t[c]) for c, v in wanted.items())
-                       for _, t in table.iterrows()]]
-        row = {"label": r["label"], "ours": 100 * r[f"{metric}_mean"],
-               "ours_std": 100 * r[f"{metric}_std"], "n": r["n"]}
-        for _, t in match.iterrows():
-            row[" ".join(["paper"] + [f"({t[c]})" for c in series])] = t["value"]
+    coords = [{a: r[a] for a in axes} for _, r in agg.iterrows()]
+    per_row = [c for c in SERIES[name] if c not in fixed and any(_lookup(c, co) is not None for co in coords)]
+    split = [c for c in SERIES[name] if c not in fixed and c not in per_row]
+
+    def column(t: pd.Series) -> str:
+        return " ".join(["paper"] + [f"({t[c]})" for c in split])
+
+    rows, matched = [], set()
+    for (_, r), co in zip(agg.iterrows(), coords):
+        wanted = {c: derive(c, co, setup) for c in (*KEYS[name], *per_row)}
+        row = {"label": r["label"], "setting": None, **{c: None for c in per_row},
+               "ours": 100 * r[f"{metric}_mean"], "ours_std": 100 * r[f"{metric}_std"], "n": r["n"]}
+        for i, t in table.iterrows():
+            if all(_matches(v, t[c]) for c, v in wanted.items()):
+                row.update({"setting": t["setting"], **{c: t[c] for c in per_row}, column(t): t["value"]})
+                matched.add(i)
         rows.append(row)
+    rows += [{"label": "", "setting": t["setting"], **{c: t[c] for c in per_row}, "ours": math.nan,
+              "ours_std": math.nan, "n": 0, column(t): t["value"]}
+             for i, t in table.iterrows() if i not in matched]
     return pd.DataFrame(rows)
 
 

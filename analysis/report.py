@@ -19,8 +19,9 @@ from ablation.store import atomic_write, read_json
 
 from .figures import heatmap_matrix, plot
 from .paper import compare_with_paper, spearman
+from .sensitivity import report_lines as sensitivity_lines
 from .table import (
-    FINISHED, PERCENT_METRICS, collect, load_experiment, load_summary, markdown_table, setup_line,
+    FINISHED, PERCENT_METRICS, collect, facet_groups, load_experiment, load_summary, markdown_table, setup_line,
 )
 
 HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be checked"
@@ -168,9 +169,12 @@ def _problems(summary: pd.DataFrame) -> list[str]:
 def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -> list[str]:
     paper = exp.get("paper")
     if exp.get("kind") == "pairwise":
-        head = [f"The paper gives {SOURCES.get(paper, 'Figure 5')} only as an image, so its stated "
-                "findings are checked instead of its numbers:", ""]
-        return head + [f.line() for f in pairwise_findings(summary, list(exp["ops"]))]
+        lines = [f"The paper gives {SOURCES.get(paper, 'Figure 5')} only as an image, so its stated "
+                 "findings are checked instead of its numbers:", ""]
+        for facet, part in facet_groups(summary, exp):
+            lines += [f"{facet}:", ""] if facet else []
+            lines += [f.line() for f in pairwise_findings(part, list(exp["ops"]))] + ([""] if facet else [])
+        return lines
     if paper == "figure8":
         return [FIGURE8_TEXT]
     side = compare_with_paper(agg, exp)
@@ -182,10 +186,13 @@ def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -
     lines = [f"Paper numbers: {SOURCES[paper]}, ImageNet, ResNet-50, linear evaluation top-1 (%).", ""]
     shown = side.assign(ours=[_pct(a, b) for a, b in zip(side["ours"], side["ours_std"])])
     lines += [markdown_table(shown.drop(columns="ours_std").rename(columns={"ours": "ours (%)"})), ""]
+    series = list(side.columns[side.columns.get_loc("setting") + 1:side.columns.get_loc("ours")])
     for col in papers:
-        rho, n = spearman(side["ours"], side[col])
-        value = "n/a" if math.isnan(rho) else f"{rho:.2f}"
-        lines.append(f"- Spearman rank correlation, ours vs {col}: {value} over {n} settings")
+        for key, part in side.groupby(series, sort=False) if series else [((), side)]:
+            rho, n = spearman(part["ours"], part[col])
+            value = "n/a" if math.isnan(rho) else f"{rho:.2f}"
+            where = f" ({', '.join(map(str, key))})" if series else ""
+            lines.append(f"- Spearman rank correlation, ours vs {col}{where}: {value} over {n} settings")
     return lines
 
 
@@ -208,5 +215,6 @@ def report(exp_dir: str | Path) -> Path:
     text += ["## Figures", ""]
     text += [f"![{p.stem}](figures/{p.name}) ([PDF](figures/{p.with_suffix('.pdf').name}))"
              for p in figures]
-    text += ["", "## Comparison with the paper", "", *_comparison(exp, summary, agg), ""]
+    text += ["", *sensitivity_lines(summary, exp)]
+    text += ["## Comparison with the paper", "", *_comparison(exp, summary, agg), ""]
     return atomic_write(exp_dir / "report.md", lambda f: f.write("\n".join(text)))

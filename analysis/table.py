@@ -30,8 +30,19 @@ def load_experiment(exp_dir: str | Path) -> dict[str, Any]:
 
 
 def axes_of(exp: dict[str, Any]) -> list[str]:
-    """The coordinate columns: first/second for pairwise grids, the swept keys for products."""
-    return ["first", "second"] if exp.get("kind") == "pairwise" else list(exp.get("axes") or [])
+    """The coordinate columns: first/second (then any facet, e.g. method) for pairwise grids, the swept
+    keys for products."""
+    facets = list(exp.get("axes") or [])
+    return ["first", "second", *facets] if exp.get("kind") == "pairwise" else facets
+
+
+def facet_groups(summary: pd.DataFrame, exp: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
+    """A pairwise grid's cells per facet ("method=byol", in grid order); one untitled group without facets."""
+    facets = [a for a in exp.get("axes") or [] if a in summary.columns]
+    if exp.get("kind") != "pairwise" or not facets:
+        return [("", summary)]
+    groups = summary.groupby(facets, sort=False, dropna=False)
+    return [(",".join(f"{f.split('.')[-1]}={v}" for f, v in zip(facets, key)), part) for key, part in groups]
 
 
 def _cell_ids(exp_dir: Path, exp: dict[str, Any]) -> list[str]:

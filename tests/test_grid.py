@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from ablation.cli import main
-from ablation.grid import EXPERIMENTS_DIR, load_experiment
+from ablation.grid import EXPERIMENTS_DIR, SHARED_FILES, load_experiment
 
-SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "presets")
+SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem not in SHARED_FILES)
 PRESETS = ("embedded", "cifar10", "imagenet")
 
 
