@@ -111,8 +111,6 @@ class EvalConfig:
 
 @dataclass
 class CellConfig:
-    method: str = opt("simclr", "training method; `ablate methods` lists each one's parameters", registry=_method_names)
-    method_args: Optional[dict] = opt(None, "parameters of the method, e.g. {momentum: 0.99} for byol")
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -120,6 +118,9 @@ class CellConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    method: str = opt("simclr", "training method; `ablate methods` lists each one's parameters",
+                      registry=_method_names)
+    method_args: Optional[dict] = opt(None, "parameters of the method, e.g. {momentum: 0.99} for byol")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
