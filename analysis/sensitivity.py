@@ -20,10 +20,11 @@ DROP = "top-1 drop from the reference (points)"
 
 
 def sensitivity_axes(exp: dict[str, Any]) -> tuple[str, str] | None:
-    """(method key, augmentation key) when a product grid sweeps the method and exactly one other key."""
+    """(method key, augmentation key) when a product grid sweeps the method and exactly one other key
+    (paper tables, e.g. Table 1's strengths, keep the paper's form instead)."""
     axes = list(exp.get("axes") or [])
     others = [a for a in axes if a != METHOD_KEY]
-    if exp.get("kind") != "product" or METHOD_KEY not in axes or len(others) != 1:
+    if exp.get("kind") != "product" or exp.get("paper") or METHOD_KEY not in axes or len(others) != 1:
         return None
     return METHOD_KEY, others[0]
 

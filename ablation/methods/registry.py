@@ -93,10 +93,11 @@ def _method_class(name: str) -> type[Method]:
 
 def resolve_args(cls: type[Method], args: dict[str, Any]) -> dict[str, Any]:
     """Every parameter of ``cls``: its default, or the given value checked against its type and range."""
-    for key in args:
-        if key not in cls.params:
-            raise choices_error(f"'{cls.name}' parameter", key, cls.params) if cls.params else ValueError(
-                f"method '{cls.name}' takes no parameters; got '{key}'")
+    unknown = [key for key in args if key not in cls.params]
+    if unknown and not cls.params:
+        raise ValueError(f"method '{cls.name}' takes no parameters; got '{unknown[0]}'")
+    if unknown:
+        raise choices_error(f"'{cls.name}' parameter", unknown[0], cls.params)
     return {key: coerce(cls.name, f, args[key]) if key in args else f.default for key, f in cls.params.items()}
 
 
