@@ -94,5 +94,7 @@ def plot_drop(summary: pd.DataFrame, exp: dict[str, Any]) -> Figure | None:
     ax.axhline(0, color="#555555", lw=0.8)
     ax.set(xlabel=f"{other.split('.')[-1]} (reference: {conditions[0]})", ylabel=DROP)
     ax.tick_params(axis="x", rotation=20)
+    for label in ax.get_xticklabels():
+        label.set_ha("right")
     ax.set_title(f"{exp.get('title') or exp.get('name', '')}\n{setup_line(exp)}")
     return fig
