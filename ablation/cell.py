@@ -4,14 +4,18 @@ Resumable and bit-exact: every random draw comes from a generator seeded by
 (seed, epoch) for the shuffle and (seed, epoch, step) for the augmentations, so a
 checkpoint only needs the weights, the optimiser and the position (epoch, step).
 An interrupt (preemption signal, Ctrl-C) is honoured at a step boundary: the
-checkpoint is written there, and a rerun continues from it.
+checkpoint is written there, and a rerun continues from it. One process at a time writes a
+cell (a lock in its folder): a rerun started while an older run is still ending waits for it.
+A checkpoint that cannot be loaded ends the run with status `corrupt`, naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import dist, store
 from .augment import TwoViews
-from .config import CellConfig, signature
+from .config import CellConfig
 from .data import DeviceBatcher, ImageSet, fits_on_device, load_dataset
+from .identity import signature
 from .losses import contrastive_loss
-from .model import SimCLRModel, build_encoder, build_head
+from .model import SimCLRModel, build_encoder, build_head, global_batch_norm
+from .names import CORRUPT, FAILED, FINAL_LOSS, FINISHED, KNN_TOP1, LINEAR_TOP1, LINEAR_TOP5, RANDOM_INIT_TOP1
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probe import extract_features, knn_probe, linear_probe
 from .progress import Progress
@@ -105,11 +111,15 @@ def _save(path: Path, model, optimizer, scheduler, state: TrainState) -> None:
 
 
 def _load(path: Path, model, optimizer, scheduler) -> TrainState:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    return TrainState(**payload["state"])
+    """The training state of a checkpoint; `store.Corrupt` when it cannot be read or does not fit."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        return TrainState(**payload["state"])
+    except Exception as err:  # truncated, foreign or from another config: never silently restart
+        raise store.Corrupt(path, f"cannot be loaded ({type(err).__name__}: {err})") from None
 
 
 def _versions() -> dict:
@@ -130,42 +140,62 @@ def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: I
     n = len(train.classes)
     linear = linear_probe(f_train, train.labels, f_test, test.labels, n)
     knn = knn_probe(f_train, train.labels, f_test, test.labels, n, k=cfg.eval.knn_k, t=cfg.eval.knn_t)
-    return {"linear_top1": linear["top1"], "linear_top5": linear["top5"], "knn_top1": knn}
+    return {LINEAR_TOP1: linear["top1"], LINEAR_TOP5: linear["top5"], KNN_TOP1: knn}
+
+
+def _identity(out: Path, cfg: CellConfig) -> dict:
+    """cell.json when the launcher wrote one (and it reads), else the id alone."""
+    with contextlib.suppress(store.Corrupt):
+        return store.read_record(out / store.CELL) or {"id": signature(cfg)}
+    return {"id": signature(cfg)}
 
 
 def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: torch.device,
-            metrics: dict, reason: str | None = None) -> dict:
-    identity = store.read_json(out / "cell.json") or {"id": signature(cfg)}
-    result = {**identity, "status": status, "reason": reason, "metrics": metrics,
+            metrics: dict, reason: str | None = None, files: tuple[str, ...] = ()) -> dict:
+    result = {**_identity(out, cfg), "status": status, "reason": reason, "metrics": metrics,
               "epochs_done": state.epoch, "resumed_at": state.resumed_at, "losses": state.losses,
               "wall_time_s": round(state.wall_s, 3), "train_time_s": round(state.train_s, 3),
               "images_per_s": round(state.images / state.train_s, 1) if state.train_s else None,
               "device": str(device), "seed": cfg.train.seed, "versions": _versions(),
-              "config": cfg.to_dict()}
+              "config": cfg.to_dict(), **({"files": list(files)} if files else {})}
     if dist.is_main():
-        store.write_json(store.result_path(out), result)
+        store.write_json(out / store.RESULT, result)
     return result
+
+
+def _one_writer(out: Path) -> contextlib.AbstractContextManager[None]:
+    """The cell's lock (the main process holds it; the other ranks of a DDP run only follow it)."""
+    if not dist.is_main():
+        return contextlib.nullcontext()
+    return store.locked(out / store.CELL_LOCK, waiting=lambda holder: print(
+        f"waiting for another run of {out} to end ({holder})", file=sys.stderr, flush=True))
 
 
 def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, show_progress: bool = True) -> dict:
     """Train and evaluate one cell into `out`; returns the result. A finished `out` is not re-run.
 
     Any error is recorded as a failed result (with the reason) before it propagates, so a
-    grid sees the failure; an interrupt leaves a checkpoint and no result.
+    grid sees the failure; an unreadable checkpoint as a corrupt one, naming it; an interrupt
+    leaves a checkpoint and no result. `store.Corrupt` when `out` has an unreadable result.json.
     """
     out = Path(out)
-    done = store.read_result(out)
-    if done and done.get("status") == store.FINISHED:
-        return done
-    start = time.monotonic()
-    try:
-        return _run(cfg, out, interrupt or Interrupt(), show_progress, start)
-    except Preempted:
-        raise
-    except Exception as err:
-        _finish(out, cfg, store.FAILED, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
-                reason=f"{type(err).__name__}: {err}")
-        raise
+    with _one_writer(out):
+        done = store.read_result(out)
+        if done and done.get("status") == FINISHED:
+            return done
+        start = time.monotonic()
+        try:
+            return _run(cfg, out, interrupt or Interrupt(), show_progress, start)
+        except Preempted:
+            raise
+        except store.Corrupt as err:
+            _finish(out, cfg, CORRUPT, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
+                    reason=str(err), files=(err.path.name,))
+            raise
+        except Exception as err:
+            _finish(out, cfg, FAILED, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
+                    reason=f"{type(err).__name__}: {err}")
+            raise
 
 
 def train_step(net: torch.nn.Module, views: TwoViews, x: torch.Tensor, g: torch.Generator, optimizer, scheduler,
@@ -203,24 +233,26 @@ def build_optimisation(cfg: CellConfig, model: torch.nn.Module, steps: int):
 
 def _probe_all(cfg: CellConfig, model: SimCLRModel, train: ImageSet, test: ImageSet, device: torch.device,
                final_loss: float) -> dict:
-    metrics = {**evaluate(cfg, model.encoder, train, test, device), "final_loss": final_loss,
-               "random_init_top1": None}
+    metrics = {**evaluate(cfg, model.encoder, train, test, device), FINAL_LOSS: final_loss,
+               RANDOM_INIT_TOP1: None}
     if cfg.eval.random_init:
         baseline = build_model(cfg, device).encoder
-        metrics["random_init_top1"] = evaluate(cfg, baseline, train, test, device)["linear_top1"]
+        metrics[RANDOM_INIT_TOP1] = evaluate(cfg, baseline, train, test, device)[LINEAR_TOP1]
     return metrics
 
 
 def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, start: float) -> dict:
     if dist.is_main():
-        store.write_yaml(out / "config.yaml", cfg.to_dict())
+        store.write_yaml(out / store.CONFIG, cfg.to_dict())
     device = resolve_device(cfg.train.device)
     train, test = load_data(cfg)
     model = build_model(cfg, device)
+    if dist.active() and cfg.model.sync_bn:  # before the optimiser: it keeps the same parameters
+        model = global_batch_norm(model)
     batcher = _batcher(cfg, train, device)
     steps, epochs, seed = len(batcher), cfg.train.epochs, cfg.train.seed
     optimizer, scheduler = build_optimisation(cfg, model, steps)
-    ckpt = store.checkpoint_path(out)
+    ckpt = out / store.CHECKPOINT
     state = TrainState()
     if ckpt.exists():
         state = _load(ckpt, model, optimizer, scheduler)
@@ -256,7 +288,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         state.losses.append(epoch_loss)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
-            return _finish(out, cfg, store.FAILED, state, device, {"final_loss": epoch_loss},
+            return _finish(out, cfg, FAILED, state, device, {FINAL_LOSS: epoch_loss},
                            reason=f"non-finite loss ({epoch_loss}) in epoch {epoch + 1}")
         if bar:
             bar.update(state.epoch * steps, epoch=f"{state.epoch}/{epochs}", loss=f"{epoch_loss:.4f}",
@@ -267,4 +299,4 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     metrics = _probe_all(cfg, model, train, test, device, state.losses[-1]) if dist.is_main() else {}
     dist.barrier()
     state.wall_s = prior_wall + time.monotonic() - start
-    return _finish(out, cfg, store.FINISHED, state, device, metrics)
+    return _finish(out, cfg, FINISHED, state, device, metrics)

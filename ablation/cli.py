@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
+
+from . import store
+from .names import DONE, EXECUTORS, FINISHED, METRICS, QUEUED, RUNNING, UNKNOWN
 
 EPILOG = """examples:
   ablate grid                                  # Figure 5 on the embedded data, on this machine
@@ -58,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ones only with --retry. Locally the grid ends with collect, plot and "
                                    "report.")
     _add_experiment_args(p)
-    p.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto",
+    p.add_argument("--executor", choices=EXECUTORS, default="auto",
                    help="auto: slurm when sbatch is on PATH, else local")
     p.add_argument("--dry-run", action="store_true", help="print the cells, their states and the cost; run nothing")
     p.add_argument("--retry", action="store_true", help="also rerun failed, cancelled and timed-out cells")
@@ -109,14 +113,12 @@ def cmd_run(args) -> int:
         print(f"stopped: {stop}. Run the same command again to resume.", file=sys.stderr)
         return 130
     m = result["metrics"]
-    if result["status"] != "finished":
-        print(f"failed: {result.get('reason')} (see {args.out / 'result.json'})", file=sys.stderr)
+    if result["status"] != FINISHED:
+        print(f"{result['status']}: {result.get('reason')} (see {args.out / store.RESULT})", file=sys.stderr)
         return 1
-    base = m.get("random_init_top1")
-    print(f"linear_top1={m['linear_top1']:.4f} linear_top5={m['linear_top5']:.4f} knn_top1={m['knn_top1']:.4f}"
-          + (f" random_init_top1={base:.4f}" if base is not None else "")
-          + f" final_loss={m['final_loss']:.4f} ({result['wall_time_s']:.0f}s, {result['images_per_s']} img/s)")
-    print(f"wrote {args.out / 'result.json'}")
+    print(" ".join(f"{k}={m[k]:.4f}" for k in METRICS if m.get(k) is not None)
+          + f" ({result['wall_time_s']:.0f}s, {result['images_per_s']} img/s)")
+    print(f"wrote {args.out / store.RESULT}")
     return 0
 
 
@@ -132,18 +134,27 @@ def cmd_grid(args) -> int:
         rows = status.statuses(args.results, exp)
         print(f"{exp.name}: {len(exp.cells)} cells ({exp.kind}, preset {exp.preset}) from {exp.path}")
         print(status.render(rows, limit=60))
-        print(status.estimate(args.results, exp, rows))
+        print(status.estimate(exp, rows))
         return 0
     from . import launch
     outcome = launch.launch(args.results, exp, args.executor, args.retry, args.workers)
     if outcome["executor"] == "slurm" and not args.wait:
-        print(f"submitted {len(outcome['submitted'])} jobs. Follow with: ablate status {exp.path} "
-              f"{'--preset ' + exp.preset} --results {args.results}")
+        print(f"submitted {len(outcome['submitted'])} jobs. Follow with: {follow_command(args, exp)}")
         return 0
+    if launch.INTERRUPTED in outcome.get("ran", {}).values():
+        print("stopped by a signal; launch again to resume", file=sys.stderr)
+        return 130
     if outcome["executor"] == "slurm":
         if _watch(args.results, exp) != 0:
             return 1
     return _finish(args.results, exp)
+
+
+def follow_command(args: argparse.Namespace, exp) -> str:
+    """The `ablate status` command line that shows the grid just launched (overrides included)."""
+    argv = ["ablate", "status", str(exp.path), "--preset", exp.preset, "--results", str(args.results)]
+    argv += [part for kv in args.overrides for part in ("--set", kv)]
+    return shlex.join(argv)
 
 
 def _watch(results: Path, exp, every_s: float = 10.0) -> int:
@@ -151,8 +162,8 @@ def _watch(results: Path, exp, every_s: float = 10.0) -> int:
     while True:
         rows = status.statuses(results, exp)
         print(status.render(rows, limit=40), flush=True)
-        if not any(r.state in (status.QUEUED, status.RUNNING, status.UNKNOWN) for r in rows):
-            return 0 if all(r.state == status.DONE for r in rows) else 1
+        if not any(r.state in (QUEUED, RUNNING, UNKNOWN) for r in rows):
+            return 0 if all(r.state == DONE for r in rows) else 1
         time.sleep(every_s)
 
 
@@ -160,7 +171,7 @@ def _finish(results: Path, exp) -> int:
     """Collect, plot and report, then say where the figures are."""
     import analysis
     from . import status
-    folder = status.experiment_dir(results, exp)
+    folder = store.experiment_dir(results, exp.name)
     rows = status.statuses(results, exp)
     print(status.render(rows, limit=60))
     analysis.collect(folder)
@@ -170,7 +181,7 @@ def _finish(results: Path, exp) -> int:
         if path.suffix == ".png":
             print(f"figure: {path}")
     print(f"report: {report}")
-    return 0 if all(r.state == status.DONE for r in rows) else 1
+    return 0 if all(r.state == DONE for r in rows) else 1
 
 
 def cmd_status(args) -> int:
@@ -178,14 +189,13 @@ def cmd_status(args) -> int:
     exp = _experiment(args, check=False)  # cell ids need no torch import
     rows = status.statuses(args.results, exp)
     print(status.render(rows))
-    return 0 if all(r.state == status.DONE for r in rows) else 1
+    return 0 if all(r.state == DONE for r in rows) else 1
 
 
 def _analysis(name: str):
     def command(args) -> int:
         import analysis
-        from .status import experiment_dir
-        folder = experiment_dir(args.results, _experiment(args))
+        folder = store.experiment_dir(args.results, _experiment(args).name)
         out = getattr(analysis, name)(folder)
         for path in out if isinstance(out, (list, tuple)) else [out]:
             print(f"wrote {path}")

@@ -14,16 +14,20 @@ The whole experiment is resolved and validated before anything runs.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import CellConfig, from_dict, merge, opt, read_yaml, set_dotted, signature, validate
+from .config import CellConfig, from_dict, merge, opt, read_yaml, set_dotted, validate
 from .errors import did_you_mean
+from .identity import settings, signature, spec_keys
+from .names import GRID_KINDS, PAPER_TABLES
+from .store import check_name
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT_EXPERIMENT = "pairwise"
-PAPER_TABLES = ("figure5", "table1", "table4", "table5", "figure8", "tableB1")
+SEED_KEY = "train.seed"  # replicates differ in it; it is never a swept setting
 
 
 @dataclass
@@ -68,14 +72,28 @@ class Experiment:
     path: Path
 
     def describe(self) -> dict:
-        """The experiment.json that analysis reads (what the grid is, not how it runs)."""
-        c = self.cells[0].config
-        setup = {"data": c.data.name, "size": c.data.size, "model": c.model.encoder, "epochs": c.train.epochs,
-                 "batch_size": c.train.batch_size, "mode": c.augment.mode, "base": c.augment.base,
-                 "views": c.augment.views if self.kind == "product" else None, "loss": c.loss.name,
-                 "lr_scaling": c.optim.lr_scaling}
+        """The experiment.json that analysis reads: what the grid is and what it swept, not how it runs.
+
+        `swept`: the settings (dotted keys, see identity.settings) that differ between cells, the
+        axes first and then what they imply (a swept spec spelled out: augment.views.color.s);
+        `settings`: each cell's values of them; `fixed`: the settings every cell shares.
+        Imports torch when a swept spec has to be spelled out (the registry knows the ops).
+        """
+        expand = [key for key in self.axes if key in spec_keys()]
+        per_cell = {cell.id: settings(cell.config, expand) for cell in self.cells}
+        keys = list(dict.fromkeys(key for values in per_cell.values() for key in values))
+
+        def values(key: str) -> set[str]:
+            return {json.dumps(v[key], sort_keys=True) for v in per_cell.values() if key in v}
+
+        swept = [k for k in dict.fromkeys([*self.axes, *keys]) if k in self.axes or
+                 (k != SEED_KEY and len(values(k)) > 1)]
+        first = next(iter(per_cell.values()))
+        fixed = {k: first[k] for k in keys if k not in swept and all(k in v for v in per_cell.values())
+                 and len(values(k)) == 1}
         return {"name": self.name, "title": self.title, "kind": self.kind, "paper": self.paper,
-                "preset": self.preset, "ops": self.ops, "axes": self.axes, "setup": setup,
+                "preset": self.preset, "ops": self.ops, "axes": self.axes, "swept": swept, "fixed": fixed,
+                "settings": {cid: {k: v[k] for k in swept if k in v} for cid, v in per_cell.items()},
                 "cells": [cell.id for cell in self.cells]}
 
 
@@ -124,8 +142,8 @@ def _grid_points(grid: dict, where: str) -> tuple[str, list, list, list[tuple[st
                 overrides = merge(overrides, _nested(k, v))
             points.append((label, coords, overrides))
         return kind, [], [k for keys in names for k in keys], points
-    raise ValueError(f"{where}.kind: '{kind}' is not allowed{did_you_mean(kind, ('pairwise', 'product'))}; "
-                     f"choose from: pairwise, product")
+    raise ValueError(f"{where}.kind: '{kind}' is not allowed{did_you_mean(kind, GRID_KINDS)}; "
+                     f"choose from: {', '.join(GRID_KINDS)}")
 
 
 def _axis_values(where: str, key: str, values: Any) -> list[tuple]:
@@ -214,7 +232,8 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
                 raise ValueError(f"cell '{label}' (seed {cell.seed}) duplicates another cell")
             seen.add(cell.id)
             cells.append(cell)
-    name = str(spec.get("name") or path.stem)
+    name = check_name(str(spec.get("name") or path.stem))
+    check_name(preset, "preset name")
     return Experiment(name=f"{name}-{preset}", title=str(spec.get("title") or name), paper=paper, kind=kind,
                       preset=preset, ops=ops, axes=axes, cells=cells, slurm=slurm, path=path)
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ablation.errors import choices_error
+from ablation.names import LOSSES
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -65,8 +66,7 @@ def _margin(sim: Tensor, pos: Tensor, neg: Tensor, temperature: float, margin: f
     return hinge.sum(dim=1) / neg.sum(dim=1)
 
 
-_PER_ANCHOR = {"nt_xent": _nt_xent, "nt_logistic": _nt_logistic, "margin": _margin}
-LOSSES = tuple(_PER_ANCHOR)
+_PER_ANCHOR = {"nt_xent": _nt_xent, "nt_logistic": _nt_logistic, "margin": _margin}  # keys: names.LOSSES
 
 
 def _similarities(z1: Tensor, z2: Tensor, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:

@@ -15,9 +15,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from ablation.errors import choices_error
+from ablation.names import LR_SCALINGS, OPTIMIZERS
 
-OPTIMIZERS = ("lars", "sgd", "adamw")
-LR_SCALINGS = {"linear": 0.3, "sqrt": 0.075}  # scaling -> default base lr (paper Sec. 2.3, App. B.1)
+BASE_LR = {"linear": 0.3, "sqrt": 0.075}  # names.LR_SCALINGS -> default base lr (paper Sec. 2.3, App. B.1)
 
 
 class LARS(Optimizer):
@@ -105,7 +105,7 @@ def scaled_lr(base_lr: float | None, batch_size: int, scaling: str) -> float:
         raise choices_error("lr scaling", scaling, LR_SCALINGS)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0; got {batch_size}")
-    base = LR_SCALINGS[scaling] if base_lr is None else base_lr
+    base = BASE_LR[scaling] if base_lr is None else base_lr
     return base * batch_size / 256 if scaling == "linear" else base * math.sqrt(batch_size)
 
 

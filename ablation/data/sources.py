@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from ..errors import choices_error
-
-DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "folder")
+from ..names import DATASETS
+from ..store import atomic_write
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 CACHE_VERSION = 1
 MAX_RESIDENT_BYTES = 32 * 2**30  # beyond this a folder is streamed (streaming_loader), not held in memory
@@ -100,16 +99,9 @@ def _cached(path: Path, build) -> tuple[ImageSet, ImageSet]:
         except Exception as e:  # a truncated or foreign file: rebuild it
             warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it")
     train, test = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"classes": train.classes, "train_images": train.images, "train_labels": train.labels,
             "test_images": test.images, "test_labels": test.labels}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-        tmp = Path(f.name)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(blob, f), mode="wb")  # readable as the umask allows (a shared cache)
     return train, test
 
 
