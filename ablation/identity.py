@@ -69,14 +69,15 @@ def spec_keys(cls: type = CellConfig, prefix: str = "") -> list[str]:
 
 def settings(cfg: CellConfig, expand: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """The config's meaning as {dotted key: value}; each spec key in `expand` is spelled out as
-    `<key>.<op>: true` for each of its ops and `<key>.<op>.<param>: value` for every parameter."""
+    `<key>.<op>: true|false` for every registered op and `<key>.<op>.<param>: value` for every
+    parameter of the ops it has (so a missing blur reads `augment.views.blur: false`)."""
     flat = _flatten(meaning(cfg))
+    if expand:
+        from .augment import REGISTRY, parse_spec
     for key in expand:
-        if flat[key] == "none":
-            continue
-        from .augment.spec import parse_ops
-        for op in parse_ops(flat[key]):
-            flat[f"{key}.{op.name}"] = True
+        ops = parse_spec(flat[key]).ops
+        flat.update({f"{key}.{name}": any(op.name == name for op in ops) for name in REGISTRY})
+        for op in ops:
             flat.update({f"{key}.{op.name}.{f.name}": getattr(op, f.name) for f in dataclasses.fields(op)})
     return flat
 

@@ -17,8 +17,8 @@ from analysis.table import markdown_table
 
 OPS = ["crop", "color", "blur"]  # not alphabetical, so ordering bugs show
 FACTS = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "simclr-facts.md"
-SETUP = {"data": "embedded", "model": "small_cnn", "epochs": 2, "batch_size": 64,
-         "mode": "asymmetric", "base": "crop"}
+FIXED = {"data.name": "embedded", "model.encoder": "small_cnn", "train.epochs": 2, "train.batch_size": 64,
+         "augment.mode": "asymmetric", "augment.base": "crop"}
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -27,11 +27,15 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def write_experiment(root: Path, name: str, cells: list[dict], **fields) -> Path:
-    """cells: dicts with label, coords, seed and optional top1 / status / job (None top1 = pending)."""
+    """cells: dicts with label, coords, seed and optional top1 / status / job (None top1 = pending).
+
+    A product grid's swept settings are its axes (fields["swept"]), each cell's values its coords."""
     exp_dir = root / name
     ids = [f"{c['label'].replace('+', '_').replace(',', '_')}-s{c['seed']}" for c in cells]
+    settings = {cid: c["coords"] for cid, c in zip(ids, cells)} if fields.get("kind") == "product" else {}
     write_json(exp_dir / "experiment.json",
-               {"name": name, "title": f"{name} test", "setup": SETUP, "cells": ids, **fields})
+               {"name": name, "title": f"{name} test", "fixed": FIXED, "cells": ids, "settings": settings,
+                "swept": fields.get("axes", []), **fields})
     for cid, c in zip(ids, cells):
         meta = {"id": cid, "experiment": name, "label": c["label"], "coords": c["coords"], "seed": c["seed"]}
         write_json(exp_dir / cid / "cell.json", meta)
@@ -246,20 +250,22 @@ def test_table1_from_view_specs_keeps_supervised_as_a_series() -> None:
     agg = pd.DataFrame({"label": ["s0.5", "s1+blur"], "augment.views": ["crop+color(s=0.5)",
                                                                        "crop+color(s=1.0)+blur"],
                         "linear_top1_mean": [0.4, 0.45], "linear_top1_std": [0.01, 0.01], "n": [2, 2]})
-    exp = {"paper": "table1", "axes": ["augment.views"], "setup": SETUP}
+    agg = agg.assign(**{"augment.views.color.s": [0.5, 1.0], "augment.views.blur": [False, True]})
+    exp = {"paper": "table1", "swept": ["augment.views", "augment.views.color.s", "augment.views.blur"],
+           "fixed": FIXED}
     side = compare_with_paper(agg, exp).set_index("label")
     assert side.loc["s0.5", "paper (SimCLR)"] == 62.6 and side.loc["s0.5", "paper (Supervised)"] == 76.5
     assert side.loc["s1+blur", "paper (SimCLR)"] == 64.5
 
 
 def test_tableB1_lr_scaling_from_setup_picks_one_series() -> None:
-    agg = pd.DataFrame({"label": ["a"], "batch_size": [256], "epochs": [100],
+    agg = pd.DataFrame({"label": ["a"], "train.batch_size": [256], "train.epochs": [100],
                         "linear_top1_mean": [0.3], "linear_top1_std": [math.nan], "n": [1]})
-    exp = {"paper": "tableB1", "axes": ["batch_size", "epochs"], "setup": {"optim": {"lr_scaling": "sqrt"}}}
+    exp = {"paper": "tableB1", "swept": ["train.batch_size", "train.epochs"], "fixed": {"optim.lr_scaling": "sqrt"}}
     side = compare_with_paper(agg, exp)
     assert [c for c in side.columns if c.startswith("paper")] == ["paper"]
     assert side["paper"].iloc[0] == 62.8
-    both = compare_with_paper(agg, {**exp, "setup": {}})
+    both = compare_with_paper(agg, {**exp, "fixed": {}})
     assert both[["paper (linear)", "paper (sqrt)"]].iloc[0].tolist() == [57.5, 62.8]
 
 

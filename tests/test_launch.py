@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablation import launch, status
+from ablation import launch, status, store
 from ablation.cli import main
 from ablation.grid import Cell, load_experiment
 
@@ -35,7 +35,7 @@ def pairwise(tmp_path: Path) -> Path:
 
 
 def results(root: Path, exp) -> dict[str, dict | None]:
-    folder = status.experiment_dir(root, exp)
+    folder = store.experiment_dir(root, exp.name)
     return {c.label: json.loads(p.read_text()) if (p := folder / c.id / "result.json").exists() else None
             for c in exp.cells}
 

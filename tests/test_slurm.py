@@ -22,7 +22,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from ablation import status
+from ablation import status, store
 from ablation.cli import main
 from ablation.config import merge
 from ablation.grid import load_experiment
@@ -74,7 +74,7 @@ class Grid:
         spec = {"name": name, "cell": merge(TINY, cell or {}), "grid": grid, "slurm": {**SLURM, **(slurm or {})}}
         self.path.write_text(yaml.safe_dump(spec, sort_keys=False))
         self.exp = load_experiment(str(self.path))
-        self.folder = status.experiment_dir(self.root, self.exp)
+        self.folder = store.experiment_dir(self.root, self.exp.name)
 
     def ablate(self, command: str, *extra: str) -> tuple[int, str]:
         return ablate(command, str(self.path), "--results", str(self.root), *extra)
