@@ -182,8 +182,9 @@ def load_experiment(name_or_path: str | None = None, preset: str | None = None,
     keys, types and ranges are still checked, and cell ids do not depend on it (`ablate status`).
     """
     path = find_experiment(name_or_path)
+    spec = read_yaml(path)  # its errors name the file already
     try:
-        return _expand(path, read_yaml(path), preset, list(overrides), check)
+        return _expand(path, spec, preset, list(overrides), check)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 

@@ -1,6 +1,8 @@
 """Data: embedded set (deterministic, balanced, class only in shape), folders + cache, batching."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +171,15 @@ def test_cache_round_trip_and_invalidation(tiny_folder: Path, tmp_path: Path):
     (tiny_folder / "train" / "a" / "9.png").unlink()
     with pytest.warns(UserWarning, match="unreadable cache"):
         assert torch.equal(load_dataset("folder", tiny_folder, 16, False, cache)[0].images, first[0].images)
+
+
+def test_cache_files_are_readable_as_the_umask_allows(tiny_folder: Path, tmp_path: Path):
+    """A cache shared by a group: the file gets the usual permissions, not a temp file's 0600."""
+    load_dataset("folder", tiny_folder, 16, False, tmp_path / "cache")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    (cached,) = (tmp_path / "cache").glob("*.pt")
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o666 & ~umask
 
 
 def test_missing_data_gives_one_clear_error(tmp_path: Path):

@@ -106,3 +106,27 @@ def test_shipped_pairwise_is_the_papers_seven_by_seven():
     exp = load_experiment("pairwise")
     assert exp.ops == ["crop", "cutout", "color", "sobel", "noise", "blur", "rotate"]
     assert len(exp.cells) == 49 and exp.paper == "figure5"
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/tmp/abs", "a/b", "..", ".hidden", "with space", ""])
+def test_experiment_names_must_be_one_simple_folder_name(tmp_path, name):
+    path = write(tmp_path, {"name": name, "grid": {"kind": "pairwise", "ops": ["crop"]}} if name else
+                 {"name": "ok", "grid": {"kind": "pairwise", "ops": ["crop"]}, "presets": {"../x": {}}},
+                 "named")
+    preset = None if name else "../x"
+    with pytest.raises(ValueError, match=rf"^{path}: (experiment|preset) name .* is not allowed: use letters"):
+        load_experiment(str(path), preset)
+    assert main(["grid", str(path), "--executor", "local", "--results", str(tmp_path / "r")]
+                + (["--preset", preset] if preset else [])) == 2
+    assert not (tmp_path / "r").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["named.yaml"]
+
+
+def test_yaml_syntax_error_in_an_experiment_names_the_file(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("grid: {kind: pairwise, ops: [crop\n")
+    assert main(["grid", str(path), "--dry-run", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ablate grid: error: {path}: not valid YAML: "), err
+    assert main(["grid", "pairwise", "--dry-run", "--results", str(tmp_path), "--set", "train.epochs=[1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "override 'train.epochs=[1': the value is not valid YAML" in err[0], err
