@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -221,6 +222,80 @@ def test_usr2_checkpoints_requeues_and_resumes_bit_exactly(make_grid):
     assert result["losses"] == uninterrupted["losses"] and result["metrics"] == uninterrupted["metrics"]
 
 
+def wait_for_state(job_id: str, wanted: Callable[[str], bool], timeout_s: float = 120.0) -> str:
+    """Poll squeue quickly until the job's state satisfies `wanted` (or time runs out); the last state."""
+    deadline, state = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        state = " ".join(squeue("-j", job_id, "-o", "%T"))
+        if wanted(state):
+            break
+        time.sleep(0.05)
+    return state
+
+
+def test_usr2_at_start_up_requeues_and_never_fails_the_cell(make_grid):
+    """USR2 at every awkward moment of a run's start (Python starting, imports, unpickling, data
+    loading), and twice in a row the way scancel retries it into the requeued run's start-up."""
+    long = {"train": {"epochs": 40, "checkpoint_every": 1000}}
+    grid = make_grid("usr2-start", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
+    reference = make_grid("usr2-start-ref", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
+    for g in (grid, reference):
+        assert g.ablate("grid", "--executor", "slurm")[0] == 0
+    job = grid.job("crop")["job_id"]
+    log = Path(grid.job("crop")["logs"])
+    seen: set = set()
+    grid.wait(lambda: log.exists() and "pretrain" in log.read_text(), "the first training epoch", every_s=0.1)
+    # twice in a row: the second lands while the first requeues, or in the requeued run's start-up
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+    retrying = subprocess.Popen(["scancel", "--signal=USR2", job], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for delay in (0.0, 0.3, 1.0, 2.5):  # after the requeued task starts
+        wait_for_state(job, lambda state: state != "RUNNING", 30)
+        wait_for_state(job, lambda state: state in ("RUNNING", ""))
+        seen.update(r.state for r in grid.rows().values())
+        time.sleep(delay)
+        subprocess.run(["scancel", "--signal=USR2", job], capture_output=True, timeout=60)
+    retrying.wait(timeout=TIMEOUT_S)
+    grid.wait_ended(seen)
+    reference.wait_ended()
+    assert seen <= {status.RUNNING, status.QUEUED, status.DONE}, f"{seen}\n{grid.diagnose()}"
+    result, uninterrupted = grid.result("crop"), reference.result("crop")
+    assert result["status"] == "finished" and len(result["resumed_at"]) >= 2, grid.diagnose()
+    assert grid.job("crop")["job_id"] == job  # requeued, never resubmitted
+    assert result["losses"] == uninterrupted["losses"] and result["metrics"] == uninterrupted["metrics"]
+    states = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-D", "-o", "State"], capture_output=True,
+                            text=True, timeout=60).stdout.split()
+    assert "FAILED" not in states and states[-1] == "COMPLETED", states
+
+
+def test_plain_scancel_stops_the_cell_at_once_and_retry_resumes_where_it_stopped(make_grid):
+    """After a plain scancel the cell writes its checkpoint once and exits (not for seconds more),
+    and a --retry right away resumes from that very checkpoint: never two writers on one cell."""
+    grid = make_grid("scancel", {"kind": "pairwise", "ops": ["crop"]},
+                     cell={"train": {"epochs": 60, "checkpoint_every": 1}})
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    first = grid.job("crop")
+    log = Path(first["logs"])
+    grid.wait(lambda: log.exists() and "pretrain" in log.read_text(), "the first training epoch", every_s=0.1)
+    subprocess.run(["scancel", first["job_id"]], check=True, timeout=60)
+    grid.wait(lambda: grid.rows()["crop"].state == status.CANCELLED, "crop to show as cancelled", every_s=0.1)
+    code, out = grid.ablate("grid", "--executor", "slurm", "--retry")
+    assert code == 0 and "launching 1 (slurm)" in out, out
+    stopped = grid.wait(lambda: re.search(r"stopped by SIGTERM at epoch (\d+) step (\d+); checkpoint written",
+                                          log.read_text()), "the cancelled run's last words", every_s=0.2)
+    assert grid.wait_ended()["crop"].state == status.DONE, grid.diagnose()
+    result = grid.result("crop")
+    assert result["resumed_at"][0] == {"epoch": int(stopped.group(1)), "step": int(stopped.group(2))}
+
+
+def test_the_follow_command_shows_the_grid_that_was_launched(make_grid):
+    grid = make_grid("follow", {"kind": "pairwise", "ops": ["crop"]})
+    code, out = grid.ablate("grid", "--executor", "slurm", "--set", "model.out_dim=8")
+    follow = out.strip().splitlines()[-1].split("Follow with: ", 1)[1]
+    code, table = ablate(*shlex.split(follow)[1:])
+    launched = next(p.parent.name for p in grid.root.glob("*/*/job.json"))
+    assert launched in table and launched not in {c.id for c in grid.exp.cells}, (follow, table)
+
+
 def test_concurrent_launches_submit_each_cell_once(make_grid, tmp_path):
     grid = make_grid("concurrent", PAIRWISE, cell={"train": {"epochs": 30}})
     ablate_bin = Path(sys.executable).with_name("ablate")
@@ -264,6 +339,10 @@ def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
     assert "global_rank=1(2)" in (logs / f"{job}_1_log.out").read_text(), grid.diagnose()
     result = grid.result("crop")
     assert result["epochs_done"] == 2 and len(result["losses"]) == 2
+    assert result["config"]["model"]["sync_bn"] is True  # global batch norm over the two processes
+    states = subprocess.run(["sacct", "-j", job, "-n", "-P", "-o", "JobID,State,ExitCode"], capture_output=True,
+                            text=True, timeout=60).stdout.split()
+    assert all("|COMPLETED|0:0" in line for line in states), states  # every process exited cleanly
 
 
 def test_sbatch_refusal_is_a_one_line_error_and_records_no_job(make_grid):
