@@ -103,7 +103,7 @@ def cmd_preview(args) -> int:
 def cmd_run(args) -> int:
     from .cell import Preempted, run_cell
     from .config import load_config
-    from .launch import interrupt_on_signals, Interrupt
+    from .launch import Interrupt, interrupt_on_signals
     cfg = load_config(args.config, args.overrides)
     interrupt = Interrupt()
     try:
@@ -170,6 +170,7 @@ def _watch(results: Path, exp, every_s: float = 10.0) -> int:
 def _finish(results: Path, exp) -> int:
     """Collect, plot and report, then say where the figures are."""
     import analysis
+
     from . import status
     folder = store.experiment_dir(results, exp.name)
     rows = status.statuses(results, exp)

@@ -180,7 +180,7 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
             continue
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, data[name], f"{prefix}{name}.")
+            kwargs[name] = from_dict(typing.cast(type, hint), data[name], f"{prefix}{name}.")
         else:
             kwargs[name] = _check_value(prefix + name, data[name], hint, f.metadata)
     return cls(**kwargs)
@@ -270,7 +270,7 @@ def describe(cls: type = CellConfig, prefix: str = "") -> list[tuple[str, Any, s
     rows = []
     for f in dataclasses.fields(cls):
         if f.default_factory is not dataclasses.MISSING:  # a section
-            rows += describe(f.default_factory, f"{prefix}{f.name}.")
+            rows += describe(typing.cast(type, f.default_factory), f"{prefix}{f.name}.")
         else:
             allowed = f.metadata.get("choices")
             doc = f.metadata["doc"] + (f" [{' | '.join(allowed)}]" if allowed else "")

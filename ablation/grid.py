@@ -205,7 +205,7 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
     chosen = dict(own.get(preset) or {})
     grid = merge(spec.get("grid") or {}, chosen.pop("grid", None) or {})
     base = merge(merge(shared.get(preset) or {}, spec.get("cell") or {}), chosen)
-    slurm_tree, cell_tree = dict(spec.get("slurm") or {}), {}
+    slurm_tree, cell_tree = dict(spec.get("slurm") or {}), dict[str, Any]()
     for assignment in overrides:  # parsed once, not once per cell
         if assignment.startswith("slurm."):
             set_dotted(slurm_tree, assignment.removeprefix("slurm."))

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import typing
 from typing import Any
 
 from .config import SCHEMA_VERSION, CellConfig
@@ -61,7 +62,7 @@ def spec_keys(cls: type = CellConfig, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
         if f.default_factory is not dataclasses.MISSING:
-            keys += spec_keys(f.default_factory, f"{prefix}{f.name}.")
+            keys += spec_keys(typing.cast(type, f.default_factory), f"{prefix}{f.name}.")
         elif f.metadata.get("spec"):
             keys.append(prefix + f.name)
     return keys

@@ -164,7 +164,11 @@ def run_local(root: Path, exp: Experiment, workers: int = 1,
                 os.kill(p.pid, num)
 
     outcome: dict[str, str] = {}
-    with handling(STOP_SIGNALS, lambda num, _frame: (stops.append(num), forward(num, _frame))):
+    def stop(num: int, frame: Any) -> None:
+        stops.append(num)
+        forward(num, frame)
+
+    with handling(STOP_SIGNALS, stop):
         for p, (_, send) in zip(procs, reports):
             p.start()
             send.close()  # the worker holds the only writing end: its exit ends our read

@@ -115,7 +115,8 @@ def contrastive_loss(
     if name not in _PER_ANCHOR:
         raise choices_error("loss", name, LOSSES)
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape; "
+                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     total = z1.shape[0] * _rank_and_world()[1]

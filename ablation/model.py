@@ -117,7 +117,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 and torch_dist.get_world_size() > 1):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
-        xf = x.float()
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32 at least
         count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device)
         total = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
         c, n = xf.shape[1], total[-1]

@@ -118,7 +118,8 @@ class WarmupCosine:
 
     def __init__(self, warmup_steps: int, total_steps: int) -> None:
         if not 0 <= warmup_steps < total_steps:
-            raise ValueError(f"need 0 <= warmup_steps < total_steps; got warmup_steps={warmup_steps}, total_steps={total_steps}")
+            raise ValueError(f"need 0 <= warmup_steps < total_steps; "
+                             f"got warmup_steps={warmup_steps}, total_steps={total_steps}")
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
 

@@ -21,8 +21,19 @@ from typing import Any
 from . import store
 from .grid import Cell, Experiment
 from .names import (
-    CANCELLED, CORRUPT, DONE, FAILED, FINISHED, PRIMARY_METRIC, QUEUED, RETRYABLE, RUNNING, STATES, TIMEOUT,
-    TODO, UNKNOWN,
+    CANCELLED,
+    CORRUPT,
+    DONE,
+    FAILED,
+    FINISHED,
+    PRIMARY_METRIC,
+    QUEUED,
+    RETRYABLE,
+    RUNNING,
+    STATES,
+    TIMEOUT,
+    TODO,
+    UNKNOWN,
 )
 
 # sacct state -> cell state (a requeued job is queued again; PREEMPTED without requeue is a failure;
@@ -190,11 +201,11 @@ def render(rows: list[CellStatus], limit: int | None = None) -> str:
     """One row per cell (label, id, state, job, elapsed, top-1, why it failed), then the totals."""
     replicated = len({r.cell.label for r in rows}) < len(rows)  # replicates share a label: name the seed
     shown = rows if limit is None else rows[:limit]
-    body = [(r.cell.label + (f" [seed {r.cell.seed}]" if replicated else ""), r.cell.id, r.state,
+    body: list[tuple[str, ...]] = [(r.cell.label + (f" [seed {r.cell.seed}]" if replicated else ""), r.cell.id, r.state,
              r.job_id or "-", r.elapsed or "-", f"{100 * r.metric:.1f}%" if r.metric is not None else "-",
              _brief(r.reason) if r.state in (*RETRYABLE, UNKNOWN) else "")
             for r in shown]
-    header = ("label", "id", "state", "job", "elapsed", PRIMARY_METRIC, "reason")
+    header: tuple[str, ...] = ("label", "id", "state", "job", "elapsed", PRIMARY_METRIC, "reason")
     if not any(line[-1] for line in body):  # the reason column only when something went wrong
         header, body = header[:-1], [line[:-1] for line in body]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
@@ -219,8 +230,8 @@ def measured_rate(rows: list[CellStatus]) -> float | None:
 def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
     """Cells x epochs x images still to train, and GPU-hours at a measured or configured rate."""
     todo = [r.cell for r in rows if r.state != DONE]
-    sizes = [_train_size(c.config) for c in todo]
-    if any(s is None for s in sizes):
+    sizes = [s for c in todo if (s := _train_size(c.config)) is not None]
+    if len(sizes) < len(todo):
         return f"cost: {len(todo)} cells to run (image count unknown for data.name=folder)"
     images = sum(s * c.config.train.epochs for s, c in zip(sizes, todo))
     line = f"cost: {len(todo)} cells x epochs x images = {images:,} training images"

@@ -5,6 +5,7 @@ canvas and touch no global backend state. Missing, pending and failed cells are 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,8 +226,8 @@ def plot_sweep(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMARY
 
 def save(fig: Figure, base: Path) -> list[Path]:
     """base.png (for the report) and base.pdf (for print), each written atomically."""
-    return [store.atomic_write(base.with_suffix(f".{fmt}"),
-                         lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=200), mode="wb")
+    return [store.atomic_write(base.with_suffix(f".{fmt}"), functools.partial(fig.savefig, format=fmt, dpi=200),
+                               mode="wb")
             for fmt in ("png", "pdf")]
 
 

@@ -62,7 +62,7 @@ def _best_is_crop_color(cells: pd.DataFrame, pair: dict[str, float]) -> Finding:
 
 def _diagonal_below_off(cells: pd.DataFrame) -> Finding:
     claim = "single transformations (diagonal) average below compositions (off-diagonal)"
-    eye = np.eye(len(cells), dtype=bool)
+    eye: np.ndarray = np.eye(len(cells), dtype=bool)
     diagonal = cells.where(eye).stack().dropna()
     off = cells.where(~eye).stack().dropna()
     if diagonal.empty or off.empty:
@@ -170,7 +170,7 @@ def _problems(summary: pd.DataFrame) -> list[str]:
 
 
 def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -> list[str]:
-    paper = exp.get("paper")
+    paper = str(exp.get("paper") or "")
     if exp.get("kind") == "pairwise":
         head = [f"The paper gives {SOURCES.get(paper, 'Figure 5')} only as an image, so its stated "
                 "findings are checked instead of its numbers:", ""]

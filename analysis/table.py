@@ -7,6 +7,7 @@ cell whose files cannot be read is a row with status `corrupt` and the file in `
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ def collect(exp_dir: str | Path) -> list[Path]:
     exp_dir = Path(exp_dir)
     summary, agg = load_summary(exp_dir)
     return [
-        store.atomic_write(exp_dir / name, lambda f, df=df: df.to_csv(f, index=False))
+        store.atomic_write(exp_dir / name, functools.partial(df.to_csv, index=False))
         for name, df in ((store.SUMMARY, summary), (store.SUMMARY_AGG, agg))
     ]
 

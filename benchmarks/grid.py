@@ -88,8 +88,8 @@ def run(folder: Path, reps: int) -> None:
     print(f"experiment: {cells} cells ({' x '.join(str(len(v)) for v in AXES.values())}), {path}")
     print(f"load_experiment (expand + validate): {best_of(reps, lambda: load_experiment(str(path))):.3f} s")
     for name, argv in commands.items():
-        inproc = best_of(reps, lambda: quiet_main(argv))
-        sub = best_of(reps, lambda: subprocess_seconds([ablate, *argv], folder))
+        inproc = best_of(reps, lambda argv=argv: quiet_main(argv))
+        sub = best_of(reps, lambda argv=argv: subprocess_seconds([ablate, *argv], folder))
         print(f"ablate {name:<14} in-process {inproc:.3f} s   subprocess {sub:.3f} s")
     print(f"python -c 'import torch' alone: {torch_import:.3f} s")
 

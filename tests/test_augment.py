@@ -8,12 +8,20 @@ import math
 import kornia
 import pytest
 import torch
-
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ablation.augment import (REGISTRY, Augmentation, Compose, TwoViews, describe_registry, param,
-                              parse_spec, preview, register)
+from ablation.augment import (
+    REGISTRY,
+    Augmentation,
+    Compose,
+    TwoViews,
+    describe_registry,
+    param,
+    parse_spec,
+    preview,
+    register,
+)
 from ablation.augment.ops import _saturation_hue
 
 NAMES = sorted(REGISTRY)

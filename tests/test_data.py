@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 
 from ablation.augment import TwoViews
-from ablation.data import (DeviceBatcher, ImageSet, fits_on_device, load_dataset, make_embedded,
-                           streaming_loader)
+from ablation.data import DeviceBatcher, ImageSet, fits_on_device, load_dataset, make_embedded, streaming_loader
 from ablation.data.sources import ImageFiles
 
 # ---- embedded ----------------------------------------------------------------------------------

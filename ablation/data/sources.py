@@ -20,6 +20,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from ..errors import choices_error
 from ..names import DATASETS
 from ..store import atomic_write
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 CACHE_VERSION = 1
 MAX_RESIDENT_BYTES = 32 * 2**30  # beyond this a folder is streamed (streaming_loader), not held in memory
@@ -94,10 +95,11 @@ def _cached(path: Path, build) -> tuple[ImageSet, ImageSet]:
     if path.exists():
         try:
             blob = torch.load(path, weights_only=True)
-            return tuple(ImageSet(blob[f"{s}_images"], blob[f"{s}_labels"], blob["classes"])
-                         for s in ("train", "test"))
+            train, test = (ImageSet(blob[f"{s}_images"], blob[f"{s}_labels"], blob["classes"])
+                           for s in ("train", "test"))
+            return train, test
         except Exception as e:  # a truncated or foreign file: rebuild it
-            warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it")
+            warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it", stacklevel=2)
     train, test = build()
     blob = {"classes": train.classes, "train_images": train.images, "train_labels": train.labels,
             "test_images": test.images, "test_labels": test.labels}
