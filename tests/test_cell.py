@@ -13,6 +13,8 @@ from ablation.cell import Preempted, run_cell
 from ablation.cli import main
 from ablation.config import build_config
 
+pytestmark = pytest.mark.slow  # every test here trains a cell
+
 TINY = ["data.n_train=256", "data.n_test=128", "data.size=16", "model.width=8", "model.head_hidden=32",
         "model.out_dim=16", "train.epochs=3", "train.batch_size=64", "train.checkpoint_every=1",
         "eval.knn_k=20", "augment.views=crop+color"]

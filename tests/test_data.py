@@ -62,6 +62,7 @@ def _class_tinted(s: ImageSet) -> ImageSet:
     return ImageSet((s.images.float() * 0.5 + shift).round().to(torch.uint8), s.labels, s.classes)
 
 
+@pytest.mark.slow
 def test_embedded_colour_carries_no_class_information():
     train, test = make_embedded(2000, 1000, size=32, seed=0)
     # brightness / mean colour: every class mean lies within 4 standard errors of the overall mean
@@ -89,6 +90,7 @@ def _colour_match_rate(x: torch.Tensor, spec: str) -> float:
     return sum(rates) / len(rates)
 
 
+@pytest.mark.slow
 def test_embedded_colour_shortcut_survives_crop_but_not_colour_distortion():
     x = make_embedded(256, 1, size=32, seed=0)[0].images.float() / 255
     # crops of one image share its colours: ~0.42 of 256 views find their own image by colour alone

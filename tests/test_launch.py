@@ -43,6 +43,7 @@ def results(root: Path, exp) -> dict[str, dict | None]:
             for c in exp.cells}
 
 
+@pytest.mark.slow
 def test_local_grid_runs_every_cell_once_then_skips_finished(tmp_path, capsys):
     exp = load_experiment(str(pairwise(tmp_path)))
     root = tmp_path / "results"
@@ -63,6 +64,7 @@ def test_local_grid_runs_every_cell_once_then_skips_finished(tmp_path, capsys):
     assert table[-1] == "total: 4 done (of 4)"
 
 
+@pytest.mark.slow
 def test_failing_cell_is_recorded_the_grid_goes_on_and_retry_reruns_only_it(tmp_path, capsys):
     exp = load_experiment(str(experiment(tmp_path, {"kind": "product", "axes": FAILING})))
     bad, good = exp.cells
@@ -92,6 +94,7 @@ def _launch_in_child(path: str, root: str, ready, out) -> None:
     out.put(launch.launch(Path(root), exp, "local", log=lambda _: None)["ran"])
 
 
+@pytest.mark.slow
 def test_concurrent_local_launches_run_each_cell_once(tmp_path):
     path, root = pairwise(tmp_path), tmp_path / "results"
     exp = load_experiment(str(path))
@@ -108,6 +111,7 @@ def test_concurrent_local_launches_run_each_cell_once(tmp_path):
     assert all(r["status"] == "finished" for r in results(root, exp).values())
 
 
+@pytest.mark.slow
 def test_workers_run_each_cell_once(tmp_path):
     exp = load_experiment(str(pairwise(tmp_path)))
     root = tmp_path / "results"
@@ -131,7 +135,7 @@ def test_claims_of_live_and_dead_local_processes(tmp_path):
     assert rows[live.id].state == status.RUNNING
     assert rows[dead.id].state == status.FAILED and "without a result" in rows[dead.id].reason
     assert launch.claim(root, exp).id == exp.cells[2].id  # skips the running and the failed cell
-    assert [c.id for c in launch.select(status.statuses(root, exp), retry=True)] == [dead.id, exp.cells[3].id]
+    assert [r.cell.id for r in launch.select(status.statuses(root, exp), retry=True)] == [dead.id, exp.cells[3].id]
 
 
 def test_status_needs_no_torch(tmp_path):
@@ -248,6 +252,7 @@ def test_a_corrupt_result_marks_its_cell_and_the_rest_of_the_grid_works(tmp_path
     assert f"`{exp.cells[1].id}` (crop+color, seed 0): corrupt: {bad}" in (root / exp.name / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_retry_moves_a_corrupt_result_aside_and_reruns_the_cell(tmp_path, capsys):
     exp = load_experiment(str(pairwise(tmp_path)))
     root = tmp_path / "results"
@@ -304,6 +309,7 @@ def test_sigterm_to_a_local_launch_with_workers_stops_the_workers_too(tmp_path):
     assert [r.state for r in rows].count(status.TODO) == 4  # stopped cells resume on the next launch
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_reported_and_retry_reruns_the_cell_from_scratch(tmp_path):
     exp = load_experiment(str(experiment(tmp_path, {"kind": "pairwise", "ops": ["crop"]})))
     root = tmp_path / "results"

@@ -11,7 +11,8 @@ from torch import nn
 from ablation.model import ENCODERS, GlobalBatchNorm, SimCLRModel, build_encoder, build_head, global_batch_norm
 
 
-@pytest.mark.parametrize("name,batch", [("small_cnn", 8), ("resnet18", 4), ("resnet50", 2)])
+@pytest.mark.parametrize("name,batch", [("small_cnn", 8), ("resnet18", 4),
+                                        pytest.param("resnet50", 2, marks=pytest.mark.slow)])
 def test_encoders_map_images_to_flat_features(name, batch):
     torch.manual_seed(0)
     encoder, dim = build_encoder(name, cifar_stem=True)
