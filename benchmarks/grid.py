@@ -24,6 +24,7 @@ from typing import Callable
 
 import yaml
 
+from ablation import store
 from ablation.cli import main
 from ablation.grid import load_experiment
 
@@ -48,11 +49,11 @@ def fake_states(path: Path, results: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
         if i % 3 == 0:
             metrics = {"linear_top1": 0.5, "linear_top5": 0.9, "knn_top1": 0.4, "final_loss": 1.0}
-            (d / "result.json").write_text(json.dumps({"status": "finished", "metrics": metrics,
-                                                       "wall_time_s": 60.0, "images_per_s": 5000.0}))
+            (d / store.RESULT).write_text(json.dumps({"status": "finished", "metrics": metrics,
+                                                     "wall_time_s": 60.0, "images_per_s": 5000.0}))
         elif i % 3 == 1:
-            (d / "job.json").write_text(json.dumps({"executor": "slurm", "job_id": f"999999_{i}",
-                                                    "submitted": time.time()}))
+            (d / store.JOB).write_text(json.dumps({"executor": "slurm", "job_id": f"999999_{i}",
+                                                  "submitted": time.time()}))
 
 
 def best_of(reps: int, fn: Callable[[], object]) -> float:
