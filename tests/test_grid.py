@@ -106,3 +106,15 @@ def test_shipped_pairwise_is_the_papers_seven_by_seven():
     exp = load_experiment("pairwise")
     assert exp.ops == ["crop", "cutout", "color", "sobel", "noise", "blur", "rotate"]
     assert len(exp.cells) == 49 and exp.paper == "figure5"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_cifar10_preset_uses_the_papers_colour_strength(name):
+    """Appendix B.9: colour strength 0.5 on CIFAR-10, in every experiment that does not sweep it."""
+    from ablation.augment import parse_spec
+
+    exp = load_experiment(name, preset="cifar10")
+    if "augment.views" in exp.axes:  # Table 1 sweeps the strength itself
+        return
+    strengths = {op.s for cell in exp.cells for op in parse_spec(cell.config.augment.views).ops if op.name == "color"}
+    assert strengths == {0.5}
