@@ -75,13 +75,14 @@ def generator(device: torch.device, *keys: int) -> torch.Generator:
 @functools.lru_cache(maxsize=4)
 def _cached_dataset(data_key: tuple) -> tuple[ImageSet, ImageSet]:
     """Data sets stay in memory across the cells of a local grid (they differ in augmentation only)."""
-    name, root, size, download, n_train, n_test, seed = data_key
-    return load_dataset(name, root, size, download, None, n_train=n_train, n_test=n_test, seed=seed)
+    name, root, size, download, per_class, n_train, n_test, seed = data_key
+    return load_dataset(name, root, size, download, None, per_class=per_class, n_train=n_train, n_test=n_test,
+                        seed=seed)
 
 
 def load_data(cfg: CellConfig) -> tuple[ImageSet, ImageSet]:
     d = cfg.data
-    return _cached_dataset((d.name, d.root, d.size, d.download, d.n_train, d.n_test, d.data_seed))
+    return _cached_dataset((d.name, d.root, d.size, d.download, d.per_class, d.n_train, d.n_test, d.data_seed))
 
 
 def build_model(cfg: CellConfig, device: torch.device) -> SimCLRModel:
