@@ -138,7 +138,8 @@ def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: 
             metrics: dict, reason: str | None = None) -> dict:
     identity = store.read_json(out / "cell.json") or {"id": signature(cfg)}
     result = {**identity, "status": status, "reason": reason, "metrics": metrics,
-              "epochs_done": state.epoch, "resumed_at": state.resumed_at, "losses": state.losses,
+              "epochs_done": state.epoch, "images_seen": state.images, "resumed_at": state.resumed_at,
+              "losses": state.losses,
               "wall_time_s": round(state.wall_s, 3), "train_time_s": round(state.train_s, 3),
               "images_per_s": round(state.images / state.train_s, 1) if state.train_s else None,
               "device": str(device), "seed": cfg.train.seed, "versions": _versions(),
