@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from ablation.errors import choices_error
 
+from .budget import budget_csv, is_budget, plot_budget
 from .paper import ALIASES, derive, paper_table
 from ablation.store import atomic_write
 
@@ -240,11 +241,15 @@ def save(fig: Figure, base: Path) -> list[Path]:
 
 
 def plot(exp_dir: str | Path) -> list[Path]:
-    """Write results/<exp>/figures/{heatmap|sweep}.{png,pdf}; return the paths written."""
+    """Write results/<exp>/figures/{heatmap|budget|sweep}.{png,pdf} (budget also .csv); return the paths."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     summary, _ = load_summary(exp_dir)
     with sns.axes_style("ticks"), sns.plotting_context("paper", font_scale=1.25):
         if exp.get("kind") == "pairwise":
             return save(plot_heatmap(summary, exp), exp_dir / "figures" / "heatmap")
+        if is_budget(exp):
+            base = exp_dir / "figures" / "budget"
+            table = atomic_write(base.with_suffix(".csv"), lambda f: budget_csv(summary, exp).to_csv(f, index=False))
+            return [*save(plot_budget(summary, exp), base), table]
         return save(plot_sweep(summary, exp), exp_dir / "figures" / "sweep")
