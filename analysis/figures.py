@@ -20,6 +20,7 @@ from ablation import store
 from ablation.errors import choices_error
 from ablation.names import FAILED, PRIMARY_METRIC
 
+from .budget import budget_csv, is_budget, plot_budget
 from .paper import derive, paper_table
 from .table import finished, load_experiment, load_summary, setup_line
 
@@ -232,11 +233,16 @@ def save(fig: Figure, base: Path) -> list[Path]:
 
 
 def plot(exp_dir: str | Path) -> list[Path]:
-    """Write results/<exp>/figures/{heatmap|sweep}.{png,pdf}; return the paths written."""
+    """Write results/<exp>/figures/{heatmap|budget|sweep}.{png,pdf} (budget also .csv); return the paths."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     summary, _ = load_summary(exp_dir)
     with sns.axes_style("ticks"), sns.plotting_context("paper", font_scale=1.25):
         if exp.get("kind") == "pairwise":
             return save(plot_heatmap(summary, exp), exp_dir / store.FIGURES / "heatmap")
+        if is_budget(exp):
+            base = exp_dir / store.FIGURES / "budget"
+            table = store.atomic_write(base.with_suffix(".csv"), functools.partial(budget_csv(summary, exp).to_csv,
+                                                                                   index=False))
+            return [*save(plot_budget(summary, exp), base), table]
         return save(plot_sweep(summary, exp), exp_dir / store.FIGURES / "sweep")

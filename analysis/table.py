@@ -17,7 +17,7 @@ import pandas as pd
 from ablation import store
 from ablation.names import CORRUPT, FINISHED, METRICS
 
-RUN_STATS = ("epochs_done", "wall_time_s", "images_per_s")
+RUN_STATS = ("epochs_done", "images_seen", "wall_time_s", "images_per_s")
 
 
 def load_experiment(exp_dir: str | Path) -> dict[str, Any]:
