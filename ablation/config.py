@@ -91,6 +91,8 @@ class TrainConfig:
     seed: int = opt(0, "seed of model init, shuffling and augmentation draws", low=0)
     device: str = opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
     precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=("auto", "bf16", "fp32"))
+    compile: str = opt("auto", "torch.compile the model: auto (on GPU, not on CPU), always, never; a compilation "
+                       "that fails falls back to eager with a one-line message", choices=("auto", "always", "never"))
     checkpoint_every: int = opt(5, "epochs between checkpoints (one is always written at the end)", low=1)
 
 
