@@ -62,10 +62,17 @@ class CompiledStep:
             out = step(self.net)
         except Exception as err:  # noqa: BLE001 - any failure of the compiled first step: eager says whether it is real
             self.model.load_state_dict(saved)
-            first = next(iter(str(err).strip().splitlines()), "")
-            self.say(f"torch.compile failed ({type(err).__name__}: {first[:200]}); running eager "
-                     f"(set train.compile=never to skip compiling)")
+            self.say(f"torch.compile failed ({_first_line(err)}); running eager (set train.compile=never "
+                     f"to skip compiling)")
             self.net = self.eager
             out = step(self.net)
         self.pending = False
         return out
+
+
+def _first_line(err: BaseException) -> str:
+    """'Type: first line' of the innermost cause (torch wraps a compiler's own error in its own)."""
+    while getattr(err, "inner_exception", None) or err.__cause__:
+        err = getattr(err, "inner_exception", None) or err.__cause__
+    first = next(iter(str(err).strip().splitlines()), "")
+    return f"{type(err).__name__}: {first[:200]}"
