@@ -156,10 +156,14 @@ def _cell_process(config: dict, folder: str, gpu: int | None, threads: int) -> N
         torch.cuda.set_device(gpu)
     try:
         result = run_cell(from_dict(CellConfig, config), Path(folder), interrupt)
+        code = 0 if result["status"] == store.FINISHED else 1
     except Preempted as stop:
         print(f"{Path(folder).name}: {stop}", file=sys.stderr, flush=True)
-        sys.exit(PREEMPTED_EXIT)
-    sys.exit(0 if result["status"] == store.FINISHED else 1)
+        code = PREEMPTED_EXIT
+    finally:  # Python restores the default action (terminate) of handled signals as it exits; ignored stay ignored
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+    sys.exit(code)
 
 
 def _outcome(folder: str, exitcode: int | None) -> str:
