@@ -112,3 +112,19 @@ def test_local_workers_are_numbers_or_one_per_gpu_share_without_a_gpu():
     assert pack.local_workers(3, [cfg]) == 3
     if not torch.cuda.is_available():
         assert pack.local_workers("auto", [cfg]) == 1
+
+
+@pytest.mark.parametrize("slurm, message", [
+    ("slurm.cells_per_gpu=2,slurm.tasks_per_node=2", "slurm.cells_per_gpu: 2 cells per GPU need tasks_per_node 1"),
+    ("slurm.gres=shard:1,slurm.gpus_per_node=1", "slurm.gres: 'shard:1' with gpus_per_node 1"),
+])
+def test_slurm_packing_settings_that_contradict_are_errors(slurm, message):
+    with pytest.raises(ValueError, match=message):
+        load_experiment("pairwise", "embedded", slurm.split(","), check=False)
+
+
+def test_gres_reaches_sbatch_through_submitit():
+    from ablation.grid import slurm_parameters
+    exp = load_experiment("pairwise", "embedded", ["slurm.gres=shard:1", "slurm.gpus_per_node=0"], check=False)
+    params = slurm_parameters(exp.slurm)
+    assert params["slurm_gres"] == "shard:1" and "gpus_per_node" not in params
