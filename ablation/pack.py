@@ -179,7 +179,8 @@ def run_pack(configs: list[dict], folders: list[str], at_once: int, interrupt, g
              threads: int = 0, log: Callable[[str], None] = print) -> dict[str, str]:
     """Run the cells (`configs[i]` into `folders[i]`) in spawned processes, `at_once` at a time.
 
-    Cell i runs on GPU i mod `gpus` (none: the default device); each gets `threads` CPU threads.
+    A cell starts on the GPU that runs the fewest of them (none: the default device); each gets
+    `threads` CPU threads.
     Finished cells are skipped. Once `interrupt.requested`, no cell starts and the running ones
     are told to checkpoint. Returns {folder: finished | interrupted | failed: why}.
     """
@@ -187,14 +188,16 @@ def run_pack(configs: list[dict], folders: list[str], at_once: int, interrupt, g
     todo = [i for i, f in enumerate(folders) if (store.read_result(Path(f)) or {}).get("status") != store.FINISHED]
     outcome = {folders[i]: store.FINISHED for i in range(len(folders)) if i not in todo}
     running: dict[int, multiprocessing.process.BaseProcess] = {}
+    gpu_of: dict[int, int | None] = {}
     told = False
     while todo or running:
         while todo and len(running) < at_once and not interrupt.requested:
             i = todo.pop(0)
+            gpu_of[i] = min(range(gpus), key=list(gpu_of.values()).count) if gpus else None
             old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # until the child has its handlers
             try:
                 running[i] = spawn.Process(target=_cell_process, name=f"cell-{Path(folders[i]).name}",
-                                           args=(configs[i], folders[i], i % gpus if gpus else None, threads))
+                                           args=(configs[i], folders[i], gpu_of[i], threads))
                 running[i].start()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -211,7 +214,7 @@ def run_pack(configs: list[dict], folders: list[str], at_once: int, interrupt, g
                 p.join()
                 outcome[folders[i]] = _outcome(folders[i], p.exitcode)
                 log(f"cell {Path(folders[i]).name}: {outcome[folders[i]]}")
-                del running[i]
+                del running[i], gpu_of[i]
     return outcome
 
 

@@ -32,19 +32,21 @@ import contextlib
 import importlib.util
 import math
 import os
+import re
 import statistics
 import sys
 import tarfile
 import tempfile
 import time
 import traceback
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / ".whl"
 SITE = Path(tempfile.gettempdir()) / "ablation-device-site"
-NEEDED = ("kornia", "submitit", "lightly")
+NEEDED = {"kornia": "kornia", "submitit": "submitit", "lightly": "lightly.transforms"}  # name: what must import
 CIFAR = (REPO.parent / "shared" / "datasets" / "cifar10-jpeg", REPO / ".data" / "cifar10-jpeg.tar.xz")
 A100_S_PER_EPOCH, A100_IMAGES_S, LIGHTLY_S_PER_EPOCH = 18.2, 2_700, 26.0  # the issue's references
 GOAL_IMAGES_S, GOAL_VS_LIGHTLY, GOAL_AUG_SHARE, GOAL_K_GAIN = 12_500, 3.0, 0.10, 1.5
@@ -60,22 +62,58 @@ def _prepend_path(folder: Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
 
 
-def bootstrap() -> list[str]:
-    """The repository on the path, missing packages installed from .whl/ (no index): those still missing."""
+def _usable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+        return True
+    except Exception:  # noqa: BLE001 - missing, or missing one of its own needs
+        return False
+
+
+def _dist(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _needs(wheel: Path) -> list[str]:
+    """The distributions a wheel requires (its METADATA's Requires-Dist, extras left out)."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    return [_dist(re.split(r"[\s;<>=!~\[(]", line.split(":", 1)[1].strip())[0])
+            for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
+
+
+def wheels_for(names: list[str], folder: Path) -> list[Path]:
+    """The wheels in `folder` of `names` and of what they need, as far as `folder` has them."""
+    have = {_dist(w.name.split("-")[0]): w for w in folder.glob("*.whl")}
+    chosen: dict[str, Path] = {}
+    todo = [_dist(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in have and name not in chosen:
+            chosen[name] = have[name]
+            todo += _needs(have[name])
+    return sorted(chosen.values())
+
+
+def bootstrap(wheels: Path) -> list[str]:
+    """The repository on the path, and the packages that do not import installed from `wheels`
+    (no index) into SITE: returns those still missing."""
     _prepend_path(REPO)
     if SITE.is_dir():
         _prepend_path(SITE)
-    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
-    wheels = sorted(WHEELS.glob("*.whl"))
-    if missing and wheels:
+    missing = [name for name, module in NEEDED.items() if not _usable(module)]
+    chosen = wheels_for(missing, wheels) if missing and wheels.is_dir() else []
+    if chosen:
         import subprocess
-        print(f"installing for {', '.join(missing)}: {len(wheels)} wheels from .whl/ into {SITE}", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--upgrade", "--target", str(SITE), *map(str, wheels)], check=True)
+        print(f"installing for {', '.join(missing)}: {', '.join(w.name for w in chosen)} into {SITE}", flush=True)
+        run = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                              "--upgrade", "--target", str(SITE), *map(str, chosen)], capture_output=True, text=True)
+        if run.returncode:
+            print(f"could not install them: {(run.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
         if str(SITE) not in sys.path:
             _prepend_path(SITE)
         importlib.invalidate_caches()
-    return [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    return [name for name, module in NEEDED.items() if not _usable(module)]
 
 
 # ---------------------------------------------------------------- data
@@ -303,9 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=8.0, help="finish within this many minutes")
     parser.add_argument("--cell-s", type=float, default=180.0, help="training time of the cifar10 cell")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: the code paths, in under a minute")
+    parser.add_argument("--wheels", type=Path, default=WHEELS, help="where missing packages' wheels are (default .whl/)")
     args = parser.parse_args(argv)
     report = Report(args.minutes)
-    missing = bootstrap()
+    missing = bootstrap(args.wheels)
     import torch
 
     device = "cpu" if args.smoke else "cuda"
