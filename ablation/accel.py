@@ -51,8 +51,17 @@ class CompiledStep:
     def __init__(self, model: nn.Module, net: nn.Module, enabled: bool, backend: str | Callable = "inductor",
                  say: Callable[[str], None] = _say):
         self.model, self.eager, self.say = model, net, say
-        self.net = torch.compile(net, backend=backend) if enabled else net
-        self.pending = enabled
+        self.net, self.pending = net, False
+        if enabled:
+            try:
+                self.net, self.pending = torch.compile(net, backend=backend), True
+            except Exception as err:  # noqa: BLE001 - e.g. a Python version that torch.compile does not support
+                self._fall_back(err)
+
+    def _fall_back(self, err: Exception) -> None:
+        self.say(f"torch.compile failed ({_first_line(err)}); running eager (set train.compile=never to skip "
+                 f"compiling)")
+        self.net = self.eager
 
     def run(self, step: Callable[[nn.Module], Tensor]) -> Tensor:
         if not self.pending:
@@ -62,9 +71,7 @@ class CompiledStep:
             out = step(self.net)
         except Exception as err:  # noqa: BLE001 - any failure of the compiled first step: eager says whether it is real
             self.model.load_state_dict(saved)
-            self.say(f"torch.compile failed ({_first_line(err)}); running eager (set train.compile=never "
-                     f"to skip compiling)")
-            self.net = self.eager
+            self._fall_back(err)
             out = step(self.net)
         self.pending = False
         return out
