@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import dist, store
+from . import accel, dist, store
 from .augment import TwoViews
 from .config import CellConfig
 from .data import DeviceBatcher, ImageSet, fits_on_device, load_dataset
@@ -34,6 +34,8 @@ from .names import CORRUPT, FAILED, FINAL_LOSS, FINISHED, KNN_TOP1, LINEAR_TOP1,
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probe import extract_features, knn_probe, linear_probe
 from .progress import Progress
+
+INTERRUPT_POLL_STEPS = 8  # under DDP, steps between two checks of the ranks' interrupt flags
 
 
 class Preempted(Exception):
@@ -60,6 +62,7 @@ class TrainState:
     images: int = 0
     train_s: float = 0.0
     wall_s: float = 0.0
+    epoch_s: list = field(default_factory=list)
     resumed_at: list = field(default_factory=list)
 
 
@@ -100,11 +103,6 @@ def build_model(cfg: CellConfig, device: torch.device) -> SimCLRModel:
     return SimCLRModel(encoder, head).to(device, memory_format=torch.channels_last)
 
 
-def _autocast(cfg: CellConfig, device: torch.device):
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 def _save(path: Path, model, optimizer, scheduler, state: TrainState) -> None:
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "state": vars(state)}
@@ -134,10 +132,11 @@ def _versions() -> dict:
 
 def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: ImageSet,
              device: torch.device) -> dict:
-    """Linear (top-1, top-5) and kNN probes on features computed once from un-augmented images."""
-    bs = cfg.eval.batch_size
-    f_train = extract_features(encoder, train.images, bs, device)
-    f_test = extract_features(encoder, test.images, bs, device)
+    """Linear (top-1, top-5) and kNN probes on features computed once from un-augmented images,
+    on the device (in bf16 where training used it)."""
+    bs, bf16 = cfg.eval.batch_size, accel.uses_bf16(cfg.train.precision, device)
+    f_train = extract_features(encoder, train.images, bs, device, bf16=bf16)
+    f_test = extract_features(encoder, test.images, bs, device, bf16=bf16)
     n = len(train.classes)
     linear = linear_probe(f_train, train.labels, f_test, test.labels, n)
     knn = knn_probe(f_train, train.labels, f_test, test.labels, n, k=cfg.eval.knn_k, t=cfg.eval.knn_t)
@@ -158,6 +157,7 @@ def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: 
               "losses": state.losses,
               "wall_time_s": round(state.wall_s, 3), "train_time_s": round(state.train_s, 3),
               "images_per_s": round(state.images / state.train_s, 1) if state.train_s else None,
+              "epoch_s": state.epoch_s,
               "device": str(device), "seed": cfg.train.seed, "versions": _versions(),
               "config": cfg.to_dict(), **({"files": list(files)} if files else {})}
     if dist.is_main():
@@ -202,10 +202,12 @@ def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, sho
 
 def train_step(net: torch.nn.Module, views: TwoViews, x: torch.Tensor, g: torch.Generator, optimizer, scheduler,
                cfg: CellConfig) -> torch.Tensor:
-    """One SimCLR step: two views, one forward pass over both, contrastive loss, update. Returns the loss."""
+    """One SimCLR step: two views, one forward pass over both, contrastive loss, update. Returns the loss
+    as a tensor on the device: nothing here waits for the device."""
     v1, v2 = views(x, g)
-    with _autocast(cfg, x.device):
-        z = net(torch.cat([v1, v2]).contiguous(memory_format=torch.channels_last))
+    precision = cfg.train.precision
+    with accel.autocast(precision, x.device):
+        z = net(accel.model_input(torch.cat([v1, v2]), precision, x.device))
     z1, z2 = z.float().chunk(2)
     loss = contrastive_loss(cfg.loss.name, z1, z2, cfg.loss.temperature, cfg.loss.normalize, cfg.loss.margin)
     optimizer.zero_grad(set_to_none=True)
@@ -243,6 +245,15 @@ def _probe_all(cfg: CellConfig, model: SimCLRModel, train: ImageSet, test: Image
     return metrics
 
 
+def _stop_requested(interrupt: Interrupt, step: int, steps: int, device: torch.device) -> bool:
+    """Whether to stop after `step` (counted from 1 within the epoch's `steps`). One process reads its own
+    flag, which costs nothing. Several agree through an all-reduce, which makes the host wait for the
+    device: only every INTERRUPT_POLL_STEPS steps and at the end of the epoch, at the same steps on every rank."""
+    if dist.active() and step % INTERRUPT_POLL_STEPS and step != steps:
+        return False
+    return dist.any_rank(interrupt.requested, device)
+
+
 def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, start: float) -> dict:
     if dist.is_main():
         store.write_yaml(out / store.CONFIG, cfg.to_dict())
@@ -260,7 +271,8 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         state = _load(ckpt, model, optimizer, scheduler)
         state.resumed_at.append({"epoch": state.epoch, "step": state.step})
     prior_wall = state.wall_s
-    net = DistributedDataParallel(model) if dist.active() else model
+    net = accel.CompiledStep(model, DistributedDataParallel(model) if dist.active() else model,
+                             accel.uses_compile(cfg.train.compile, device))
     views = TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode)
     rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
@@ -273,19 +285,20 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     while state.epoch < epochs:
         epoch, t0 = state.epoch, time.monotonic()
         loss_sum = torch.tensor(state.loss_sum, device=device)
-        net.train()
+        model.train()
         for x, _ in batcher.epoch(generator(batcher.images.device, seed, epoch), start=state.step):
-            x = x.to(device, non_blocking=True)
-            loss_sum += train_step(net, views, x, generator(device, seed, epoch, state.step, *rank_key), optimizer,
-                                   scheduler, cfg)
+            x, step = x.to(device, non_blocking=True), state.step
+            loss_sum += net.run(lambda m: train_step(m, views, x, generator(device, seed, epoch, step, *rank_key),  # noqa: B023 (called at once)
+                                                     optimizer, scheduler, cfg))
             state.step += 1
             state.images += x.shape[0] * dist.world()
-            if dist.any_rank(interrupt.requested, device):
+            if _stop_requested(interrupt, state.step, steps, device):
                 state.loss_sum, state.train_s = float(loss_sum), state.train_s + time.monotonic() - t0
                 save()
                 raise Preempted(f"{interrupt.reason} at epoch {epoch} step {state.step}; checkpoint written")
+        epoch_loss = float(dist.mean(loss_sum)) / steps  # waits for the epoch's last step
         state.train_s += time.monotonic() - t0
-        epoch_loss = float(dist.mean(loss_sum)) / steps
+        state.epoch_s.append(round(time.monotonic() - t0, 3))
         state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
         state.losses.append(epoch_loss)
         if not math.isfinite(epoch_loss):

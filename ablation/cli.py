@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the cells, their states and the cost; run nothing")
     p.add_argument("--retry", action="store_true", help="also rerun failed, cancelled and timed-out cells")
     p.add_argument("--wait", action="store_true", help="slurm: show the live status table until all cells end")
-    p.add_argument("--workers", type=int, default=1, help="local: cells run at once (default: 1)")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="local: cells run at once, or auto: as many as keep each GPU busy (ablation.pack; "
+                        "1 without a GPU) (default: auto)")
 
     p = sub.add_parser("status", help="one row per cell with its state and metric; exit 0 when all are done")
     _add_experiment_args(p)
@@ -77,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                       ("report", "write results/<experiment>/report.md beside the paper's findings")):
         _add_experiment_args(sub.add_parser(name, help=doc))
     return parser
+
+
+def _workers(text: str) -> str | int:
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"'{text}' is not a number of workers >= 1 or 'auto'")
 
 
 def _config_help() -> str:
@@ -136,8 +146,9 @@ def cmd_grid(args) -> int:
         print(status.render(rows, limit=60))
         print(status.estimate(exp, rows))
         return 0
-    from . import launch
-    outcome = launch.launch(args.results, exp, args.executor, args.retry, args.workers)
+    from . import launch, pack
+    workers = pack.local_workers(args.workers, [c.config for c in exp.cells])
+    outcome = launch.launch(args.results, exp, args.executor, args.retry, workers)
     if outcome["executor"] == "slurm" and not args.wait:
         print(f"submitted {len(outcome['submitted'])} jobs. Follow with: {follow_command(args, exp)}")
         return 0

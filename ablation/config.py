@@ -104,6 +104,8 @@ class TrainConfig:
     seed: int = opt(0, "seed of model init, shuffling and augmentation draws", low=0)
     device: str = opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
     precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=names.PRECISIONS)
+    compile: str = opt("auto", "torch.compile the model: auto (on GPU, not on CPU), always, never; a compilation "
+                       "that fails falls back to eager with a one-line message", choices=names.COMPILE_MODES)
     checkpoint_every: int = opt(5, "epochs between checkpoints (one is always written at the end)", low=1,
                                 identity=False)
 

@@ -40,6 +40,11 @@ class SlurmConfig:
     partition: Optional[str] = opt(None, "partition (none: the cluster's default)")
     gpus_per_node: int = opt(1, "GPUs per cell", low=0, high=64)
     tasks_per_node: int = opt(1, "processes per cell; > 1 runs DDP with gathered negatives", low=1, high=64)
+    cells_per_gpu: int = opt(0, "cells one job runs at once on each of its GPUs (CPU jobs: in all); 0: automatic, "
+                             "from the model's cost and the GPU's memory (1 for CPU jobs and DDP cells)",
+                             low=0, high=64)
+    gres: Optional[str] = opt(None, "generic resources per job, e.g. shard:1 where the cluster shares GPUs as "
+                              "shards (then gpus_per_node: 0)")
     cpus_per_task: int = opt(8, "CPUs per process", low=1, high=1024)
     mem_gb: Optional[int] = opt(None, "memory per cell in GB (none: the partition's default)", low=1)
     timeout_min: int = opt(240, "time limit per job; a cell that hits it checkpoints and requeues", low=1)
@@ -218,7 +223,7 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
             set_dotted(slurm_tree, assignment.removeprefix("slurm."))
         else:
             set_dotted(cell_tree, assignment)
-    slurm = from_dict(SlurmConfig, slurm_tree, "slurm.")
+    slurm = _check_slurm(from_dict(SlurmConfig, slurm_tree, "slurm."))
     kind, ops, axes, points = _grid_points(grid, "grid")
     _check_figure(figure, axes)
     seeds = grid.get("seeds") or [None]
@@ -273,6 +278,16 @@ def _shared_presets(path: Path) -> dict:
     return {}
 
 
+def _check_slurm(slurm: SlurmConfig) -> SlurmConfig:
+    if slurm.cells_per_gpu > 1 and slurm.tasks_per_node > 1:
+        raise ValueError(f"slurm.cells_per_gpu: {slurm.cells_per_gpu} cells per GPU need tasks_per_node 1 "
+                         f"(got {slurm.tasks_per_node}); a DDP cell has its GPUs to itself")
+    if slurm.gres and slurm.gpus_per_node:
+        raise ValueError(f"slurm.gres: '{slurm.gres}' with gpus_per_node {slurm.gpus_per_node}; "
+                         f"ask for GPUs one way: set gpus_per_node: 0 with gres")
+    return slurm
+
+
 def cell_identity(exp: Experiment, cell: Cell) -> dict:
     """cell.json: who this cell is within its experiment."""
     return {"id": cell.id, "experiment": exp.name, "label": cell.label, "coords": cell.coords, "seed": cell.seed}
@@ -285,6 +300,6 @@ def slurm_parameters(slurm: SlurmConfig) -> dict:
               "timeout_min": slurm.timeout_min, "slurm_account": slurm.account, "slurm_qos": slurm.qos,
               "slurm_constraint": slurm.constraint, "slurm_array_parallelism": slurm.array_parallelism,
               "slurm_signal_delay_s": slurm.signal_delay_s, "slurm_additional_parameters": slurm.extra,
-              "mem_gb": slurm.mem_gb, "nodes": 1}
+              "mem_gb": slurm.mem_gb, "slurm_gres": slurm.gres, "nodes": 1}
     return {k: v for k, v in params.items() if v is not None}
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import submitit
 import torch
 
-from . import store
+from . import pack, store
 from .cell import Interrupt, Preempted, run_cell
 from .config import CellConfig, from_dict
 from .grid import Cell, Experiment, cell_identity, slurm_parameters
@@ -133,14 +133,16 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
     return outcome
 
 
-def _worker(root: Path, exp: Experiment, threads: int, report: Connection) -> None:
+def _worker(root: Path, exp: Experiment, threads: int, gpu_counter: Any, report: Connection) -> None:
+    pack.bind_worker_to_gpu(gpu_counter)  # worker i on GPU i mod the GPU count
     report.send(work(root, exp, threads))
     report.close()
 
 
 def run_local(root: Path, exp: Experiment, workers: int = 1,
               log: Callable[[str], None] = print) -> dict[str, str]:
-    """Run the to-do cells on this machine, `workers` processes at a time (CPU threads split among them).
+    """Run the to-do cells on this machine, `workers` processes at a time (CPU threads split among them,
+    worker i on GPU i mod the GPU count, so several share each GPU).
 
     Workers are spawned, not forked: a fork of a process that has run torch can deadlock. A signal
     to this process (a supervisor, `timeout`, Ctrl-C) is passed on to every worker, which stops its
@@ -151,9 +153,10 @@ def run_local(root: Path, exp: Experiment, workers: int = 1,
     threads = max(1, (os.cpu_count() or 1) // workers)
     spawn = multiprocessing.get_context("spawn")
     procs, reports = [], []
+    gpu_counter = spawn.Value("i", 0)
     for _ in range(workers):
         receive, send = spawn.Pipe(duplex=False)
-        procs.append(spawn.Process(target=_worker, args=(root, exp, threads, send)))
+        procs.append(spawn.Process(target=_worker, args=(root, exp, threads, gpu_counter, send)))
         reports.append((receive, send))
 
     stops: list[int] = []
@@ -240,21 +243,27 @@ def _distributed(env: submitit.JobEnvironment) -> Iterator[None]:
 
 
 def submit_slurm(root: Path, exp: Experiment, cells: list[Cell]) -> list[str]:
-    """One job array for `cells`; records each job id in the cell's job.json."""
+    """One job array for `cells`, one job per cell or per pack of cells (ablation.pack); records each
+    job id in the cell's job.json."""
     folder = store.experiment_dir(root, exp.name).resolve()  # jobs may start in another working directory
     executor = submitit.AutoExecutor(folder=folder / store.SUBMITIT / "%j", cluster="slurm",
                                      slurm_max_num_timeout=exp.slurm.max_requeues, slurm_python=slurm_command())
     executor.update_parameters(name=exp.name, **slurm_parameters(exp.slurm))
+    s = exp.slurm
+    groups = pack.packs(cells, s.cells_per_gpu, s.gpus_per_node, s.tasks_per_node)
     try:
         with contextlib.redirect_stderr(io.StringIO()), executor.batch():  # submitit echoes sbatch's errors
-            jobs = [executor.submit(CellJob(), c.config.to_dict(), str(folder / c.id)) for c in cells]
+            jobs = [executor.submit(CellJob(), g[0].config.to_dict(), str(folder / g[0].id)) if len(g) == 1 else
+                    executor.submit(pack.PackJob(), [c.config.to_dict() for c in g],
+                                    [str(folder / c.id) for c in g], s.cells_per_gpu) for g in groups]
     except submitit.core.utils.FailedJobError as err:
         reason = "; ".join(str(err).strip().splitlines())
         raise ValueError(f"sbatch refused the jobs (check the slurm section): {reason}") from None
     now = time.time()
-    for cell, job in zip(cells, jobs):
-        store.write_json(folder / cell.id / store.JOB, {"executor": "slurm", "job_id": job.job_id,
-                                                        "submitted": now, "logs": str(job.paths.stderr)})
+    for cells_of_job, job in zip(groups, jobs):
+        for cell in cells_of_job:
+            store.write_json(folder / cell.id / store.JOB, {"executor": "slurm", "job_id": job.job_id,
+                                                            "submitted": now, "logs": str(job.paths.stderr)})
     return [job.job_id for job in jobs]
 
 

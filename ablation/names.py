@@ -17,6 +17,7 @@ LOSSES = ("nt_xent", "nt_logistic", "margin")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt")
 PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("auto", "always", "never")
 
 # ---- experiments and launching
 GRID_KINDS = ("pairwise", "product")

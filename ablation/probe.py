@@ -34,16 +34,18 @@ def _frozen(encoder: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-@torch.no_grad()
 def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, batch_size: int = 512,
-                     device: torch.device | str | None = None) -> torch.Tensor:
+                     device: torch.device | str | None = None, bf16: bool = False) -> torch.Tensor:
     """h for every image (uint8 (N, 3, H, W) -> float32 (N, D) on ``device``, default the encoder's).
 
-    Frozen (see ``_frozen``), no augmentation, no autograd.
+    Frozen (see ``_frozen``), no augmentation, under inference mode, on channels_last input (the
+    encoder's layout) and, with ``bf16``, under bf16 autocast. The result is an ordinary tensor
+    (concatenated outside inference mode), so the probes may train on it.
     """
-    device = torch.device(device) if device is not None else _device_of(encoder)
-    with _frozen(encoder):
-        chunks = [encoder(_to_float(images_uint8[i:i + batch_size], device)).float()
+    device = torch.device(device if device is not None else _device_of(encoder))
+    with _frozen(encoder), torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        chunks = [encoder(_to_float(images_uint8[i:i + batch_size], device)
+                          .contiguous(memory_format=torch.channels_last)).float()
                   for i in range(0, len(images_uint8), batch_size)]
     return torch.cat(chunks) if chunks else torch.empty(0, 0, device=device)
 
@@ -105,13 +107,13 @@ def knn_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor
     train_y, test_y = train_y.to(train_n.device), test_y.to(train_n.device)
     k = min(k, len(train_n))
     chunk_size = chunk_size or max(1, 2**24 // max(len(train_n), 1))
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=train_n.device)  # read once, at the end
     for i in range(0, len(test_n), chunk_size):
         sim, idx = (test_n[i:i + chunk_size] @ train_n.T).topk(k, dim=1)
         votes = torch.zeros(len(sim), num_classes, device=sim.device)
         votes.scatter_add_(1, train_y[idx], (sim / t).exp())
-        correct += (votes.argmax(1) == test_y[i:i + chunk_size]).sum().item()
-    return correct / max(len(test_n), 1)
+        correct += (votes.argmax(1) == test_y[i:i + chunk_size]).sum()
+    return correct.item() / max(len(test_n), 1)
 
 
 def augmented_linear_probe(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Tensor,

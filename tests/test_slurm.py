@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -351,3 +352,43 @@ def test_sbatch_refusal_is_a_one_line_error_and_records_no_job(make_grid):
     assert code == 2 and out.strip().splitlines()[-1].startswith("ablate grid: error: sbatch refused the jobs"), out
     assert "no-such-partition" in out and len(out.strip().splitlines()) == 2  # the launch line, the error
     assert not list(grid.folder.glob("*/job.json")) and squeue("--name", grid.exp.name) == []
+
+
+def test_a_pack_job_runs_its_cells_at_once_and_each_cell_once(make_grid):
+    grid = make_grid("pack", PAIRWISE, slurm={"cells_per_gpu": 2})
+    code, out = grid.ablate("grid", "--executor", "slurm")
+    assert code == 0 and "launching 4 (slurm)" in out and "submitted 2 jobs" in out, out
+    jobs = grid.job_ids()
+    assert sorted(Counter(jobs.values()).values()) == [2, 2]  # two cells in each of two jobs
+    rows = grid.wait_ended()
+    assert {r.state for r in rows.values()} == {status.DONE}, grid.diagnose()
+    for job in set(jobs.values()):  # the job logs each cell's end after the cell has written its result
+        log = grid.folder / ".submitit" / job / f"{job}_0_log.out"
+        grid.wait(lambda: log.read_text().count(": finished") == 2, f"job {job} to log both cells' ends")  # noqa: B023
+        assert "pack of 2 cells, 2 at once" in log.read_text()
+    code, out = grid.ablate("grid", "--executor", "slurm")
+    assert code == 0 and "launching 0 (slurm); skipping 4 done" in out and grid.job_ids() == jobs, out
+
+
+def test_usr2_on_a_pack_checkpoints_its_cells_requeues_and_they_resume_bit_exactly(make_grid):
+    long = {"train": {"epochs": 60, "checkpoint_every": 1000}}  # still training when the signal comes
+    grid = make_grid("pack-usr2", SEEDS, cell=long, slurm={"cells_per_gpu": 2})
+    alone = make_grid("pack-usr2-ref", SEEDS, cell=long, slurm={"cells_per_gpu": 1})  # same threads: 1 each
+    assert [c.id for c in grid.exp.cells] == [c.id for c in alone.exp.cells]
+    for g in (grid, alone):
+        assert g.ablate("grid", "--executor", "slurm")[0] == 0
+    (job,) = set(grid.job_ids().values())
+    log = Path(grid.job("seed=0")["logs"])
+    grid.wait(lambda: log.exists() and "pretrain" in log.read_text(), "a cell's first epoch", every_s=0.1)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+
+    seen: set = set()
+    grid.wait_ended(seen)
+    alone.wait_ended()
+    assert seen <= {status.RUNNING, status.QUEUED, status.DONE}, f"{seen}\n{grid.diagnose()}"
+    assert set(grid.job_ids().values()) == {job}  # requeued, not resubmitted
+    assert "Requeued job" in log.with_suffix(".out").read_text()
+    for label in ("seed=0", "seed=1"):
+        packed, reference = grid.result(label), alone.result(label)
+        assert packed["status"] == "finished" and len(packed["resumed_at"]) == 1, grid.diagnose()
+        assert packed["losses"] == reference["losses"] and packed["metrics"] == reference["metrics"]
