@@ -42,12 +42,12 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, batch_size:
     encoder's layout) and, with ``bf16``, under bf16 autocast. The result is an ordinary tensor
     (concatenated outside inference mode), so the probes may train on it.
     """
-    device = torch.device(device if device is not None else _device_of(encoder))
-    with _frozen(encoder), torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-        chunks = [encoder(_to_float(images_uint8[i:i + batch_size], device)
+    where: torch.device = _device_of(encoder) if device is None else torch.device(device)
+    with _frozen(encoder), torch.inference_mode(), torch.autocast(where.type, torch.bfloat16, enabled=bf16):
+        chunks = [encoder(_to_float(images_uint8[i:i + batch_size], where)
                           .contiguous(memory_format=torch.channels_last)).float()
                   for i in range(0, len(images_uint8), batch_size)]
-    return torch.cat(chunks) if chunks else torch.empty(0, 0, device=device)
+    return torch.cat(chunks) if chunks else torch.empty(0, 0, device=where)
 
 
 def _stats(train_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
