@@ -24,6 +24,7 @@ from .augment import TwoViews
 from .config import CellConfig, signature
 from .data import DeviceBatcher, ImageSet, fits_on_device, load_dataset
 from .losses import contrastive_loss
+from .metrics_log import EpochLog
 from .model import SimCLRModel, build_encoder, build_head
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probe import extract_features, knn_probe, linear_probe
@@ -130,7 +131,8 @@ def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: I
     n = len(train.classes)
     linear = linear_probe(f_train, train.labels, f_test, test.labels, n)
     knn = knn_probe(f_train, train.labels, f_test, test.labels, n, k=cfg.eval.knn_k, t=cfg.eval.knn_t)
-    return {"linear_top1": linear["top1"], "linear_top5": linear["top5"], "knn_top1": knn}
+    return {"linear_top1": linear["top1"], "linear_top5": linear["top5"], "knn_top1": knn,
+            store.PER_CLASS: dict(zip(test.classes, linear["per_class"]))}
 
 
 def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: torch.device,
@@ -230,6 +232,8 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     views = TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode)
     rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
+    log = EpochLog(out, model, views, batcher.images, steps, epochs, cfg.train.log_every, state,
+                   probe=lambda: evaluate(cfg, model.encoder, train, test, device)) if dist.is_main() else None
 
     def save() -> None:
         state.wall_s = prior_wall + time.monotonic() - start
@@ -254,6 +258,8 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         epoch_loss = float(dist.mean(loss_sum)) / steps
         state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
         state.losses.append(epoch_loss)
+        if log:
+            log.epoch(state, epoch_loss, scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
             return _finish(out, cfg, store.FAILED, state, device, {"final_loss": epoch_loss},

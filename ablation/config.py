@@ -92,6 +92,8 @@ class TrainConfig:
     device: str = opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
     precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=("auto", "bf16", "fp32"))
     checkpoint_every: int = opt(5, "epochs between checkpoints (one is always written at the end)", low=1)
+    log_every: int = opt(0, "epochs between linear and kNN probes logged in metrics.jsonl during training "
+                         "(0: only the final evaluation)", low=0)
 
 
 @dataclass
