@@ -20,7 +20,9 @@ from ablation.errors import choices_error
 from .paper import ALIASES, derive, paper_table
 from ablation.store import atomic_write
 
-from .table import finished, load_experiment, load_summary, setup_line
+from .classes import plot_class_change
+from .curves import load_curves, plot_curves
+from .table import finished, load_experiment, load_summary, per_class, setup_line
 
 Y_LABEL = "top-1 (%), linear evaluation"
 CMAP = "viridis"  # sequential and colour-blind safe
@@ -239,12 +241,20 @@ def save(fig: Figure, base: Path) -> list[Path]:
             for fmt in ("png", "pdf")]
 
 
-def plot(exp_dir: str | Path) -> list[Path]:
-    """Write results/<exp>/figures/{heatmap|sweep}.{png,pdf}; return the paths written."""
+def plot(exp_dir: str | Path, reference: str | None = None) -> list[Path]:
+    """Write results/<exp>/figures/{heatmap|sweep}.{png,pdf}, curves.* once a cell has logged an epoch
+    and classes.* (per-class change against the `reference` label) once a cell has a per-class
+    result; return the paths written."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     summary, _ = load_summary(exp_dir)
+    figures = exp_dir / "figures"
     with sns.axes_style("ticks"), sns.plotting_context("paper", font_scale=1.25):
-        if exp.get("kind") == "pairwise":
-            return save(plot_heatmap(summary, exp), exp_dir / "figures" / "heatmap")
-        return save(plot_sweep(summary, exp), exp_dir / "figures" / "sweep")
+        paths = (save(plot_heatmap(summary, exp), figures / "heatmap") if exp.get("kind") == "pairwise"
+                 else save(plot_sweep(summary, exp), figures / "sweep"))
+        curves = load_curves(exp_dir, exp, summary)
+        if not curves.empty:
+            paths += save(plot_curves(curves, exp), figures / "curves")
+        if reference is not None or not per_class(summary).empty:
+            paths += save(plot_class_change(summary, exp, reference), figures / "classes")
+    return paths
