@@ -76,13 +76,14 @@ def generator(device: torch.device, *keys: int) -> torch.Generator:
 @functools.lru_cache(maxsize=4)
 def _cached_dataset(data_key: tuple) -> tuple[ImageSet, ImageSet]:
     """Data sets stay in memory across the cells of a local grid (they differ in augmentation only)."""
-    name, root, size, download, n_train, n_test, seed = data_key
-    return load_dataset(name, root, size, download, None, n_train=n_train, n_test=n_test, seed=seed)
+    name, root, size, download, per_class, n_train, n_test, seed = data_key
+    return load_dataset(name, root, size, download, None, per_class=per_class, n_train=n_train, n_test=n_test,
+                        seed=seed)
 
 
 def load_data(cfg: CellConfig) -> tuple[ImageSet, ImageSet]:
     d = cfg.data
-    return _cached_dataset((d.name, d.root, d.size, d.download, d.n_train, d.n_test, d.data_seed))
+    return _cached_dataset((d.name, d.root, d.size, d.download, d.per_class, d.n_train, d.n_test, d.data_seed))
 
 
 def build_model(cfg: CellConfig, device: torch.device) -> SimCLRModel:
@@ -139,7 +140,8 @@ def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: 
             metrics: dict, reason: str | None = None) -> dict:
     identity = store.read_json(out / "cell.json") or {"id": signature(cfg)}
     result = {**identity, "status": status, "reason": reason, "metrics": metrics,
-              "epochs_done": state.epoch, "resumed_at": state.resumed_at, "losses": state.losses,
+              "epochs_done": state.epoch, "images_seen": state.images, "resumed_at": state.resumed_at,
+              "losses": state.losses,
               "wall_time_s": round(state.wall_s, 3), "train_time_s": round(state.train_s, 3),
               "images_per_s": round(state.images / state.train_s, 1) if state.train_s else None,
               "device": str(device), "seed": cfg.train.seed, "versions": _versions(),

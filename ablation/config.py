@@ -39,6 +39,8 @@ class DataConfig:
     n_train: int = opt(5000, "embedded only: training images", low=10, high=1_000_000)
     n_test: int = opt(1000, "embedded only: test images", low=10, high=1_000_000)
     data_seed: int = opt(0, "embedded only: seed that generates the images (fixed across replicates)", low=0)
+    per_class: Optional[int] = opt(None, "keep the first k training images of each class (null: all); "
+                                   "the test split stays whole", low=1)
     resident: str = opt("auto", "keep the uint8 set on the device (auto: when it fits)",
                         choices=("auto", "always", "never"))
     workers: int = opt(4, "decoding workers for the streaming loader and folder decoding", low=0, high=256)
@@ -205,6 +207,8 @@ def validate(cfg: CellConfig) -> CellConfig:
             parse_spec(getattr(cfg.augment, key))
         except ValueError as err:
             raise ValueError(f"augment.{key}: {err}") from None
+    if cfg.data.name == "embedded" and cfg.data.per_class is not None:
+        raise ValueError("data.per_class: the embedded set is generated; set data.n_train instead")
     if cfg.data.name == "folder" and not cfg.data.root:
         raise ValueError("data.root: required when data.name is 'folder' (root/train/<class>/*)")
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):

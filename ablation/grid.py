@@ -8,6 +8,8 @@ An experiment file holds
                             override keys of the grid section (e.g. its ops)
     preset                  the default preset
     grid                    kind: pairwise (ops: [...]) or product (axes: {key: [values]}), seeds: [...]
+    figure                  optional: how analysis draws a product grid (kind: budget, see FIGURE_KEYS);
+                            a preset may override it, as it may the grid
     slurm                   resources for `ablate grid --executor slurm`
 The whole experiment is resolved and validated before anything runs.
 """
@@ -24,6 +26,9 @@ from .errors import did_you_mean
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT_EXPERIMENT = "pairwise"
 PAPER_TABLES = ("figure5", "table1", "table4", "table5", "figure8", "tableB1")
+# figure kind -> the keys it needs: which swept key is the budget (x), the lines (hue) and the panels
+# (facet), and which hue values are compositions and which single ops (analysis never guesses them)
+FIGURE_KEYS = {"budget": ("x", "hue", "facet", "compositions", "singles")}
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Experiment:
     cells: list
     slurm: SlurmConfig
     path: Path
+    figure: Optional[dict] = None
 
     def describe(self) -> dict:
         """The experiment.json that analysis reads (what the grid is, not how it runs)."""
@@ -76,7 +82,7 @@ class Experiment:
                  "lr_scaling": c.optim.lr_scaling}
         return {"name": self.name, "title": self.title, "kind": self.kind, "paper": self.paper,
                 "preset": self.preset, "ops": self.ops, "axes": self.axes, "setup": setup,
-                "cells": [cell.id for cell in self.cells]}
+                "figure": self.figure, "cells": [cell.id for cell in self.cells]}
 
 
 def find_experiment(name_or_path: str | None) -> Path:
@@ -171,7 +177,7 @@ def load_experiment(name_or_path: str | None = None, preset: str | None = None,
 
 
 def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: bool) -> Experiment:
-    _check_keys("experiment", spec, ("name", "title", "paper", "cell", "presets", "preset", "grid", "slurm"))
+    _check_keys("experiment", spec, ("name", "title", "paper", "cell", "presets", "preset", "grid", "figure", "slurm"))
     shared, own = _shared_presets(path), spec.get("presets") or {}
     presets = merge(shared, own)
     preset = preset or spec.get("preset") or (next(iter(presets)) if presets else "default")
@@ -185,6 +191,7 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
     # precedence: shared preset < the experiment's cell < the experiment's own preset < --set
     chosen = dict(own.get(preset) or {})
     grid = merge(spec.get("grid") or {}, chosen.pop("grid", None) or {})
+    figure = merge(spec.get("figure") or {}, chosen.pop("figure", None) or {}) or None
     base = merge(merge(shared.get(preset) or {}, spec.get("cell") or {}), chosen)
     slurm_tree, cell_tree = dict(spec.get("slurm") or {}), {}
     for assignment in overrides:  # parsed once, not once per cell
@@ -194,6 +201,7 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
             set_dotted(cell_tree, assignment)
     slurm = from_dict(SlurmConfig, slurm_tree, "slurm.")
     kind, ops, axes, points = _grid_points(grid, "grid")
+    _check_figure(figure, axes)
     seeds = grid.get("seeds") or [None]
     if not isinstance(seeds, list) or not all(s is None or isinstance(s, int) for s in seeds):
         raise ValueError(f"grid.seeds: expected a list of integers, got {seeds!r}")
@@ -216,7 +224,25 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
             cells.append(cell)
     name = str(spec.get("name") or path.stem)
     return Experiment(name=f"{name}-{preset}", title=str(spec.get("title") or name), paper=paper, kind=kind,
-                      preset=preset, ops=ops, axes=axes, cells=cells, slurm=slurm, path=path)
+                      preset=preset, ops=ops, axes=axes, cells=cells, slurm=slurm, path=path, figure=figure)
+
+
+def _check_figure(figure: dict | None, axes: list) -> None:
+    """The figure section names a known kind, all of its keys, swept keys and swept hue values."""
+    if figure is None:
+        return
+    kind = figure.get("kind")
+    if kind not in FIGURE_KEYS:
+        raise ValueError(f"figure.kind: '{kind}' is not allowed{did_you_mean(str(kind), FIGURE_KEYS)}; "
+                         f"choose from: {', '.join(FIGURE_KEYS)}")
+    needed = FIGURE_KEYS[kind]
+    _check_keys("figure", figure, ("kind",) + needed)
+    missing = [k for k in needed if k not in figure]
+    if missing:
+        raise ValueError(f"figure: kind '{kind}' needs {', '.join(missing)}")
+    for role in ("x", "hue", "facet"):
+        if figure[role] not in axes:
+            raise ValueError(f"figure.{role}: '{figure[role]}' is not a swept key; swept: {', '.join(axes)}")
 
 
 def _shared_presets(path: Path) -> dict:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from ablation.errors import choices_error
 
+from .budget import budget_csv, is_budget, plot_budget
 from .paper import ALIASES, derive, paper_table
 from ablation.store import atomic_write
 
@@ -241,17 +242,27 @@ def save(fig: Figure, base: Path) -> list[Path]:
             for fmt in ("png", "pdf")]
 
 
+def _grid_figure(summary: pd.DataFrame, exp: dict[str, Any], figures: Path) -> list[Path]:
+    """The grid's own figure: heatmap (pairwise), budget (also .csv) or sweep (product)."""
+    if exp.get("kind") == "pairwise":
+        return save(plot_heatmap(summary, exp), figures / "heatmap")
+    if is_budget(exp):
+        base = figures / "budget"
+        table = atomic_write(base.with_suffix(".csv"), lambda f: budget_csv(summary, exp).to_csv(f, index=False))
+        return [*save(plot_budget(summary, exp), base), table]
+    return save(plot_sweep(summary, exp), figures / "sweep")
+
+
 def plot(exp_dir: str | Path, reference: str | None = None) -> list[Path]:
-    """Write results/<exp>/figures/{heatmap|sweep}.{png,pdf}, curves.* once a cell has logged an epoch
-    and classes.* (per-class change against the `reference` label) once a cell has a per-class
-    result; return the paths written."""
+    """Write results/<exp>/figures/{heatmap|budget|sweep}.{png,pdf} (budget also .csv), curves.* once a
+    cell has logged an epoch and classes.* (per-class change against the `reference` label) once a
+    cell has a per-class result; return the paths written."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     summary, _ = load_summary(exp_dir)
     figures = exp_dir / "figures"
     with sns.axes_style("ticks"), sns.plotting_context("paper", font_scale=1.25):
-        paths = (save(plot_heatmap(summary, exp), figures / "heatmap") if exp.get("kind") == "pairwise"
-                 else save(plot_sweep(summary, exp), figures / "sweep"))
+        paths = _grid_figure(summary, exp, figures)
         curves = load_curves(exp_dir, exp, summary)
         if not curves.empty:
             paths += save(plot_curves(curves, exp), figures / "curves")

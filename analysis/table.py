@@ -15,7 +15,7 @@ from ablation.store import PER_CLASS, atomic_write, read_json
 
 METRICS = ("linear_top1", "linear_top5", "knn_top1", "random_init_top1", "final_loss")
 PERCENT_METRICS = ("linear_top1", "linear_top5", "knn_top1", "random_init_top1")
-RUN_STATS = ("epochs_done", "wall_time_s", "images_per_s")
+RUN_STATS = ("epochs_done", "images_seen", "wall_time_s", "images_per_s")
 FINISHED = "finished"
 
 

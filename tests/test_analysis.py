@@ -45,7 +45,8 @@ def write_experiment(root: Path, name: str, cells: list[dict], **fields) -> Path
             "random_init_top1": 0.12, "final_loss": 5.0 - top1}
         write_json(exp_dir / cid / "result.json", {
             **meta, "status": c.get("status", "finished"), "reason": c.get("reason"),
-            "metrics": metrics, "epochs_done": 2, "resumed_at": [], "wall_time_s": 3.0,
+            "metrics": metrics, "epochs_done": 2, "images_seen": c.get("images_seen", 256), "resumed_at": [],
+            "wall_time_s": 3.0,
             "images_per_s": 1000.0, "device": "cpu", "versions": {"torch": "2.x"}, "config": {}})
     return exp_dir
 
@@ -298,3 +299,36 @@ def test_markdown_table_escapes_and_blanks_nan() -> None:
 def test_missing_experiment_json_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="experiment.json"):
         analysis.collect(tmp_path)
+
+
+BUDGET_FIGURE = {"kind": "budget", "x": "train.epochs", "hue": "augment.views", "facet": "augment.mode",
+                 "compositions": ["crop+color", "color+crop"], "singles": ["crop", "color"]}
+
+
+def budget_exp(tmp_path: Path, top1: dict) -> Path:
+    """top1[(mode, views)] = [accuracy at 10, 20, 40 epochs]; 1,000 images per epoch."""
+    cells = [{"label": f"epochs={e},mode={m},views={v}", "seed": 0, "top1": acc[i], "images_seen": 1000 * e,
+              "coords": {"train.epochs": e, "augment.mode": m, "augment.views": v}}
+             for (m, v), acc in top1.items() for i, e in enumerate((10, 20, 40))]
+    return write_experiment(tmp_path, "budget", cells, kind="product", figure=BUDGET_FIGURE,
+                            axes=["train.epochs", "augment.mode", "augment.views"])
+
+
+def test_budget_crossing_is_where_compositions_lead_for_good(tmp_path: Path) -> None:
+    from analysis.budget import budget_means, crossing
+
+    top1 = {("asymmetric", "crop"): [0.50, 0.52, 0.53], ("asymmetric", "color"): [0.30, 0.31, 0.32],
+            ("asymmetric", "crop+color"): [0.48, 0.53, 0.56], ("asymmetric", "color+crop"): [0.47, 0.54, 0.57],
+            # symmetric: compositions lead at 10 epochs, lose it at 20: no crossing
+            ("symmetric", "crop"): [0.40, 0.55, 0.60], ("symmetric", "color"): [0.30, 0.30, 0.30],
+            ("symmetric", "crop+color"): [0.45, 0.50, 0.59], ("symmetric", "color+crop"): [0.46, 0.51, 0.58]}
+    exp_dir = budget_exp(tmp_path, top1)
+    summary, _ = analysis.table.load_summary(exp_dir)
+    means = budget_means(summary, BUDGET_FIGURE)
+    assert crossing(means[means["augment.mode"] == "asymmetric"], BUDGET_FIGURE) == 20_000
+    assert crossing(means[means["augment.mode"] == "symmetric"], BUDGET_FIGURE) is None
+    paths = analysis.plot(exp_dir)
+    assert sorted(p.name for p in paths) == ["budget.csv", "budget.pdf", "budget.png"]
+    table = pd.read_csv(exp_dir / "figures" / "budget.csv")
+    assert len(table) == 24 and set(table["images_seen"]) == {10_000, 20_000, 40_000}
+    assert table["random_init"].eq(12.0).all()

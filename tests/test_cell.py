@@ -41,6 +41,9 @@ def uninterrupted(tmp_path_factory):
 def test_result_has_the_contract_keys(uninterrupted):
     result, out = uninterrupted
     assert result["status"] == "finished" and result["epochs_done"] == 3
+    cfg = tiny()
+    steps = cfg.data.n_train // cfg.train.batch_size  # the last partial batch is dropped
+    assert result["images_seen"] == 3 * steps * cfg.train.batch_size
     on_disk = json.loads((out / "result.json").read_text())
     assert on_disk["metrics"] == result["metrics"]
     for key in ("linear_top1", "linear_top5", "knn_top1", "random_init_top1"):

@@ -134,8 +134,9 @@ def test_folder_loads_resizes_and_labels(tiny_folder: Path, tmp_path: Path):
     assert red[0] > 250 and red[1:].max() < 5
     blue = train.images[3].float().mean((1, 2))  # JPEG: close, not exact
     assert blue[2] > 240 and blue[:2].max() < 15
-    one, _ = load_dataset("folder", tiny_folder, 16, False, tmp_path / "cache", limit_per_class=1)
-    assert one.labels.tolist() == [0, 1]
+    one, whole = load_dataset("folder", tiny_folder, 16, False, tmp_path / "cache", per_class=1)
+    assert one.labels.tolist() == [0, 1] and torch.equal(one.images, train.images[[0, 3]])
+    assert torch.equal(whole.images, test.images)  # the cap is on training images only
 
 
 def test_folder_resize_is_shorter_side_then_center_crop(tmp_path: Path):
@@ -248,9 +249,9 @@ def test_fits_on_device_cpu():
 
 @pytest.mark.cifar
 def test_cifar10_jpeg_copy_loads_as_folder(cifar_root: Path, tmp_path: Path):
-    train, test = load_dataset("folder", cifar_root, 32, False, tmp_path, limit_per_class=20)
+    train, test = load_dataset("folder", cifar_root, 32, False, tmp_path, per_class=20)
     assert train.classes[:3] == ["airplane", "automobile", "bird"] and len(train.classes) == 10
-    assert train.images.shape == (200, 3, 32, 32) and test.images.shape == (200, 3, 32, 32)
+    assert train.images.shape == (200, 3, 32, 32) and test.images.shape == (10_000, 3, 32, 32)
     assert torch.bincount(train.labels).tolist() == [20] * 10
     direct = torch.from_numpy(np.array(Image.open(cifar_root / "train/airplane/0000.jpg")))
     assert (train.images[0].permute(1, 2, 0).int() - direct.int()).abs().max() <= 2  # same pixels (decoders)
