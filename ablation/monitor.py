@@ -86,7 +86,8 @@ def _ended(rows: list[CellStatus]) -> bool:
 
 
 def table(snap: Snapshot, limit: int | None = None) -> str:
-    """The status table with epoch (done/total), latest loss and images/s, then the ETA while cells remain."""
+    """The status table with epoch (done/total), latest loss and images/s; while cells remain, the
+    totals line ends with the ETA (the table's last line stays its totals)."""
     records = cells(snap)
     columns = {
         "epoch": {c["id"]: f"{c['epoch']}/{c['epochs']}" for c in records if c["epoch"] is not None},
@@ -99,7 +100,7 @@ def table(snap: Snapshot, limit: int | None = None) -> str:
     left = sum(r.state not in ENDED for r in snap.rows)
     running = sum(r.state == RUNNING for r in snap.rows)
     when = "unknown until a cell has finished an epoch" if snap.eta_s is None else _duration(snap.eta_s)
-    return text + f"\neta: {when} ({left} cells left, {running} running)"
+    return text + f"; eta: {when} ({left} cells left, {running} running)"
 
 
 def _duration(seconds: float) -> str:

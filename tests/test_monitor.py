@@ -36,7 +36,7 @@ def table_rows(text: str) -> dict[str, dict[str, str]]:
     """The status table as {id: {column: text}} (columns are separated by two or more spaces)."""
     lines = text.splitlines()
     header = re.split(r"\s{2,}", lines[0])
-    rows = [re.split(r"\s{2,}", line) for line in lines[1:] if not line.startswith(("total:", "eta:", "..."))]
+    rows = [re.split(r"\s{2,}", line) for line in lines[1:] if not line.startswith(("total:", "..."))]
     return {r[1]: dict(zip(header, r)) for r in rows}
 
 
@@ -80,7 +80,9 @@ def test_json_matches_the_table_for_every_state(tmp_path, capsys):
     pace = statistics.median(log[-1]["wall_s"] / log[-1]["epoch"] for log in logs if log)
     tail = store.read_result(done)["wall_time_s"] - logs[0][-1]["wall_s"]
     assert doc["eta_s"] == pytest.approx((2 - 1) * pace + tail + (2 - 0) * pace + tail, abs=0.05)
-    assert text.splitlines()[-1].startswith("eta: ") and "(2 cells left, 1 running)" in text
+    assert re.fullmatch(r"total: 1 done, 1 running, 1 todo, 1 failed \(of 4\); eta: \S.* \(2 cells left, 1 running\)",
+                        text.splitlines()[-1])
+    assert list(table[done.name])[:6] == ["label", "id", "state", "job", "elapsed", "linear_top1"]  # as before
 
 
 def test_status_of_an_ended_grid_has_no_eta(tmp_path, capsys):
@@ -116,7 +118,7 @@ def test_watch_ends_by_itself_when_the_local_grid_is_done(tmp_path):
     assert seen, "no refresh showed a running cell"
     assert all(re.fullmatch(r"[0-3]/3|-", row["epoch"]) for row in seen)
     assert {r.state for r in status.statuses(root, exp)} == {status.DONE}
-    assert any(line.startswith("eta: ") for line in out.splitlines())
+    assert any(line.startswith("total: ") and "; eta: " in line for line in out.splitlines())
 
 
 def test_watch_returns_when_a_cell_failed(tmp_path):
