@@ -29,8 +29,19 @@ from .config import CellConfig
 from .data import DeviceBatcher, ImageSet, fits_on_device, load_dataset
 from .identity import signature
 from .losses import contrastive_loss
+from .metrics_log import EpochLog
 from .model import SimCLRModel, build_encoder, build_head, global_batch_norm
-from .names import CORRUPT, FAILED, FINAL_LOSS, FINISHED, KNN_TOP1, LINEAR_TOP1, LINEAR_TOP5, RANDOM_INIT_TOP1
+from .names import (
+    CORRUPT,
+    FAILED,
+    FINAL_LOSS,
+    FINISHED,
+    KNN_TOP1,
+    LINEAR_TOP1,
+    LINEAR_TOP5,
+    PER_CLASS,
+    RANDOM_INIT_TOP1,
+)
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probe import extract_features, knn_probe, linear_probe
 from .progress import Progress
@@ -140,7 +151,8 @@ def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: I
     n = len(train.classes)
     linear = linear_probe(f_train, train.labels, f_test, test.labels, n)
     knn = knn_probe(f_train, train.labels, f_test, test.labels, n, k=cfg.eval.knn_k, t=cfg.eval.knn_t)
-    return {LINEAR_TOP1: linear["top1"], LINEAR_TOP5: linear["top5"], KNN_TOP1: knn}
+    return {LINEAR_TOP1: linear["top1"], LINEAR_TOP5: linear["top5"], KNN_TOP1: knn,
+            PER_CLASS: dict(zip(test.classes, linear["per_class"]))}
 
 
 def _identity(out: Path, cfg: CellConfig) -> dict:
@@ -276,6 +288,8 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     views = TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode)
     rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
+    log = EpochLog(out, model, views, batcher.images, steps, epochs, cfg.train.log_every, state,
+                   probe=lambda: evaluate(cfg, model.encoder, train, test, device)) if dist.is_main() else None
 
     def save() -> None:
         state.wall_s = prior_wall + time.monotonic() - start
@@ -301,6 +315,8 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         state.epoch_s.append(round(time.monotonic() - t0, 3))
         state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
         state.losses.append(epoch_loss)
+        if log:
+            log.epoch(state, epoch_loss, scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
             return _finish(out, cfg, FAILED, state, device, {FINAL_LOSS: epoch_loss},

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 from . import store
-from .names import DONE, EXECUTORS, FINISHED, METRICS, QUEUED, RUNNING, UNKNOWN
+from .names import DONE, EXECUTORS, FINISHED, METRICS
 
 EPILOG = """examples:
   ablate grid                                  # Figure 5 on the embedded data, on this machine
   ablate grid pairwise --preset cifar10 --executor slurm --set slurm.partition=gpu
   ablate status pairwise                       # one row per cell; exit 0 when all are done
+  ablate status pairwise --watch               # refresh it until every cell has ended
   ablate run --set train.epochs=5 --out results/try   # one cell
   ablate augs                                  # the augmentation registry
   ablate preview crop color sobel --out preview.png
@@ -71,13 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: cells run at once, or auto: as many as keep each GPU busy (ablation.pack; "
                         "1 without a GPU) (default: auto)")
 
-    p = sub.add_parser("status", help="one row per cell with its state and metric; exit 0 when all are done")
+    p = sub.add_parser("status", help="one row per cell with its state, progress and metric; exit 0 when all are done")
     _add_experiment_args(p)
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--watch", action="store_true",
+                       help="redraw the table until every cell has ended (todo cells wait for a launch; Ctrl-C stops)")
+    shown.add_argument("--json", action="store_true", help="print one JSON document describing every cell")
+    p.add_argument("--every", type=float, default=5.0, metavar="SECONDS", help="--watch: refresh period (default: 5)")
 
     for name, doc in (("collect", "write results/<experiment>/summary.csv (+ replicate means)"),
                       ("plot", "write the paper-style figures to results/<experiment>/figures/"),
                       ("report", "write results/<experiment>/report.md beside the paper's findings")):
-        _add_experiment_args(sub.add_parser(name, help=doc))
+        p = sub.add_parser(name, help=doc)
+        _add_experiment_args(p)
+        if name != "collect":
+            p.add_argument("--reference", metavar="LABEL",
+                           help="the cell the per-class figure compares every other cell with "
+                                "(default: the grid's first finished cell)")
     return parser
 
 
@@ -169,13 +180,8 @@ def follow_command(args: argparse.Namespace, exp) -> str:
 
 
 def _watch(results: Path, exp, every_s: float = 10.0) -> int:
-    from . import status
-    while True:
-        rows = status.statuses(results, exp)
-        print(status.render(rows, limit=40), flush=True)
-        if not any(r.state in (QUEUED, RUNNING, UNKNOWN) for r in rows):
-            return 0 if all(r.state == DONE for r in rows) else 1
-        time.sleep(every_s)
+    from . import monitor
+    return monitor.watch(results, exp, every_s)
 
 
 def _finish(results: Path, exp) -> int:
@@ -197,18 +203,20 @@ def _finish(results: Path, exp) -> int:
 
 
 def cmd_status(args) -> int:
-    from . import status
+    from . import monitor
     exp = _experiment(args, check=False)  # cell ids need no torch import
-    rows = status.statuses(args.results, exp)
-    print(status.render(rows))
-    return 0 if all(r.state == DONE for r in rows) else 1
+    if args.watch:
+        return monitor.watch(args.results, exp, args.every)
+    snap = monitor.snapshot(args.results, exp)
+    print(json.dumps(monitor.document(snap), indent=2) if args.json else monitor.table(snap))
+    return 0 if all(r.state == DONE for r in snap.rows) else 1
 
 
 def _analysis(name: str):
     def command(args) -> int:
         import analysis
         folder = store.experiment_dir(args.results, _experiment(args).name)
-        out = getattr(analysis, name)(folder)
+        out = getattr(analysis, name)(folder, **({"reference": args.reference} if name != "collect" else {}))
         for path in out if isinstance(out, (list, tuple)) else [out]:
             print(f"wrote {path}")
         return 0

@@ -108,6 +108,8 @@ class TrainConfig:
                        "that fails falls back to eager with a one-line message", choices=names.COMPILE_MODES)
     checkpoint_every: int = opt(5, "epochs between checkpoints (one is always written at the end)", low=1,
                                 identity=False)
+    log_every: int = opt(0, "epochs between linear and kNN probes logged in metrics.jsonl during training "
+                         "(0: only the final evaluation)", low=0)
 
 
 @dataclass

@@ -41,3 +41,4 @@ LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1, RANDOM_INIT_TOP1, FINAL_LOSS = (
 ACCURACIES = (LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1, RANDOM_INIT_TOP1)  # fractions in [0, 1]
 METRICS = (*ACCURACIES, FINAL_LOSS)
 PRIMARY_METRIC = LINEAR_TOP1  # what status tables, logs and figures show
+PER_CLASS = "linear_top1_per_class"  # {class name: linear top-1 on that class's test images}

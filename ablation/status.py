@@ -197,15 +197,19 @@ def totals(rows: list[CellStatus]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- tables
 
-def render(rows: list[CellStatus], limit: int | None = None) -> str:
-    """One row per cell (label, id, state, job, elapsed, top-1, why it failed), then the totals."""
+def render(rows: list[CellStatus], limit: int | None = None, columns: dict[str, dict[str, str]] | None = None) -> str:
+    """One row per cell (label, id, state, job, elapsed, top-1, why it failed), then the totals.
+
+    `columns`: more columns after top-1, each {cell id: text} ("-" for cells it leaves out)."""
+    columns = columns or {}
     replicated = len({r.cell.label for r in rows}) < len(rows)  # replicates share a label: name the seed
     shown = rows if limit is None else rows[:limit]
     body: list[tuple[str, ...]] = [(r.cell.label + (f" [seed {r.cell.seed}]" if replicated else ""), r.cell.id, r.state,
              r.job_id or "-", r.elapsed or "-", f"{100 * r.metric:.1f}%" if r.metric is not None else "-",
+             *(col.get(r.cell.id, "-") for col in columns.values()),
              _brief(r.reason) if r.state in (*RETRYABLE, UNKNOWN) else "")
             for r in shown]
-    header: tuple[str, ...] = ("label", "id", "state", "job", "elapsed", PRIMARY_METRIC, "reason")
+    header: tuple[str, ...] = ("label", "id", "state", "job", "elapsed", PRIMARY_METRIC, *columns, "reason")
     if not any(line[-1] for line in body):  # the reason column only when something went wrong
         header, body = header[:-1], [line[:-1] for line in body]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]

@@ -4,9 +4,6 @@
     results/<experiment>/<cell-id>/cell.json  identity: id, label, coords, settings, seed
     results/<experiment>/<cell-id>/config.yaml  the fully resolved config
     results/<experiment>/<cell-id>/result.json  written once, at the end: the only proof of done
-    results/<experiment>/<cell-id>/checkpoint.pt, job.json, attempts/
-    results/<experiment>/summary.csv, summary_agg.csv, figures/, report.md   (analysis)
-    results/<experiment>/.submitit/           Slurm scripts and logs
 
 Every file name of the layout is defined here and nowhere else. Every write goes to a temporary
 file in the same folder and is renamed into place, so a crash or a preemption leaves either the
@@ -32,6 +29,7 @@ from .names import CORRUPT, FAILED, FINISHED
 EXPERIMENT, CELL, CONFIG, RESULT, CHECKPOINT, JOB = (
     "experiment.json", "cell.json", "config.yaml", "result.json", "checkpoint.pt", "job.json")
 ATTEMPTS, SUBMITIT, LAUNCH_LOCK, CELL_LOCK = "attempts", ".submitit", ".launch.lock", ".cell.lock"
+METRICS_LOG, TENSORBOARD = "metrics.jsonl", "tensorboard"
 SUMMARY, SUMMARY_AGG, REPORT, FIGURES = "summary.csv", "summary_agg.csv", "report.md", "figures"
 RESULT_STATUSES = (FINISHED, FAILED, CORRUPT)
 # One path component that is safe on every file system: no separators, no "..", no leading dot.
@@ -165,3 +163,35 @@ def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- per-epoch metrics
+
+def metrics_path(cell_dir: Path) -> Path:
+    return Path(cell_dir) / METRICS_LOG
+
+
+def read_metrics(cell_dir: Path) -> list[dict]:
+    """The per-epoch rows of a cell, oldest first; [] before its first epoch."""
+    try:
+        text = metrics_path(cell_dir).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_metrics(cell_dir: Path, rows: list[dict]) -> Path:
+    """Replace the whole file (a few hundred short lines at most): readers never see a partial row."""
+    return atomic_write(metrics_path(cell_dir),
+                        lambda f: f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
+def tensorboard_dir(cell_dir: Path) -> Path:
+    """One TensorBoard run per cell, named by its label, beside the other cells' runs, so that
+    `tensorboard --logdir results/<experiment>` compares them; a lone cell keeps its own."""
+    with contextlib.suppress(Corrupt):
+        cell = read_record(Path(cell_dir) / CELL) or {}
+        if "label" in cell:
+            name = f"{cell['label']},seed={cell.get('seed')}".replace("/", "_")
+            return Path(cell_dir).parent / TENSORBOARD / name
+    return Path(cell_dir) / TENSORBOARD

@@ -21,8 +21,10 @@ from ablation.errors import choices_error
 from ablation.names import FAILED, PRIMARY_METRIC
 
 from .budget import budget_csv, is_budget, plot_budget
+from .classes import plot_class_change
+from .curves import load_curves, plot_curves
 from .paper import derive, paper_table
-from .table import finished, load_experiment, load_summary, setup_line
+from .table import finished, load_experiment, load_summary, per_class, setup_line
 
 Y_LABEL = "top-1 (%), linear evaluation"
 CMAP = "viridis"  # sequential and colour-blind safe
@@ -232,17 +234,31 @@ def save(fig: Figure, base: Path) -> list[Path]:
             for fmt in ("png", "pdf")]
 
 
-def plot(exp_dir: str | Path) -> list[Path]:
-    """Write results/<exp>/figures/{heatmap|budget|sweep}.{png,pdf} (budget also .csv); return the paths."""
+def _grid_figure(summary: pd.DataFrame, exp: dict[str, Any], figures: Path) -> list[Path]:
+    """The grid's own figure: heatmap (pairwise), budget (also .csv) or sweep (product)."""
+    if exp.get("kind") == "pairwise":
+        return save(plot_heatmap(summary, exp), figures / "heatmap")
+    if is_budget(exp):
+        base = figures / "budget"
+        table = store.atomic_write(base.with_suffix(".csv"), functools.partial(budget_csv(summary, exp).to_csv,
+                                                                               index=False))
+        return [*save(plot_budget(summary, exp), base), table]
+    return save(plot_sweep(summary, exp), figures / "sweep")
+
+
+def plot(exp_dir: str | Path, reference: str | None = None) -> list[Path]:
+    """Write results/<exp>/figures/{heatmap|budget|sweep}.{png,pdf} (budget also .csv), curves.* once a
+    cell has logged an epoch and classes.* (per-class change against the `reference` label) once a
+    cell has a per-class result; return the paths written."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     summary, _ = load_summary(exp_dir)
+    figures = exp_dir / store.FIGURES
     with sns.axes_style("ticks"), sns.plotting_context("paper", font_scale=1.25):
-        if exp.get("kind") == "pairwise":
-            return save(plot_heatmap(summary, exp), exp_dir / store.FIGURES / "heatmap")
-        if is_budget(exp):
-            base = exp_dir / store.FIGURES / "budget"
-            table = store.atomic_write(base.with_suffix(".csv"), functools.partial(budget_csv(summary, exp).to_csv,
-                                                                                   index=False))
-            return [*save(plot_budget(summary, exp), base), table]
-        return save(plot_sweep(summary, exp), exp_dir / store.FIGURES / "sweep")
+        paths = _grid_figure(summary, exp, figures)
+        curves = load_curves(exp_dir, exp, summary)
+        if not curves.empty:
+            paths += save(plot_curves(curves, exp), figures / "curves")
+        if reference is not None or not per_class(summary).empty:
+            paths += save(plot_class_change(summary, exp, reference), figures / "classes")
+    return paths

@@ -20,13 +20,15 @@ from ablation import store
 from ablation.names import ACCURACIES, FINAL_LOSS, FINISHED, RANDOM_INIT_TOP1
 from ablation.names import PAPER_TABLES as SOURCES
 
+from .classes import class_change
 from .figures import heatmap_matrix, plot
 from .paper import compare_with_paper, spearman
-from .table import collect, load_experiment, load_summary, markdown_table, setup_line
+from .table import collect, load_experiment, load_summary, markdown_table, per_class, setup_line
 
 HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be checked"
 # Fixed settings the setup section names after its first lines (a swept one is in the table instead).
 SETUP_KEYS = ("data.size", "augment.views", "loss.name", "optim.lr_scaling")
+CLASSES_IN_TABLE = 20
 FIGURE8_TEXT = ("The paper gives Figure 8 only as an image; its text says a nonlinear head beats a "
                 "linear one by about 3 points and no head by more than 10 points.")
 
@@ -193,19 +195,30 @@ def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -
     return lines
 
 
-def report(exp_dir: str | Path) -> Path:
-    """Collect, plot, and write results/<exp>/report.md (figures linked relatively)."""
+def _per_class_table(summary: pd.DataFrame, reference: str | None) -> list[str]:
+    """Per-class linear top-1 (%) of every cell, when the cells recorded it and the classes fit a page."""
+    table = per_class(summary)
+    if table.empty or table.shape[1] > CLASSES_IN_TABLE:
+        return []
+    _, reference = class_change(summary, reference)
+    return [f"Per-class linear top-1 (%), mean over seeds (figure `classes`: each cell's change against "
+            f"`{reference}`):", "", markdown_table(table.round(1).reset_index()), ""]
+
+
+def report(exp_dir: str | Path, reference: str | None = None) -> Path:
+    """Collect, plot, and write results/<exp>/report.md (figures linked relatively); `reference` is
+    the label the per-class figure compares with."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     collect(exp_dir)
-    figures = [p for p in plot(exp_dir) if p.suffix == ".png"]
+    figures = [p for p in plot(exp_dir, reference) if p.suffix == ".png"]
     summary, agg = load_summary(exp_dir)
     coords = list(agg.columns[1:agg.columns.get_loc("n")])  # label, coords..., n, stats
     text = [f"# {exp.get('title') or exp.get('name', exp_dir.name)}", "",
             f"Experiment `{exp.get('name', exp_dir.name)}` ({exp.get('kind', '?')}): {setup_line(exp)}.",
             "", "## Setup", "", *_setup(exp, summary, exp_dir), "",
             "## Results", "", "Mean ± std over seeds; n = finished replicates / cells.", "",
-            results_table(agg, coords), ""]
+            results_table(agg, coords), "", *_per_class_table(summary, reference)]
     problems = _problems(summary)
     if problems:
         text += ["Cells without a result:", "", *problems, ""]

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ablation import store
-from ablation.names import CORRUPT, FINISHED, METRICS
+from ablation.names import CORRUPT, FINISHED, METRICS, PER_CLASS
 
 RUN_STATS = ("epochs_done", "images_seen", "wall_time_s", "images_per_s")
 
@@ -82,8 +82,30 @@ def _cell_parts(cell_dir: Path, settings: dict[str, Any]) -> tuple[dict, dict, d
     # Only finished cells carry numbers: a failed run's partial metrics must never be averaged.
     done = row["status"] == FINISHED
     metrics = {m: _number(v) if done else math.nan
-               for m, v in ((result or {}).get("metrics") or {}).items()}
+               for m, v in _flat((result or {}).get("metrics") or {}).items()}
     return row, {**(info.get("coords") or {}), **settings}, metrics
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Nested metrics (the per-class top-1) as one column each, "<metric>.<name>"."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        out.update({f"{key}.{name}": v for name, v in value.items()} if isinstance(value, dict) else {key: value})
+    return out
+
+
+def per_class_columns(columns: Any) -> dict[str, str]:
+    """{summary column: class name} of the per-class linear top-1 columns, in result.json's order."""
+    prefix = f"{PER_CLASS}."
+    return {c: c[len(prefix):] for c in columns if isinstance(c, str) and c.startswith(prefix)}
+
+
+def per_class(summary: pd.DataFrame) -> pd.DataFrame:
+    """Labels (grid order) x classes: per-class linear top-1 in %, mean over finished replicates;
+    empty when no finished cell recorded it."""
+    columns = per_class_columns(summary.columns)
+    table = 100 * finished(summary).groupby("label", sort=False)[list(columns)].mean()
+    return table.rename(columns=columns).dropna(how="all")
 
 
 def _number(value: Any) -> float:
