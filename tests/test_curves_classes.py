@@ -16,7 +16,8 @@ from analysis.curves import groups, load_curves, plot_curves
 
 OPS = ["crop", "color", "blur"]  # not alphabetical, so ordering bugs show
 CLASSES = ["disk", "ring", "star"]
-SETUP = {"data": "embedded", "model": "small_cnn", "epochs": 3, "batch_size": 64, "mode": "asymmetric"}
+FIXED = {"data.name": "embedded", "model.encoder": "small_cnn", "train.epochs": 3, "train.batch_size": 64,
+         "augment.mode": "asymmetric"}
 
 
 def accuracy(i: int, seed: int, c: int) -> float:
@@ -27,8 +28,9 @@ def write(root: Path, cells: list[dict], **exp) -> Path:
     """cells: label, coords, seed, index i (values derive from it), optional status."""
     ids = [f"c{n}" for n in range(len(cells))]
     (root / "experiment.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps({"name": "t", "title": "t", "setup": SETUP, "cells": ids,
-                                                      **exp}))
+    settings = {cid: c["coords"] for cid, c in zip(ids, cells)} if exp.get("kind") == "product" else {}
+    (root / "experiment.json").write_text(json.dumps({"name": "t", "title": "t", "fixed": FIXED, "cells": ids,
+                                                      "settings": settings, "swept": exp.get("axes", []), **exp}))
     for cid, c in zip(ids, cells):
         d = root / cid
         d.mkdir()

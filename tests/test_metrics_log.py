@@ -115,7 +115,7 @@ def test_epochs_logged_after_the_last_checkpoint_are_logged_again_not_twice(tmp_
         child.wait()
     killed_at = time.time()
     logged = store.read_metrics(out)[-1]["epoch"]
-    checkpoint = torch.load(store.checkpoint_path(out), weights_only=True)["state"]["epoch"]
+    checkpoint = torch.load(out / store.CHECKPOINT, weights_only=True)["state"]["epoch"]
     assert not store.read_result(out) and logged > checkpoint == 3  # killed between two checkpoints
     with pytest.raises(Preempted):  # resume, and stop in the epoch after those logged before the kill
         run_cell(cfg, out, interrupt=StopAfter((logged - checkpoint + 1) * STEPS), show_progress=False)
@@ -134,7 +134,7 @@ def test_per_class_top1_averages_to_the_top1_weighted_by_class_size(reference):
     assert len(set(per_class.values())) > 1  # not one number repeated
     weighted = sum(acc * n for acc, n in zip(per_class.values(), sizes)) / sum(sizes)
     assert weighted == pytest.approx(result["metrics"]["linear_top1"], abs=1e-6)
-    on_disk = json.loads((store.result_path(reference[1])).read_text())
+    on_disk = json.loads((reference[1] / store.RESULT).read_text())
     assert on_disk["metrics"][PER_CLASS] == per_class
 
 

@@ -49,12 +49,12 @@ def test_json_matches_the_table_for_every_state(tmp_path, capsys):
     # a cell still running (claimed by this live process, one epoch logged), one interrupted before
     # its first epoch, one failed: made from finished cells' real files
     for cell in (running, todo, failed):
-        store.result_path(cell).unlink()
+        (cell / store.RESULT).unlink()
     store.write_metrics(running, store.read_metrics(running)[:1])
     store.write_json(running / "job.json", {"executor": "local", "pid": os.getpid(), "host": os.uname().nodename,
                                             "submitted": time.time()})
     store.write_metrics(todo, [])
-    store.write_json(store.result_path(failed), {"status": "failed", "reason": "RuntimeError: boom"})
+    store.write_json(failed / store.RESULT, {"status": "failed", "reason": "RuntimeError: boom"})
 
     assert main(["status", str(path), "--results", str(root), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
@@ -125,6 +125,6 @@ def test_watch_returns_when_a_cell_failed(tmp_path):
     path, root = experiment(tmp_path, ["crop"], epochs=1), tmp_path / "results"
     exp = load_experiment(str(path))
     launch.prepare(root, exp)
-    store.write_json(store.result_path(root / exp.name / exp.cells[0].id), {"status": "failed", "reason": "x"})
+    store.write_json(root / exp.name / exp.cells[0].id / store.RESULT, {"status": "failed", "reason": "x"})
     with open(os.devnull, "w") as sink:
         assert monitor.watch(root, exp, every_s=0.01, stream=sink) == 1
