@@ -289,7 +289,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
     log = EpochLog(out, model, views, batcher.images, steps, epochs, cfg.train.log_every, state,
-                   probe=lambda: evaluate(cfg, model.encoder, train, test, device)) if dist.is_main() else None
+                   probe=lambda: evaluate(cfg, model.encoder, train, test, device), writes=dist.is_main())
 
     def save() -> None:
         state.wall_s = prior_wall + time.monotonic() - start
@@ -315,8 +315,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         state.epoch_s.append(round(time.monotonic() - t0, 3))
         state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
         state.losses.append(epoch_loss)
-        if log:
-            log.epoch(state, epoch_loss, scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
+        log.epoch(state, epoch_loss, scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
             return _finish(out, cfg, FAILED, state, device, {FINAL_LOSS: epoch_loss},

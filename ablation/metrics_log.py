@@ -60,19 +60,25 @@ class EpochLog:
 
     `probe` evaluates the frozen encoder (the cell's final evaluation, run early); `state` is the
     cell's TrainState, read for its position, images and training seconds.
+
+    Under DDP every rank keeps one and calls `epoch`: the embedding forward runs in training mode,
+    where global batch norm is a collective that every rank must join (one rank alone waits
+    forever). Only the `writes` rank (the main one) probes and writes; the others measure only.
     """
 
     def __init__(self, cell_dir: Path, model: torch.nn.Module, views: Callable, images: torch.Tensor,
-                 steps: int, epochs: int, log_every: int, state, probe: Callable[[], dict]):
+                 steps: int, epochs: int, log_every: int, state, probe: Callable[[], dict],
+                 writes: bool = True):
         self.cell_dir, self.model, self.views, self.probe = Path(cell_dir), model, views, probe
-        self.steps, self.epochs, self.log_every = steps, epochs, log_every
-        self.rows = [r for r in store.read_metrics(cell_dir) if r["epoch"] <= state.epoch]
-        store.write_metrics(cell_dir, self.rows)
+        self.steps, self.epochs, self.log_every, self.writes = steps, epochs, log_every, writes
+        self.rows = [r for r in store.read_metrics(cell_dir) if r["epoch"] <= state.epoch] if writes else []
+        if writes:
+            store.write_metrics(cell_dir, self.rows)
         device = next(model.parameters()).device
         self.batch = images[:EMBED_IMAGES].to(device).float().div_(255)
         self.generator = torch.Generator(device=device)
         self.images, self.train_s = state.images, state.train_s
-        self.writer = _tensorboard(cell_dir, state.epoch + 1)
+        self.writer = _tensorboard(cell_dir, state.epoch + 1) if writes else None
         if self.writer is not None:  # closed at the last epoch, or when the run ends otherwise
             self._closer = weakref.finalize(self, self.writer.close)
 
@@ -89,13 +95,17 @@ class EpochLog:
         return dict(zip(stats, map(_number, torch.stack(list(stats.values())).tolist())))  # one device read
 
     def epoch(self, state, loss: float, lr: float, wall_s: float) -> dict:
-        """Log the epoch that just ended (state.epoch epochs done); returns the row written."""
+        """Log the epoch that just ended (state.epoch epochs done); returns the row written (empty
+        where this rank does not write)."""
+        embedding = self.measure()
+        if not self.writes:
+            return {}
         images, seconds = state.images - self.images, state.train_s - self.train_s
         self.images, self.train_s = state.images, state.train_s
         parts = {
             "train": {"loss": _number(loss), "lr": _number(lr),
                       "images_per_s": round(images / seconds, 1) if seconds > 0 else None},
-            "embedding": self.measure(),
+            "embedding": embedding,
             "probe": ({k: v for k, v in self.probe().items() if isinstance(v, float)}
                       if self.log_every and state.epoch % self.log_every == 0 else {}),
         }

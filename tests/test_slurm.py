@@ -341,8 +341,13 @@ def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
     result = grid.result("crop")
     assert result["epochs_done"] == 2 and len(result["losses"]) == 2
     assert result["config"]["model"]["sync_bn"] is True  # global batch norm over the two processes
-    states = subprocess.run(["sacct", "-j", job, "-n", "-P", "-o", "JobID,State,ExitCode"], capture_output=True,
-                            text=True, timeout=60).stdout.split()
+
+    def states_once_ended() -> list[str] | None:  # the result is written before the processes exit
+        states = subprocess.run(["sacct", "-j", job, "-n", "-P", "-o", "JobID,State,ExitCode"],
+                                capture_output=True, text=True, timeout=60).stdout.split()
+        return None if not states or any(s in line for line in states for s in ("|RUNNING|", "|PENDING|", "|COMPLETING|")) else states
+
+    states = grid.wait(states_once_ended, "the job's processes to exit")
     assert all("|COMPLETED|0:0" in line for line in states), states  # every process exited cleanly
 
 
