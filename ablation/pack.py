@@ -38,7 +38,7 @@ PROCESS_BYTES = 2**30    # per cell process: CUDA context, kernels, allocator sl
 MEMORY_FRACTION = 0.9    # of the device memory that the K cells may fill
 PREEMPTED_EXIT = 75      # a cell process that stopped on a signal after writing its checkpoint
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
-POLL_S = 0.1             # how soon the pack sees an interrupt or a cell that ended (a wait on the cells, not a busy loop)
+POLL_S = 0.1             # how soon the pack sees an interrupt or a cell that ended (a wait, not a busy loop)
 
 
 _COSTS: dict[tuple, tuple[float, int]] = {}

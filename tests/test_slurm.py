@@ -345,7 +345,8 @@ def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
     def states_once_ended() -> list[str] | None:  # the result is written before the processes exit
         states = subprocess.run(["sacct", "-j", job, "-n", "-P", "-o", "JobID,State,ExitCode"],
                                 capture_output=True, text=True, timeout=60).stdout.split()
-        return None if not states or any(s in line for line in states for s in ("|RUNNING|", "|PENDING|", "|COMPLETING|")) else states
+        running = any(s in line for line in states for s in ("|RUNNING|", "|PENDING|", "|COMPLETING|"))
+        return None if not states or running else states
 
     states = grid.wait(states_once_ended, "the job's processes to exit")
     assert all("|COMPLETED|0:0" in line for line in states), states  # every process exited cleanly
