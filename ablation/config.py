@@ -23,7 +23,8 @@ from .errors import did_you_mean
 
 # Bump when a default or the meaning of a field changes: old results must not be reused.
 # 2: cell ids hash the canonical meaning (ablation/identity.py); model.sync_bn.
-SCHEMA_VERSION = 2
+# 3: cell ids hash only the departures from the defaults, so new options keep old ids.
+SCHEMA_VERSION = 3
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,

@@ -4,7 +4,10 @@ The cell id is a hash of the canonical meaning of the resolved config and the sc
 - augmentation specs count by their canonical form, so `crop+color`, `crop + color` and
   `crop+color(s=1.0)` are one cell;
 - fields declared `identity=False` in config.py cannot change a result (data.workers,
-  data.download, train.checkpoint_every, eval.batch_size) and are left out.
+  data.download, train.checkpoint_every, eval.batch_size) and are left out;
+- only values that depart from the defaults count (as in dora's signatures): a new option whose
+  default keeps the old behaviour leaves every finished cell's id, so a relaunch after an upgrade
+  skips them. Changing a default's meaning bumps SCHEMA_VERSION instead.
 
 `settings` flattens the same meaning into dotted keys (loss.temperature) and spells out the ops of
 spec-valued keys (augment.views.color.s, augment.views.blur), so analysis is told what a cell is
@@ -51,9 +54,31 @@ def meaning(section: Any) -> dict[str, Any]:
     return out
 
 
+def departures(cfg: CellConfig) -> dict[str, Any]:
+    """The part of the config's meaning that departs from the defaults, nested as the config."""
+    return _departures(meaning(cfg), _default_meaning())
+
+
+@functools.lru_cache(maxsize=1)
+def _default_meaning() -> dict[str, Any]:
+    return meaning(CellConfig())
+
+
+def _departures(tree: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            if nested := _departures(value, defaults.get(key, {})):
+                out[key] = nested
+        elif key not in defaults or value != defaults[key]:
+            out[key] = value
+    return out
+
+
 def signature(cfg: CellConfig) -> str:
-    """Short, stable hash of the config's meaning and the schema version: the cell's id."""
-    blob = json.dumps({"schema": SCHEMA_VERSION, "config": meaning(cfg)}, sort_keys=True)
+    """Short, stable hash of the config's departures from the defaults and the schema version: the
+    cell's id."""
+    blob = json.dumps({"schema": SCHEMA_VERSION, "config": departures(cfg)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
