@@ -2,15 +2,15 @@
 
 Every field carries its documentation and its allowed values in its metadata, so
 validation, `--help`-style listings and error messages all come from one place.
-A cell's identity (`signature`) is a hash of the fully resolved config and the
-schema version, never of the overrides that produced it.
+A cell's identity (ablation/identity.py) is a hash of the canonical meaning of the resolved
+config and the schema version, never of the overrides that produced it; fields marked
+`identity=False` cannot change a result and are left out of it.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +18,33 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from . import names
 from .errors import did_you_mean
 
 # Bump when a default or the meaning of a field changes: old results must not be reused.
-SCHEMA_VERSION = 1
+# 2: cell ids hash the canonical meaning (ablation/identity.py); model.sync_bn.
+# 3: cell ids hash only the departures from the defaults, so new options keep old ids.
+SCHEMA_VERSION = 3
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
-        high: float | None = None, registry: Callable[[], tuple] | None = None) -> Any:
-    """A config field with its documentation and allowed values (``registry``: names checked in `validate`)."""
+        high: float | None = None, identity: bool = True, spec: bool = False,
+        registry: Callable[[], tuple] | None = None) -> Any:
+    """A config field with its documentation and allowed values.
+
+    identity=False: the field cannot change a result (how many workers decode, how often to
+    checkpoint), so it is not part of the cell id. spec=True: the value is an augmentation spec,
+    compared by its canonical form. registry: the allowed values are the names of a registry (it
+    imports torch, so they are asked for only when needed), checked in `validate` instead of `choices`.
+    """
     return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high,
-                                            "registry": registry})
+                                            "identity": identity, "spec": spec, "registry": registry})
+
+
+def allowed(meta: typing.Mapping) -> tuple | None:
+    """The allowed values of a field: its registry's names, or its choices (None: any value of its type)."""
+    registry = meta.get("registry")
+    return registry() if registry else meta.get("choices")
 
 
 def _method_names() -> tuple:
@@ -38,41 +54,46 @@ def _method_names() -> tuple:
 
 @dataclass
 class DataConfig:
-    name: str = opt("embedded", "data set", choices=("embedded", "cifar10", "cifar100", "stl10", "folder"))
+    name: str = opt("embedded", "data set", choices=names.DATASETS)
     root: Optional[str] = opt(None, "where the data set lives (folder: root/train/<class>/*, root/test/<class>/*)")
     size: int = opt(32, "image side in pixels that the model sees", low=8, high=1024)
-    download: bool = opt(False, "download cifar10/cifar100/stl10 into root when missing")
+    download: bool = opt(False, "download cifar10/cifar100/stl10 into root when missing", identity=False)
     n_train: int = opt(5000, "embedded only: training images", low=10, high=1_000_000)
     n_test: int = opt(1000, "embedded only: test images", low=10, high=1_000_000)
     data_seed: int = opt(0, "embedded only: seed that generates the images (fixed across replicates)", low=0)
+    per_class: Optional[int] = opt(None, "keep the first k training images of each class (null: all); "
+                                   "the test split stays whole", low=1)
     resident: str = opt("auto", "keep the uint8 set on the device (auto: when it fits)",
-                        choices=("auto", "always", "never"))
-    workers: int = opt(4, "decoding workers for the streaming loader and folder decoding", low=0, high=256)
+                        choices=names.RESIDENT)
+    workers: int = opt(4, "decoding workers for the streaming loader and folder decoding", low=0, high=256,
+                       identity=False)
 
 
 @dataclass
 class AugmentConfig:
-    views: str = opt("crop+color", "augmentation spec of the targeted ops, e.g. crop+color(s=0.5)+blur")
-    base: str = opt("none", "spec applied to every image before both views (ImageNet protocol: crop)")
+    views: str = opt("crop+color", "augmentation spec of the targeted ops, e.g. crop+color(s=0.5)+blur", spec=True)
+    base: str = opt("none", "spec applied to every image before both views (ImageNet protocol: crop)", spec=True)
     mode: str = opt("symmetric", "asymmetric: ops on one view only (paper's ablation protocol); "
                     "symmetric: ops drawn independently on both views (standard SimCLR)",
-                    choices=("asymmetric", "symmetric"))
+                    choices=names.VIEW_MODES)
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = opt("small_cnn", "encoder network", choices=("small_cnn", "resnet18", "resnet50"))
+    encoder: str = opt("small_cnn", "encoder network", choices=names.ENCODERS)
     width: int = opt(16, "small_cnn only: channels of the first block (8x this is the feature size)", low=4, high=1024)
     cifar_stem: bool = opt(True, "resnets: 3x3 stride-1 first conv and no max-pool (small images)")
-    head: str = opt("nonlinear", "projection head", choices=("none", "linear", "nonlinear"))
+    head: str = opt("nonlinear", "projection head", choices=names.HEADS)
     head_layers: int = opt(2, "nonlinear head: number of linear layers", low=2, high=8)
     head_hidden: int = opt(512, "nonlinear head: hidden width", low=1, high=65536)
     out_dim: int = opt(128, "projection output dimension z", low=1, high=65536)
+    sync_bn: bool = opt(True, "global batch norm (the paper's): statistics over the whole batch when more than "
+                              "one process trains the cell; no effect with one process")
 
 
 @dataclass
 class LossConfig:
-    name: str = opt("nt_xent", "contrastive loss (paper Table 4)", choices=("nt_xent", "nt_logistic", "margin"))
+    name: str = opt("nt_xent", "contrastive loss (paper Table 4)", choices=names.LOSSES)
     temperature: float = opt(0.5, "temperature tau", low=1e-4, high=1e4)
     normalize: bool = opt(True, "l2-normalise projections before the similarity")
     margin: float = opt(1.0, "margin loss only: margin m", low=0.0, high=100.0)
@@ -81,11 +102,11 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = opt("lars", "optimiser", choices=("lars", "sgd", "adamw"))
+    name: str = opt("lars", "optimiser", choices=names.OPTIMIZERS)
     lr: Optional[float] = opt(None, "base learning rate before scaling (none: 0.3 for linear, 0.075 for sqrt)",
                               low=0.0, high=1e3)
     lr_scaling: str = opt("sqrt", "learning-rate scaling with batch size: linear (lr x B/256), sqrt (lr x sqrt(B))",
-                          choices=("linear", "sqrt"))
+                          choices=names.LR_SCALINGS)
     weight_decay: float = opt(1e-6, "weight decay (not on biases and normalisation parameters)", low=0.0, high=1.0)
     momentum: float = opt(0.9, "momentum (lars, sgd)", low=0.0, high=1.0)
     warmup_epochs: float = opt(1.0, "linear warmup before cosine decay", low=0.0, high=1e4)
@@ -97,8 +118,13 @@ class TrainConfig:
     batch_size: int = opt(256, "images per step (each gives two views)", low=2, high=1_000_000)
     seed: int = opt(0, "seed of model init, shuffling and augmentation draws", low=0)
     device: str = opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
-    precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=("auto", "bf16", "fp32"))
-    checkpoint_every: int = opt(5, "epochs between checkpoints (one is always written at the end)", low=1)
+    precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=names.PRECISIONS)
+    compile: str = opt("auto", "torch.compile the model: auto (on GPU, not on CPU), always, never; a compilation "
+                       "that fails falls back to eager with a one-line message", choices=names.COMPILE_MODES)
+    checkpoint_every: int = opt(5, "epochs between checkpoints (one is always written at the end)", low=1,
+                                identity=False)
+    log_every: int = opt(0, "epochs between linear and kNN probes logged in metrics.jsonl during training "
+                         "(0: only the final evaluation)", low=0)
 
 
 @dataclass
@@ -106,7 +132,7 @@ class EvalConfig:
     knn_k: int = opt(200, "neighbours of the weighted kNN probe", low=1, high=100_000)
     knn_t: float = opt(0.1, "temperature of the kNN weights", low=1e-4, high=100.0)
     random_init: bool = opt(True, "also probe the randomly initialised encoder as a baseline")
-    batch_size: int = opt(512, "feature extraction batch size", low=1, high=1_000_000)
+    batch_size: int = opt(512, "feature extraction batch size", low=1, high=1_000_000, identity=False)
 
 
 @dataclass
@@ -144,6 +170,8 @@ def _check_value(key: str, value: Any, hint: Any, meta: typing.Mapping) -> Any:
         value = _as_float(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ValueError(f"{key}: expected {base.__name__}{' or null' if optional else ''}, got {value!r}")
+    if base is float and not math.isfinite(value):
+        raise ValueError(f"{key}: expected a finite number, got {value!r}")
     if meta.get("choices") and value not in meta["choices"]:
         raise ValueError(f"{key}: '{value}' is not allowed{did_you_mean(value, meta['choices'])}; "
                          f"choose from: {', '.join(meta['choices'])}")
@@ -176,7 +204,7 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
             continue
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, data[name], f"{prefix}{name}.")
+            kwargs[name] = from_dict(typing.cast(type, hint), data[name], f"{prefix}{name}.")
         else:
             kwargs[name] = _check_value(prefix + name, data[name], hint, f.metadata)
     return cls(**kwargs)
@@ -193,7 +221,17 @@ def set_dotted(tree: dict, assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"override '{assignment}': '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ValueError(f"override '{assignment}': the value is not valid YAML ({_yaml_problem(err)})") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line from a PyYAML error: what is wrong and where (its own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -207,7 +245,6 @@ def merge(base: dict, update: dict) -> dict:
 def validate(cfg: CellConfig) -> CellConfig:
     """Cross-field checks that need other modules (augmentation specs parse, devices exist)."""
     from .augment import parse_spec
-    from .losses import SEMI_HARD_LOSSES
     from .methods import check_method
 
     for key in ("views", "base"):
@@ -219,8 +256,11 @@ def validate(cfg: CellConfig) -> CellConfig:
         check_method(cfg.method, cfg.method_args)
     except ValueError as err:
         raise ValueError(f"method: {err}") from None
-    if cfg.loss.semi_hard and cfg.loss.name not in SEMI_HARD_LOSSES:
-        raise ValueError(f"loss.semi_hard: applies to {', '.join(SEMI_HARD_LOSSES)}, not '{cfg.loss.name}'")
+    if cfg.loss.semi_hard and cfg.loss.name not in names.SEMI_HARD_LOSSES:
+        raise ValueError(f"loss.semi_hard: applies to {', '.join(names.SEMI_HARD_LOSSES)}, "
+                         f"not '{cfg.loss.name}'")
+    if cfg.data.name == "embedded" and cfg.data.per_class is not None:
+        raise ValueError("data.per_class: the embedded set is generated; set data.n_train instead")
     if cfg.data.name == "folder" and not cfg.data.root:
         raise ValueError("data.root: required when data.name is 'folder' (root/train/<class>/*)")
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
@@ -241,7 +281,10 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -256,21 +299,15 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         raise ValueError(f"{path}: {err}" if path else str(err)) from None
 
 
-def signature(cfg: CellConfig) -> str:
-    """Short, stable hash of the resolved config and schema version: the cell's identity."""
-    blob = json.dumps({"schema": SCHEMA_VERSION, "config": cfg.to_dict()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
 def describe(cls: type = CellConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(dotted key, default, doc) for every leaf: the documented defaults."""
     rows = []
     for f in dataclasses.fields(cls):
         if f.default_factory is not dataclasses.MISSING:  # a section
-            rows += describe(f.default_factory, f"{prefix}{f.name}.")
+            rows += describe(typing.cast(type, f.default_factory), f"{prefix}{f.name}.")
         else:
-            registry = f.metadata.get("registry")
-            allowed = registry() if registry else f.metadata.get("choices")
-            doc = f.metadata["doc"] + (f" [{' | '.join(allowed)}]" if allowed else "")
+            values = allowed(f.metadata)
+            doc = f.metadata["doc"] + (f" [{' | '.join(values)}]" if values else "")
+            doc += "" if f.metadata["identity"] else " (not part of the cell id)"
             rows.append((prefix + f.name, f.default, doc))
     return rows

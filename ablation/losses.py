@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ablation.errors import choices_error
-
-SEMI_HARD_LOSSES = ("nt_logistic", "margin")  # the losses Table 4 runs with semi-hard negative mining
+from ablation.names import LOSSES, SEMI_HARD_LOSSES
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -70,8 +69,7 @@ def _margin(sim: Tensor, pos: Tensor, neg: Tensor, temperature: float, margin: f
     return _mean_over(F.relu(sim - pos[:, None] + margin), neg)
 
 
-_PER_ANCHOR = {"nt_xent": _nt_xent, "nt_logistic": _nt_logistic, "margin": _margin}
-LOSSES = tuple(_PER_ANCHOR)
+_PER_ANCHOR = {"nt_xent": _nt_xent, "nt_logistic": _nt_logistic, "margin": _margin}  # keys: names.LOSSES
 
 
 def _similarities(z1: Tensor, z2: Tensor, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -126,7 +124,8 @@ def contrastive_loss(
     if name not in _PER_ANCHOR:
         raise choices_error("loss", name, LOSSES)
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape; "
+                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
     if semi_hard and name not in SEMI_HARD_LOSSES:
         raise ValueError(f"semi-hard negative mining applies to {' and '.join(SEMI_HARD_LOSSES)}, "
                          f"not '{name}'")

@@ -4,12 +4,12 @@ paper_numbers.csv is long format: one row per published number, with the table i
 the setting that produced it (typed columns, empty where the table does not vary them or where a
 setting does not apply: AutoAugment has no colour strength) and the value in top-1 % (linear
 evaluation, ImageNet, ResNet-50). Figure 5 and Figure 8 are images in the paper, so none of their
-values are here.
+values are here. Our value of each paper setting is read from the settings experiment.json gives
+(swept per cell, fixed for all) under one exact key: no guessing.
 """
 from __future__ import annotations
 
 import math
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ablation.errors import choices_error
+from ablation.names import PRIMARY_METRIC
 
 CSV = Path(__file__).with_name("paper_numbers.csv")
 BOOL_COLUMNS = ("blur", "autoaugment", "semi_hard", "normalize")
@@ -29,23 +30,23 @@ KEYS = {
     "tableB1": ("batch_size", "epochs"),
 }
 SERIES = {"table1": ("method",), "table4": (), "table5": (), "tableB1": ("lr_scaling",)}
-# How our config keys (dotted; matched on the key or its last parts) name the paper's settings.
-ALIASES = {
-    "strength": ("strength", "color_strength", "colour_strength", "color.s"),
-    "blur": ("blur",),
-    "autoaugment": ("autoaugment",),
-    "loss": ("loss", "loss.name", "loss.kind", "loss_name"),
-    "semi_hard": ("semi_hard", "semihard"),
-    "normalize": ("normalize", "l2_norm", "l2_normalize", "normalise"),
-    "temperature": ("temperature", "tau"),
-    "batch_size": ("batch_size",),
-    "epochs": ("epochs",),
-    "lr_scaling": ("lr_scaling", "scaling"),
-    "method": ("method",),
+# The setting key (ablation.identity.settings) that is each paper setting.
+SETTINGS = {
+    "strength": "augment.views.color.s",
+    "blur": "augment.views.blur",
+    "autoaugment": "augment.views.autoaugment",
+    "loss": "loss.name",
+    "semi_hard": "loss.semi_hard",
+    "normalize": "loss.normalize",
+    "temperature": "loss.temperature",
+    "batch_size": "train.batch_size",
+    "epochs": "train.epochs",
+    "lr_scaling": "optim.lr_scaling",
+    "method": "method",
 }
-# A setting our config does not name is taken as the plain SimCLR default.
+# A paper setting our settings do not give (no blur or autoaugment op spelled out; an experiment.json
+# from before semi-hard mining existed): the plain default.
 DEFAULTS = {"blur": False, "autoaugment": False, "semi_hard": False}
-SPEC_SETTINGS = ("strength", "blur", "autoaugment")  # also read from augmentation spec strings
 
 
 @lru_cache(maxsize=1)
@@ -67,46 +68,13 @@ def paper_table(name: str) -> pd.DataFrame:
     return rows
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _lookup(column: str, values: dict[str, Any]) -> Any:
-    """The value of the key naming this paper setting (exact name before dotted suffix), or None."""
-    for suffix in (False, True):
-        for alias in ALIASES[column]:
-            for key, value in values.items():
-                if key == alias or (suffix and key.endswith("." + alias)):
-                    return value
-    return None
-
-
-def _from_spec(column: str, values: dict[str, Any]) -> Any:
-    """Colour strength / blur / AutoAugment read from an augmentation spec like "crop+color(s=0.5)+blur"."""
-    for value in values.values():
-        if column == "autoaugment" and isinstance(value, str) and "autoaugment" in value:
-            return True
-        if isinstance(value, str) and "color" in value:
-            if column == "blur":
-                return "blur" in value
-            found = re.search(r"color\([^)]*\bs=([0-9.eE+-]+)", value)
-            if column == "strength" and found:
-                return float(found.group(1))
-    return None
-
-
-def derive(column: str, coords: dict[str, Any], setup: dict[str, Any]) -> Any:
-    """Our value for a paper setting: from the cell's coords first, then the fixed setup."""
-    for values in (coords, _flatten(setup)):
-        found = _lookup(column, values)
-        if found is None and column in SPEC_SETTINGS:
-            found = _from_spec(column, values)
-        if found is not None:
-            return found
+def derive(column: str, swept: dict[str, Any], fixed: dict[str, Any]) -> Any:
+    """Our value for a paper setting: the cell's swept settings first, then the experiment's fixed ones."""
+    key = SETTINGS[column]
+    for values in (swept, fixed):
+        value = values.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            return value
     return DEFAULTS.get(column)
 
 
@@ -131,7 +99,7 @@ def _matches(ours: Any, theirs: Any) -> bool:
 
 
 def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any],
-                       metric: str = "linear_top1") -> pd.DataFrame | None:
+                       metric: str = PRIMARY_METRIC) -> pd.DataFrame | None:
     """Our mean (%) beside the paper's number for each label, then every paper row no label matched
     (with an empty label); None when exp["paper"] has no table.
 
@@ -142,13 +110,13 @@ def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any],
     name = exp.get("paper")
     if name not in KEYS:
         return None
-    setup = exp.get("setup") or {}
-    fixed = {c: v for c in SERIES[name] if (v := derive(c, {}, setup)) is not None}
+    fixed_settings = exp.get("fixed") or {}
+    fixed = {c: v for c in SERIES[name] if (v := derive(c, {}, fixed_settings)) is not None}
     table = paper_table(name)
     table = table[[all(_same(v, t[c]) for c, v in fixed.items()) for _, t in table.iterrows()]]
-    axes = [c for c in exp.get("axes") or [] if c in agg.columns]
+    axes = [c for c in exp.get("swept") or [] if c in agg.columns]
     coords = [{a: r[a] for a in axes} for _, r in agg.iterrows()]
-    per_row = [c for c in SERIES[name] if c not in fixed and any(_lookup(c, co) is not None for co in coords)]
+    per_row = [c for c in SERIES[name] if c not in fixed and SETTINGS[c] in axes]
     split = [c for c in SERIES[name] if c not in fixed and c not in per_row]
 
     def column(t: pd.Series) -> str:
@@ -156,7 +124,7 @@ def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any],
 
     rows, matched = [], set()
     for (_, r), co in zip(agg.iterrows(), coords):
-        wanted = {c: derive(c, co, setup) for c in (*KEYS[name], *per_row)}
+        wanted = {c: derive(c, co, fixed_settings) for c in (*KEYS[name], *per_row)}
         row = {"label": r["label"], "setting": None, **{c: None for c in per_row},
                "ours": 100 * r[f"{metric}_mean"], "ours_std": 100 * r[f"{metric}_std"], "n": r["n"]}
         for i, t in table.iterrows():

@@ -13,6 +13,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from ablation.names import PRIMARY_METRIC
+
 from .table import finished, markdown_table, setup_line
 
 METHOD_KEY = "method"
@@ -29,7 +31,14 @@ def sensitivity_axes(exp: dict[str, Any]) -> tuple[str, str] | None:
     return METHOD_KEY, others[0]
 
 
-def drop_table(summary: pd.DataFrame, exp: dict[str, Any], metric: str = "linear_top1") -> pd.DataFrame | None:
+def _axes(exp: dict[str, Any]) -> tuple[str, str]:
+    keys = sensitivity_axes(exp)
+    if keys is None:
+        raise ValueError(f"experiment {exp.get('name')!r} does not cross a method axis with one other axis")
+    return keys
+
+
+def drop_table(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMARY_METRIC) -> pd.DataFrame | None:
     """One row per (method, condition, seed) with the drop in points; None when the grid has no such axes."""
     keys = sensitivity_axes(exp)
     if keys is None or summary.empty:
@@ -50,7 +59,7 @@ def drop_summary(summary: pd.DataFrame, exp: dict[str, Any]) -> pd.DataFrame | N
     long = drop_table(summary, exp)
     if long is None:
         return None
-    method, other = sensitivity_axes(exp)
+    method, other = _axes(exp)
     stats = long.groupby([method, other], sort=False)["drop"].agg(["mean", "std"])
 
     def text(mean: float, std: float) -> str:
@@ -67,7 +76,7 @@ def report_lines(summary: pd.DataFrame, exp: dict[str, Any]) -> list[str]:
     table = drop_summary(summary, exp)
     if table is None:
         return []
-    _, other = sensitivity_axes(exp)
+    _, other = _axes(exp)
     reference = summary[other].iloc[0]
     return ["## Sensitivity to augmentations, per method", "",
             f"Top-1 points each method loses against its own `{reference}` cell (same seed; negative: a gain).", "",
@@ -79,11 +88,11 @@ def plot_drop(summary: pd.DataFrame, exp: dict[str, Any]) -> Figure | None:
     long = drop_table(summary, exp)
     if long is None:
         return None
-    method, other = sensitivity_axes(exp)
+    method, other = _axes(exp)
     conditions = list(dict.fromkeys(summary[other]))
     methods = list(dict.fromkeys(summary[method]))
     fig = Figure(figsize=(1.5 * len(conditions) + 3.5, 4.6), layout="constrained")
-    ax = fig.add_subplot()
+    ax: Any = fig.add_subplot()
     if long.empty:
         ax.text(0.5, 0.5, "no finished pairs yet", ha="center", va="center", transform=ax.transAxes)
     else:

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pytest
 import yaml
 from matplotlib.collections import QuadMesh
+from test_analysis import OPS, assert_figures, base_value, pair_label, write_experiment
+from test_grid import NEEDS, PRESETS, write
 
 import analysis
+from ablation.grid import EXPERIMENTS_DIR, load_experiment
+from ablation.methods import REGISTRY
 from analysis.figures import plot_heatmap
 from analysis.paper import compare_with_paper, paper_table
 from analysis.sensitivity import drop_table
-from ablation.grid import EXPERIMENTS_DIR, load_experiment
-from ablation.methods import REGISTRY
-
-from test_analysis import OPS, SETUP, assert_figures, base_value, pair_label, write_experiment
-from test_grid import PRESETS, write
-
 
 # ---- recipes and facets in the grid ---------------------------------------------------------
 
@@ -60,7 +59,7 @@ def test_pairwise_grid_with_a_method_facet(tmp_path):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_table1_has_supervised_cells_and_an_autoaugment_column(preset):
-    exp = load_experiment("color_strength", preset)
+    exp = load_experiment("color_strength", preset, NEEDS.get(preset, []))
     methods = {c.config.method for c in exp.cells}
     assert methods == {"simclr", "supervised"}
     assert {(c.config.method, c.config.augment.views) for c in exp.cells} >= {
@@ -69,7 +68,7 @@ def test_table1_has_supervised_cells_and_an_autoaugment_column(preset):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_table4_has_the_papers_five_rows(preset):
-    exp = load_experiment("loss", preset)
+    exp = load_experiment("loss", preset, NEEDS.get(preset, []))
     rows = {(c.config.loss.name, c.config.loss.semi_hard) for c in exp.cells}
     assert rows == {("margin", False), ("nt_logistic", False), ("margin", True), ("nt_logistic", True),
                     ("nt_xent", False)}
@@ -85,35 +84,43 @@ def test_method_sensitivity_crosses_methods_with_augmentations_full_first():
 
 # ---- analysis -------------------------------------------------------------------------------
 
-def agg_of(labels: list[str], coords: dict[str, list], top1: list[float]) -> pd.DataFrame:
-    return pd.DataFrame({"label": labels, **coords, "linear_top1_mean": top1,
-                         "linear_top1_std": [math.nan] * len(labels), "n": [1] * len(labels)})
+def agg_of(name: str, keep: Callable[[dict], bool] = lambda settings: True) -> tuple[pd.DataFrame, dict]:
+    """(one aggregated row per kept cell of a shipped experiment, with its swept settings as experiment.json
+    gives them, top-1 0.3; the experiment.json)."""
+    grid = load_experiment(name)
+    exp = grid.describe()
+    rows = [{"label": c.label, **exp["settings"][c.id], "linear_top1_mean": 0.3, "linear_top1_std": math.nan,
+             "n": 1} for c in grid.cells if keep(exp["settings"][c.id])]
+    return pd.DataFrame(rows), exp
 
 
 def test_table1_rows_per_method_with_autoaugment_and_every_paper_row():
-    views = ["crop+color(s=0.5)", "crop+autoaugment"]
-    agg = agg_of([f"{m}/{v}" for m in ("simclr", "supervised") for v in views],
-                 {"method": ["simclr", "simclr", "supervised", "supervised"], "augment.views": views * 2},
-                 [0.4, 0.35, 0.6, 0.62])
-    exp = {"paper": "table1", "axes": ["method", "augment.views"], "setup": {**SETUP, "method": None}}
+    agg, exp = agg_of("color_strength", lambda s: s["augment.views"] in ("crop+color(s=0.5)", "crop+autoaugment"))
+    assert {"method", "augment.views.color.s", "augment.views.autoaugment"} <= set(exp["swept"])
     side = compare_with_paper(agg, exp)
     ours = side[side["label"] != ""].set_index("label")
-    assert [c for c in side.columns if c.startswith("paper")] == ["paper"]
-    assert ours.loc["simclr/crop+color(s=0.5)", "paper"] == 62.6
-    assert ours.loc["simclr/crop+autoaugment", "paper"] == 61.1
-    assert ours.loc["supervised/crop+color(s=0.5)", "paper"] == 76.5
-    assert ours.loc["supervised/crop+autoaugment", ["setting", "method", "paper"]].tolist() == [
+    assert len(ours) == 4 and [c for c in side.columns if c.startswith("paper")] == ["paper"]
+    assert ours.loc["method=simclr,views=crop+color(s=0.5)", "paper"] == 62.6
+    assert ours.loc["method=simclr,views=crop+autoaugment", "paper"] == 61.1
+    assert ours.loc["method=supervised,views=crop+color(s=0.5)", "paper"] == 76.5
+    assert ours.loc["method=supervised,views=crop+autoaugment", ["setting", "method", "paper"]].tolist() == [
         "AutoAugment", "Supervised", 77.1]
     rest = side[side["label"] == ""]
     assert len(rest) == len(paper_table("table1")) - 4 and rest["ours"].isna().all()
     assert set(side["paper"]) == set(paper_table("table1")["value"])  # every paper row is shown
 
 
+def test_table1_without_a_method_axis_picks_the_simclr_rows():
+    agg, exp = agg_of("color_strength", lambda s: s["method"] == "simclr")
+    exp = {**exp, "swept": [k for k in exp["swept"] if k != "method"], "fixed": {**exp["fixed"], "method": "simclr"}}
+    side = compare_with_paper(agg.drop(columns="method"), exp)
+    assert [c for c in side.columns if c.startswith("paper")] == ["paper"] and (side["label"] != "").all()
+    assert side["paper"].tolist() == [59.6, 61.0, 62.6, 63.2, 64.5, 61.1]
+
+
 def test_table4_matches_all_five_rows():
-    pairs = [("margin", False), ("nt_logistic", False), ("margin", True), ("nt_logistic", True), ("nt_xent", False)]
-    agg = agg_of([f"{n},{s}" for n, s in pairs], {"loss.name": [n for n, _ in pairs],
-                                                  "loss.semi_hard": [s for _, s in pairs]}, [0.3] * 5)
-    side = compare_with_paper(agg, {"paper": "table4", "axes": ["loss.name", "loss.semi_hard"], "setup": SETUP})
+    agg, exp = agg_of("loss")
+    side = compare_with_paper(agg, exp)
     assert side["paper"].tolist() == [50.9, 51.6, 57.5, 57.9, 63.9] and (side["label"] != "").all()
 
 

@@ -11,8 +11,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from test_cell import TINY, StopAfter
 from torch.nn.parallel import DistributedDataParallel
 
+from ablation import store
 from ablation.augment import TwoViews
 from ablation.cell import Preempted, build_model, run_cell
 from ablation.cli import main
@@ -21,8 +23,7 @@ from ablation.methods import REGISTRY, Method, describe_methods, param, register
 from ablation.methods.barlow_twins import barlow_twins_loss
 from ablation.methods.byol import byol_loss, target_momentum
 from ablation.methods.simsiam import simsiam_loss
-
-from test_cell import TINY, StopAfter
+from ablation.model import GlobalBatchNorm, global_batch_norm
 
 NAMES = sorted(REGISTRY)
 SMALL_HEADS = ["method_args.predictor_hidden=16"]  # byol and simsiam: a predictor as small as the head
@@ -98,7 +99,8 @@ def test_supervised_loss_is_cross_entropy_of_the_labels():
     x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 3, 9, 3])
     logits = model.classifier(model.features(x))
     want = sum(-torch.log(torch.exp(logits[i, y[i]]) / torch.exp(logits[i]).sum()) for i in range(4)) / 4
-    torch.testing.assert_close(model((x,), y), want)
+    torch.testing.assert_close(model.loss(model((x,)), y), want)
+    assert model.project(x) is None  # no projection: the per-epoch embedding statistics skip it
 
 
 def test_supervised_trains_on_one_view_of_the_cell_augmentations():
@@ -108,6 +110,30 @@ def test_supervised_trains_on_one_view_of_the_cell_augmentations():
     (view,) = model.views(pair, x, torch.Generator().manual_seed(1))
     assert torch.equal(view, pair.one(x, torch.Generator().manual_seed(1)))
     assert not torch.equal(view, x)
+    assert model.n_views == 1
+
+
+def test_simclr_is_the_encoder_and_head_of_before_methods():
+    """z = head(encoder(x)) of both views as one batch, and a state dict of the encoder and head only, so
+    a SimCLR checkpoint written before methods existed loads."""
+    model = build_model(build_config({}, TINY), torch.device("cpu"), 10).eval()
+    x1, x2 = torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16)
+    z = model((x1, x2))
+    assert torch.equal(z, model.head(model.encoder(torch.cat([x1, x2]))))
+    assert torch.equal(model.project(x1), z[:3])
+    assert {k.split(".")[0] for k in model.state_dict()} == {"encoder", "head"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_global_batch_norm_reaches_every_network_of_a_method(name):
+    model = build_model(method_cell(name), torch.device("cpu"), 10)
+    params = [id(p) for p in model.parameters()]
+    converted = global_batch_norm(model)
+    norms = [m for m in converted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, GlobalBatchNorm) for m in norms)
+    assert [id(p) for p in converted.parameters()] == params  # the optimiser's parameters
+    if name == "byol":
+        assert any(isinstance(m, GlobalBatchNorm) for m in converted.target.modules())
 
 
 # ---- BYOL's target network ------------------------------------------------------------------
@@ -141,6 +167,7 @@ def method_cell(name: str, *extra: str):
     return build_config({}, TINY + [f"method={name}", "train.epochs=2"] + args + list(extra))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_method_runs_and_resumes_exactly(name, tmp_path):
     full = run_cell(method_cell(name), tmp_path / "full", show_progress=False)
@@ -151,8 +178,14 @@ def test_method_runs_and_resumes_exactly(name, tmp_path):
     resumed = run_cell(method_cell(name), tmp_path / "resumed", show_progress=False)
     assert resumed["resumed_at"] == [{"epoch": 1, "step": 1}]
     assert resumed["metrics"] == full["metrics"] and resumed["losses"] == full["losses"]  # bit-exact on CPU
+    rows = store.read_metrics(tmp_path / "full")  # embedding statistics of the method's projections
+    assert len(rows) == 2 and all(("uniform" in r and "pos_sim" in r) == (name != "supervised") for r in rows)
+    timing = ("images_per_s", "wall_s", "time")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in store.read_metrics(tmp_path / "resumed")] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows]
 
 
+@pytest.mark.slow
 def test_ablate_run_takes_the_method(tmp_path, capsys):
     args = ["run", "--out", str(tmp_path), "--set", "method=simsiam"]
     args += [a for kv in TINY + ["train.epochs=1"] + SMALL_HEADS for a in ("--set", kv)]
@@ -162,32 +195,48 @@ def test_ablate_run_takes_the_method(tmp_path, capsys):
 
 # ---- the registry ---------------------------------------------------------------------------
 
-def test_adding_a_method_is_one_registered_class(tmp_path):
+@pytest.fixture
+def toy_method():
+    """A method registered for one test: its whole definition is one decorated class."""
     @register
     class Alignment(Method):
         name = "test_alignment"
         doc = "pull the two views' features together, with a variance floor (a toy VICReg)"
         floor: float = param(1.0, 0.0, 10.0, "target standard deviation of each feature")
 
-        def forward(self, views, labels):
-            h1, h2 = self.features(torch.cat(views)).float().chunk(2)
+        def forward(self, views):
+            return self.features(torch.cat(views))
+
+        def loss(self, outputs, labels):
+            h1, h2 = outputs.float().chunk(2)
             return F.mse_loss(h1, h2) + F.relu(self.floor - h1.std(0)).mean()
 
-    try:
-        cfg = build_config({}, TINY + ["method=test_alignment", "method_args.floor=0.5", "train.epochs=1"])
-        assert run_cell(cfg, tmp_path, show_progress=False)["status"] == "finished"
-        with pytest.raises(ValueError, match="'test_alignment' parameter 'flor' \\(did you mean 'floor'\\?\\)"):
-            build_config({}, ["method=test_alignment", "method_args.flor=0.5"])
-        with pytest.raises(ValueError, match="test_alignment.*floor.*20.*0.0, 10.0"):
-            build_config({}, ["method=test_alignment", "method_args.floor=20"])
-        with pytest.raises(ValueError, match="already registered"):
-            @register
-            class Again(Method):
-                name = "byol"
-                doc = "clash"
-    finally:
-        REGISTRY.pop("test_alignment", None)
+    yield Alignment
+    REGISTRY.pop("test_alignment", None)
     assert REGISTRY["byol"].__name__ == "BYOL"
+
+
+def test_adding_a_method_is_one_registered_class(toy_method):
+    cfg = build_config({}, TINY + ["method=test_alignment", "method_args.floor=0.5", "train.epochs=1"])
+    assert build_model(cfg, torch.device("cpu"), 10).floor == 0.5
+    with pytest.raises(ValueError, match="'test_alignment' parameter 'flor' \\(did you mean 'floor'\\?\\)"):
+        build_config({}, ["method=test_alignment", "method_args.flor=0.5"])
+    with pytest.raises(ValueError, match="test_alignment.*floor.*20.*0.0, 10.0"):
+        build_config({}, ["method=test_alignment", "method_args.floor=20"])
+    with pytest.raises(ValueError, match="already registered"):
+        @register
+        class Again(Method):
+            name = "byol"
+            doc = "clash"
+
+
+@pytest.mark.slow
+def test_a_registered_method_trains_a_cell(toy_method, tmp_path):
+    cfg = build_config({}, TINY + ["method=test_alignment", "method_args.floor=0.5", "train.epochs=1"])
+    result = run_cell(cfg, tmp_path, show_progress=False)
+    assert result["status"] == "finished"
+    rows = store.read_metrics(tmp_path)  # no projection: the per-epoch row has no embedding statistics
+    assert len(rows) == 1 and "loss" in rows[0] and "uniform" not in rows[0]
 
 
 def test_unknown_method_names_the_choices():
@@ -240,15 +289,16 @@ def _worker(rank: int, init_file: str, out: str) -> None:
             dist.all_reduce(t)
             t /= WORLD
         results[name] = grads
-    # BYOL under DDP: after a few steps on different shards, both ranks hold the same target
+    # BYOL under DDP with global batch norm (its target's too): after a few steps on different shards,
+    # both ranks hold the same target
     cfg = build_config({}, TINY + ["method=byol", "method_args={momentum: 0.5, predictor_hidden: 16}"])
-    model = build_model(cfg, torch.device("cpu"), 10)
+    model = global_batch_norm(build_model(cfg, torch.device("cpu"), 10))
     net = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     pair = TwoViews("crop+color", mode="symmetric")
     for step in range(3):
         x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(100 * rank + step))
-        loss = net(model.views(pair, x, torch.Generator().manual_seed(rank)), None)
+        loss = model.loss(net(model.views(pair, x, torch.Generator().manual_seed(rank))), None)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -263,6 +313,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     os._exit(0)  # skip torch's exit-time destructors, which sometimes abort (see test_losses.py)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_and_targets_stay_in_sync(tmp_path: Path):
     out = tmp_path / "dist.pt"
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from . import ops  # noqa: F401  (registers the built-in ops)
+
+# isort: split
 from . import autoaugment  # noqa: F401  (registers autoaugment, after the built-in ops)
 from .pipeline import Compose, TwoViews, parse_spec
 from .preview import load_image, preview

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from ..errors import choices_error
+from ..names import DATASETS
+from ..store import atomic_write
 
-DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "folder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 CACHE_VERSION = 1
 MAX_RESIDENT_BYTES = 32 * 2**30  # beyond this a folder is streamed (streaming_loader), not held in memory
@@ -51,12 +51,13 @@ def default_cache_dir() -> Path:
 
 
 def load_dataset(name: str, root: str | Path | None = None, size: int = 32, download: bool = False,
-                 cache_dir: str | Path | None = None, *, limit_per_class: int | None = None,
+                 cache_dir: str | Path | None = None, *, per_class: int | None = None,
                  **embedded_kw) -> tuple[ImageSet, ImageSet]:
     """(train, test) splits of `name` at size x size, decoded once and cached under `cache_dir`.
 
     `embedded_kw` (n_train, n_test, seed) go to make_embedded and are ignored for other sets.
-    `limit_per_class` keeps the first k images of each class per split (quick tests).
+    `per_class` keeps the first k training images of each class (a smaller study on the same
+    classes); the test split stays whole, so accuracies stay comparable across caps.
     """
     if name not in DATASETS:
         raise choices_error("dataset", name, DATASETS)
@@ -69,14 +70,14 @@ def load_dataset(name: str, root: str | Path | None = None, size: int = 32, down
             raise ValueError(f"dataset 'folder' needs data.root; {FOLDER_LAYOUT}")
         splits = {s: _scan(Path(root), s) for s in ("train", "test")}
         stamp = [[(p, *_stat(p)) for p in files] for files, _, _ in splits.values()]
-        key = _cache_key(name, Path(root).resolve(), size, limit_per_class, stamp)
+        key = _cache_key(name, Path(root).resolve(), size, per_class, stamp)
         return _cached(cache_dir / f"folder-{size}-{key}.pt",
-                       lambda: tuple(_decode_all(*splits[s], size, limit_per_class) for s in ("train", "test")))
+                       lambda: (_decode_all(*splits["train"], size, per_class), _decode_all(*splits["test"], size)))
     root = Path(root) if root is not None else cache_dir / "datasets"
-    key = _cache_key(name, root.resolve(), size, limit_per_class)
+    key = _cache_key(name, root.resolve(), size, per_class)
     return _cached(cache_dir / f"{name}-{size}-{key}.pt",
-                   lambda: tuple(_torchvision(name, root, train, size, download, limit_per_class)
-                                 for train in (True, False)))
+                   lambda: (_torchvision(name, root, True, size, download, per_class),
+                            _torchvision(name, root, False, size, download)))
 
 
 # ---- cache -------------------------------------------------------------------------------------
@@ -95,21 +96,15 @@ def _cached(path: Path, build) -> tuple[ImageSet, ImageSet]:
     if path.exists():
         try:
             blob = torch.load(path, weights_only=True)
-            return tuple(ImageSet(blob[f"{s}_images"], blob[f"{s}_labels"], blob["classes"])
-                         for s in ("train", "test"))
+            train, test = (ImageSet(blob[f"{s}_images"], blob[f"{s}_labels"], blob["classes"])
+                           for s in ("train", "test"))
+            return train, test
         except Exception as e:  # a truncated or foreign file: rebuild it
-            warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it")
+            warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it", stacklevel=2)
     train, test = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"classes": train.classes, "train_images": train.images, "train_labels": train.labels,
             "test_images": test.images, "test_labels": test.labels}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-        tmp = Path(f.name)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(blob, f), mode="wb")  # readable as the umask allows (a shared cache)
     return train, test
 
 
@@ -132,7 +127,7 @@ def _fit(image: Tensor, size: int) -> Tensor:
 # ---- torchvision sets --------------------------------------------------------------------------
 
 def _torchvision(name: str, root: Path, train: bool, size: int, download: bool,
-                 limit: int | None) -> ImageSet:
+                 limit: int | None = None) -> ImageSet:
     from torchvision import datasets
 
     try:
@@ -202,7 +197,7 @@ class ImageFiles(Dataset):
 
 
 def _decode_all(files: list[str], labels: list[int], classes: list[str], size: int,
-                limit: int | None) -> ImageSet:
+                limit: int | None = None) -> ImageSet:
     keep = _first_per_class(torch.tensor(labels), limit).tolist()
     if len(keep) * 3 * size * size > MAX_RESIDENT_BYTES:
         raise ValueError(f"{len(keep)} images at {size}x{size} under {Path(files[0]).parents[1]} do not fit in "

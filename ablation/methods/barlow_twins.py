@@ -38,6 +38,12 @@ class BarlowTwins(Method):
         m = cfg.model
         self.projector = build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
 
-    def forward(self, views: tuple[Tensor, ...], labels: Tensor) -> Tensor:
-        z1, z2 = self.projector(self.features(torch.cat(views))).float().chunk(2)
+    def project(self, x: Tensor) -> Tensor:
+        return self.projector(self.features(x))
+
+    def forward(self, views: tuple[Tensor, ...]) -> Tensor:
+        return self.project(torch.cat(views))
+
+    def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        z1, z2 = outputs.float().chunk(2)
         return barlow_twins_loss(z1, z2, self.lambd)

@@ -39,11 +39,20 @@ class BYOL(Method):
         self.predictor = build_head("nonlinear", out, self.predictor_hidden, out, 2)
         self.target = copy.deepcopy(nn.Sequential(self.encoder, self.projector)).requires_grad_(False)
 
-    def forward(self, views: tuple[Tensor, ...], labels: Tensor) -> Tensor:
+    def project(self, x: Tensor) -> Tensor:
+        return self.projector(self.features(x))
+
+    def forward(self, views: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """(online predictions, target projections) of both views as one batch."""
         x = torch.cat(views)
-        p1, p2 = self.predictor(self.projector(self.features(x))).float().chunk(2)
+        p = self.predictor(self.project(x))
         with torch.no_grad():
-            z1, z2 = self.target(x.contiguous(memory_format=torch.channels_last)).float().chunk(2)
+            z = self.target(x.contiguous(memory_format=torch.channels_last))
+        return p, z
+
+    def loss(self, outputs: tuple[Tensor, Tensor], labels: Tensor) -> Tensor:
+        p1, p2 = outputs[0].float().chunk(2)
+        z1, z2 = outputs[1].float().chunk(2)
         return byol_loss(p1, z2) + byol_loss(p2, z1)
 
     @torch.no_grad()

@@ -3,9 +3,9 @@
 A method holds everything that differs between SimCLR, BYOL, supervised training, ...: the encoder
 and its own heads (projector, predictor, classifier), any target network, how many views of a batch
 it trains on, its loss, and what it updates after each optimiser step (a momentum target). The
-cell's loop stays the same for all: ``views`` -> ``forward`` (the loss) -> optimiser step ->
-``update``. Everything a method learns or tracks is in its ``state_dict``, and what depends on the
-training position (a momentum schedule) is a function of (step, total steps), so the checkpoint
+cell's loop stays the same for all: ``views`` -> ``forward`` (the networks) -> ``loss`` -> optimiser
+step -> ``update``. Everything a method learns or tracks is in its ``state_dict``, and what depends on
+the training position (a momentum schedule) is a function of (step, total steps), so the checkpoint
 resumes it exactly. Parameters are declared as for augmentations and set with ``method_args``.
 """
 from __future__ import annotations
@@ -32,14 +32,20 @@ class Method(nn.Module):
     """Base of every method: the encoder (what the probes evaluate), parameters, two views, no update.
 
     Subclasses build their heads in ``__init__`` (after ``super().__init__``, so the encoder's
-    initialisation is the first draw from the cell's seed) and implement ``forward(views, labels)``
-    returning the scalar loss in float32. Under DDP ``forward`` runs on this rank's share of the
-    batch; a loss that needs the whole batch gathers it (``ablation.losses.gather_with_grad``).
+    initialisation is the first draw from the cell's seed) and implement
+    - ``forward(views)``: the networks, returning the tensors the loss needs. This is what runs
+      under DDP, torch.compile and bf16 autocast on a GPU (the cell's hot path);
+    - ``loss(outputs, labels)``: the scalar loss in float32, run eager and outside autocast. Under
+      DDP it sees this rank's share of the batch; a loss that needs the whole batch gathers it
+      (``ablation.losses.gather_with_grad``);
+    - ``project(x)`` where the method has a projection: the embeddings whose alignment and
+      uniformity the per-epoch log measures (ablation/metrics_log.py); None skips that measurement.
     """
 
     name: ClassVar[str]
     doc: ClassVar[str]
     params: ClassVar[dict[str, dataclasses.Field]] = {}
+    n_views: ClassVar[int] = 2  # views of each image that `views` returns (the step's cost counts them)
 
     def __init__(self, cfg: CellConfig, n_classes: int, **args: Any) -> None:
         super().__init__()
@@ -56,8 +62,18 @@ class Method(nn.Module):
         """h = encoder(x), in the channels-last layout the convolutions are fastest in."""
         return self.encoder(x.contiguous(memory_format=torch.channels_last))
 
-    def forward(self, views: tuple[Tensor, ...], labels: Tensor) -> Tensor:
+    def forward(self, views: tuple[Tensor, ...]) -> Any:
+        """The networks on the step's views: whatever tensors ``loss`` needs."""
         raise NotImplementedError
+
+    def loss(self, outputs: Any, labels: Tensor) -> Tensor:
+        """The scalar float32 loss of ``forward``'s outputs (``labels``: the batch's classes)."""
+        raise NotImplementedError
+
+    def project(self, x: Tensor) -> Tensor | None:
+        """Projections z of a batch, in training mode, for the per-epoch embedding statistics;
+        None: the method has no projection to measure (nothing is run)."""
+        return None
 
     def update(self, step: int, total: int) -> None:
         """After optimiser step ``step`` (1-based) of ``total``: nothing by default (momentum targets move here)."""

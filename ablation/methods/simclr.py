@@ -21,7 +21,14 @@ class SimCLR(Method):
         self.head = build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
         self.loss_config = cfg.loss
 
-    def forward(self, views: tuple[Tensor, ...], labels: Tensor) -> Tensor:
-        z1, z2 = self.head(self.features(torch.cat(views))).float().chunk(2)
+    def project(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+    def forward(self, views: tuple[Tensor, ...]) -> Tensor:
+        """z = head(encoder(x)) of both views as one batch."""
+        return self.project(torch.cat(views))
+
+    def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        z1, z2 = outputs.float().chunk(2)
         c = self.loss_config
         return contrastive_loss(c.name, z1, z2, c.temperature, c.normalize, c.margin, c.semi_hard)

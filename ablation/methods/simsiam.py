@@ -28,8 +28,15 @@ class SimSiam(Method):
         self.projector = nn.Sequential(head, nn.BatchNorm1d(head.out_dim, affine=False))
         self.predictor = build_head("nonlinear", head.out_dim, self.predictor_hidden, head.out_dim, 2)
 
-    def forward(self, views: tuple[Tensor, ...], labels: Tensor) -> Tensor:
-        z = self.projector(self.features(torch.cat(views)))
-        p1, p2 = self.predictor(z).float().chunk(2)
-        z1, z2 = z.float().chunk(2)
+    def project(self, x: Tensor) -> Tensor:
+        return self.projector(self.features(x))
+
+    def forward(self, views: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """(predictions, projections) of both views as one batch."""
+        z = self.project(torch.cat(views))
+        return self.predictor(z), z
+
+    def loss(self, outputs: tuple[Tensor, Tensor], labels: Tensor) -> Tensor:
+        p1, p2 = outputs[0].float().chunk(2)
+        z1, z2 = outputs[1].float().chunk(2)
         return (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2

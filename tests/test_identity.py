@@ -1,0 +1,70 @@
+"""The cell id is the canonical meaning of a config: spellings of one spec are one cell, keys that
+cannot change a result are not part of it, anything that can change a result is."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ablation.augment import parse_spec
+from ablation.config import build_config
+from ablation.identity import canonical_spec, departures, settings, signature
+
+
+def cell_id(*overrides: str) -> str:
+    return signature(build_config({}, list(overrides)))
+
+
+def test_spellings_of_one_spec_are_one_cell():
+    ids = {cell_id(f"augment.views={spec}") for spec in
+           ("crop+color", "crop + color", "crop+color(s=1.0)", "crop+color(s=1)", " crop()+color(s=1.0, p=1.0) ")}
+    assert len(ids) == 1
+    assert cell_id("augment.views=crop+color(s=0.5)") not in ids
+    assert cell_id("augment.views=color+crop") not in ids
+    assert cell_id("augment.base=none") == cell_id("augment.base=") == cell_id("augment.base= none ")
+
+
+@pytest.mark.parametrize("override", ["data.workers=0", "data.download=true", "train.checkpoint_every=1",
+                                      "eval.batch_size=64"])
+def test_keys_that_cannot_change_a_result_do_not_change_the_id(override):
+    assert cell_id(override) == cell_id()
+
+
+@pytest.mark.parametrize("override", ["train.seed=1", "loss.temperature=0.2", "model.sync_bn=false",
+                                      "train.device=cpu", "data.resident=never", "eval.knn_k=20", "method=byol",
+                                      "loss.name=margin"])
+def test_keys_that_can_change_a_result_change_the_id(override):
+    assert cell_id(override) != cell_id()
+
+
+def test_only_departures_from_the_defaults_are_hashed_so_a_new_option_keeps_old_ids():
+    assert departures(build_config()) == {}
+    assert departures(build_config({}, ["train.seed=1", "augment.views=crop + color(s=0.5)", "data.workers=3"])) \
+        == {"train": {"seed": 1}, "augment": {"views": "crop+color(s=0.5)"}}
+    assert cell_id("train.seed=0") == cell_id()  # a value set to its default is no departure
+    # the methods' keys at their defaults (plain SimCLR) are no departure: SimCLR cells keep their ids
+    assert cell_id("method=simclr", "method_args={}", "loss.semi_hard=false") == cell_id()
+    assert departures(build_config({}, ["method=barlow_twins", "method_args={lambd: 0.5}"])) == {
+        "method": "barlow_twins", "method_args": {"lambd": 0.5}}
+    assert cell_id("loss.name=margin", "loss.semi_hard=true") != cell_id("loss.name=margin")
+
+
+@pytest.mark.parametrize("spec", ["crop", "crop+color", " crop + color + blur ", "none", "", "rotate+noise+sobel"])
+def test_the_torch_free_form_of_a_spec_without_parameters_is_the_canonical_one(spec):
+    assert canonical_spec(spec) == parse_spec(spec).spec
+
+
+def test_a_spec_without_parameters_is_canonical_without_torch():
+    code = ("import sys; from ablation.identity import canonical_spec; "
+            "assert canonical_spec('crop + color') == 'crop+color'; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_settings_spell_out_the_ops_of_a_spec():
+    cfg = build_config({}, ["augment.views=crop+color(s=0.5)+blur"])
+    flat = settings(cfg, ["augment.views"])
+    assert flat["augment.views"] == "crop+color(s=0.5)+blur" and flat["loss.temperature"] == 0.5
+    assert flat["augment.views.color.s"] == 0.5 and flat["augment.views.blur"] is True
+    assert flat["augment.views.rotate"] is False and "augment.views.rotate.p" not in flat
+    assert "data.workers" not in flat and "augment.views.color" not in settings(cfg)
