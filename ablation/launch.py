@@ -217,6 +217,9 @@ class CellJob(submitit.helpers.Checkpointable):
                 if signal.SIGTERM in received:  # cancelled or preempted by Slurm itself: no requeue
                     sys.exit(f"rank {env.global_rank}: {stopped}")
                 if env.global_rank == 0 and callable(requeue):
+                    # scancel repeats a USR2 to every process of the step, and `scontrol requeue`
+                    # (a child of this one) dies of it: ignored here, it is ignored there too
+                    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
                     requeue(signal.SIGUSR2, None)  # exits the process once the job is requeued
                 if env.global_rank != 0:
                     sys.exit(f"rank {env.global_rank}: preempted; rank 0 requeues the job")
