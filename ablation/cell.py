@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from . import dist, store
 from .augment import TwoViews
 from .config import CellConfig, signature
-from .data import DeviceBatcher, ImageSet, fits_on_device, load_dataset
+from .data import (DeviceBatcher, FolderSet, ImageSet, fits_on_device, load_dataset, load_folder, source_views,
+                   stream_batcher)
 from .losses import contrastive_loss
 from .model import SimCLRModel, build_encoder, build_head
 from .optim import build_optimizer, scaled_lr, warmup_cosine
@@ -81,6 +82,8 @@ def _cached_dataset(data_key: tuple) -> tuple[ImageSet, ImageSet]:
 
 def load_data(cfg: CellConfig) -> tuple[ImageSet, ImageSet]:
     d = cfg.data
+    if d.name == "folder":
+        return load_folder(d)  # resident (ImageSet, or FolderSet at a larger stored size) or streamed
     return _cached_dataset((d.name, d.root, d.size, d.download, d.n_train, d.n_test, d.data_seed))
 
 
@@ -184,10 +187,14 @@ def train_step(net: torch.nn.Module, views: TwoViews, x: torch.Tensor, g: torch.
 
 
 def _batcher(cfg: CellConfig, train: ImageSet, device: torch.device) -> DeviceBatcher:
-    """The training set on the device when it fits (airbench-style), else batches moved per step."""
+    """The training set on the device when it fits (airbench-style), else batches moved per step;
+    a streamed folder's loader."""
+    if isinstance(train, FolderSet) and train.stored is None:
+        return stream_batcher(cfg.data, cfg.augment, cfg.train.batch_size, train, device, (dist.rank(), dist.world()))
+    images = train.stored if isinstance(train, FolderSet) else train.images
     resident = cfg.data.resident == "always" or (
-        cfg.data.resident == "auto" and fits_on_device(train.images.numel(), device))
-    images = train.images.to(device) if resident else train.images
+        cfg.data.resident == "auto" and fits_on_device(images.numel(), device))
+    images = images.to(device) if resident else images
     return DeviceBatcher(images, train.labels, cfg.train.batch_size, drop_last=True,
                          shard=(dist.rank(), dist.world()))
 
@@ -227,7 +234,8 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         state.resumed_at.append({"epoch": state.epoch, "step": state.step})
     prior_wall = state.wall_s
     net = DistributedDataParallel(model) if dist.active() else model
-    views = TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode)
+    views = (source_views(cfg.data, cfg.augment, train) if isinstance(train, FolderSet)
+             else TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode))
     rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
 
@@ -240,7 +248,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         epoch, t0 = state.epoch, time.monotonic()
         loss_sum = torch.tensor(state.loss_sum, device=device)
         net.train()
-        for x, _ in batcher.epoch(generator(batcher.images.device, seed, epoch), start=state.step):
+        for x, _ in batcher.epoch(generator(batcher.device, seed, epoch), start=state.step):
             x = x.to(device, non_blocking=True)
             loss_sum += train_step(net, views, x, generator(device, seed, epoch, state.step, *rank_key), optimizer,
                                    scheduler, cfg)
