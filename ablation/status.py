@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
+from .data.folders import train_size as folder_train_size
 from .grid import Cell, Experiment
 
 DONE, FAILED, CANCELLED, TIMEOUT, RUNNING, QUEUED, UNKNOWN, TODO = (
@@ -184,9 +185,12 @@ def estimate(root: Path, exp: Experiment, rows: list[CellStatus]) -> str:
     todo = [r.cell for r in rows if r.state != DONE]
     sizes = [_train_size(c.config) for c in todo]
     if any(s is None for s in sizes):
-        return f"cost: {len(todo)} cells to run (image count unknown for data.name=folder)"
-    images = sum(s * c.config.train.epochs for s, c in zip(sizes, todo))
-    line = f"cost: {len(todo)} cells x epochs x images = {images:,} training images"
+        return (f"cost: {len(todo)} cells to run (image count unknown for data.name=folder: "
+                f"data.root not found; set it to the folder)")
+    images = sum(s[0] * c.config.train.epochs for s, c in zip(sizes, todo))
+    sources = sorted({s[1] for s in sizes if s[1]})
+    line = (f"cost: {len(todo)} cells x epochs x images = {images:,} training images"
+            + (f" (images per epoch: {'; '.join(sources)})" if sources else ""))
     rate, source = measured_rate(root, exp), "measured"
     if rate is None and exp.slurm.images_per_s:
         rate, source = exp.slurm.images_per_s, "configured slurm.images_per_s"
@@ -198,7 +202,10 @@ def estimate(root: Path, exp: Experiment, rows: list[CellStatus]) -> str:
     return line
 
 
-def _train_size(config) -> int | None:
-    if config.data.name == "embedded":
-        return config.data.n_train
-    return TRAIN_SIZES.get(config.data.name)
+def _train_size(config) -> tuple[int, str] | None:
+    """(training images per epoch, where a folder's count comes from), or None when unknown."""
+    d = config.data
+    if d.name == "folder":
+        return folder_train_size(d.root, d.classes, d.per_class)
+    size = d.n_train if d.name == "embedded" else TRAIN_SIZES.get(d.name)
+    return (size, "") if size is not None else None
