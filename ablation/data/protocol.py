@@ -122,7 +122,8 @@ class SourceViews:
         return crop_resize(x.repeat_interleave(n, 0), box, flip, self.size).unflatten(0, (b, n))
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x
+        if x.dtype == torch.uint8:  # streamed crops come channels-last: make the usual layout here
+            x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
         if self.stored:
             x = self.crop_stored(x, generator)
         if self.proto.crops == 1:

@@ -21,17 +21,23 @@ import hashlib
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import simplejpeg
 import torch
-import torchvision.transforms.v2.functional as TF
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from . import protocol as P
 from .folders import Split
+
+try:  # region decoding (setup.py builds it where libjpeg's headers are); else whole images
+    from . import _jpegcrop
+except ImportError:
+    _jpegcrop = None
 
 SCALES = (8, 4, 2)  # DCT scale factors with fast (SIMD) paths in libjpeg-turbo; 3/4, 5/8 ... are slower than 1
 
@@ -45,73 +51,114 @@ def step_seed(epoch_seed: int, step: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def _is_plain_jpeg(data: bytes) -> tuple[int, int] | None:
-    """(height, width) of a JPEG that libjpeg-turbo decodes to RGB directly, else None (PNG, CMYK, ...)."""
-    if data[:2] != b"\xff\xd8":
-        return None
+@dataclass
+class Encoded:
+    """A file read, with its size from the header; `image` is set when it is no plain JPEG (PNG, CMYK,
+    an odd subsampling) and was decoded by torchvision on reading."""
+    path: str
+    data: bytes
+    height: int
+    width: int
+    image: Tensor | None = None
+
+
+def _read(path: str) -> Encoded:
     try:
-        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
-        return None
-    return (h, w) if colorspace not in ("CMYK", "YCCK") else None
-
-
-def _decode_other(path: str, data: bytes) -> Tensor:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UnreadableImage(f"cannot read image {path}: {e.strerror or e}") from None
+    if data[:2] == b"\xff\xd8":
+        try:
+            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            if colorspace not in ("CMYK", "YCCK"):
+                return Encoded(path, data, h, w)
+        except ValueError:
+            pass
     try:
         with warnings.catch_warnings():  # torchvision >= 0.29: decoders moving to TorchCodec; they still work
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as e:
         raise UnreadableImage(f"cannot decode image {path}: {str(e).strip().splitlines()[0]}") from None
+    return Encoded(path, data, image.shape[1], image.shape[2], image)
 
 
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise UnreadableImage(f"cannot read image {path}: {e.strerror or e}") from None
+def _boxes(items: Sequence[Encoded], crop: P.Crop | None, u: Tensor, centre: float = 1.0
+           ) -> tuple[list[list[list[float]]], list[list[bool]]]:
+    """Boxes and flips of every image's crops (u: (images, crops, DRAWS)), as Python lists, in one draw."""
+    n = u.shape[1]
+    h = torch.tensor([e.height for e in items], dtype=torch.float32).repeat_interleave(n)
+    w = torch.tensor([e.width for e in items], dtype=torch.float32).repeat_interleave(n)
+    box, flip = P.boxes(crop, u.flatten(0, 1), h, w, centre)
+    return box.view(len(items), n, 4).tolist(), flip.view(len(items), n).tolist()
 
 
-def _scale(box: Tensor, size: int) -> int:
+def _scale(box: list[list[float]], size: int) -> int:
     """The largest DCT scale factor at which every box keeps at least `size` pixels per side (else 1)."""
-    shortest = float(box[:, 2:].min())
+    shortest = min(min(b[2], b[3]) for b in box)
     return next((f for f in SCALES if shortest / f >= size), 1)
 
 
-def _crops(image: Tensor, box: Tensor, flip: Tensor, scale: tuple[float, float], size: int, out: Tensor) -> None:
-    """Write each box of `image` (3,h,w uint8, boxes in full-resolution pixels) resized to size x size into out."""
+def _span(start: float, length: float, scale: float) -> tuple[int, int]:
+    """Pixels [first, end) of a box side at a decoding scale; at least one pixel."""
+    first = math.floor(start * scale)
+    return first, max(first + 1, math.ceil((start + length) * scale))
+
+
+def _crops(image: Tensor, box: list[list[float]], flip: list[bool], scale: tuple[float, float], size: int,
+           out: Tensor, origin: tuple[int, int] = (0, 0)) -> None:
+    """Write each box (full-resolution pixels) resized to size x size into out (k, size, size, 3: the
+    layout torch's fast uint8 resize writes). `image` (3,h,w uint8) is the image at `scale` (its size /
+    the full size), or its part from `origin` (row, column) on."""
     sy, sx = scale
-    for k in range(len(box)):
-        x0, y0, bw, bh = box[k].tolist()
-        top, left = math.floor(y0 * sy), math.floor(x0 * sx)
-        bottom = min(image.shape[1], max(top + 1, math.ceil((y0 + bh) * sy)))
-        right = min(image.shape[2], max(left + 1, math.ceil((x0 + bw) * sx)))
-        crop = TF.resize(image[:, top:bottom, left:right], [size, size], antialias=True)
-        out[k] = crop.flip(-1) if flip[k] else crop
+    for k, (x0, y0, bw, bh) in enumerate(box):
+        (top, bottom), (left, right) = _span(y0, bh, sy), _span(x0, bw, sx)
+        crop = image[None, :, top - origin[0]:bottom - origin[0], left - origin[1]:right - origin[1]]
+        crop = crop.contiguous(memory_format=torch.channels_last)  # torch's fast (AVX2) uint8 resize needs it
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        crop = crop[0].permute(1, 2, 0)
+        out[k] = crop.flip(1) if flip[k] else crop
+
+
+def _region(box: list[list[float]], scale: tuple[float, float], height: int, width: int) -> tuple[int, ...]:
+    """(top, left, bottom, right) around every box at a decoding scale, within the scaled image."""
+    rows = [_span(y0, bh, scale[0]) for _, y0, _, bh in box]
+    cols = [_span(x0, bw, scale[1]) for x0, _, bw, _ in box]
+    return (min(r[0] for r in rows), min(c[0] for c in cols), min(height, max(r[1] for r in rows)),
+            min(width, max(c[1] for c in cols)))
+
+
+def _decode(item: Encoded, box: list[list[float]], flip: list[bool], size: int, out: Tensor) -> None:
+    """Decode one image on this CPU (only the region its boxes need, at 1/2, 1/4 or 1/8 scale when every
+    box allows) and write its crops."""
+    if item.image is not None:
+        _crops(item.image, box, flip, (1.0, 1.0), size, out)
+        return
+    f, h, w = _scale(box, size), item.height, item.width
+    sh, sw = -(-h // f), -(-w // f)  # libjpeg's scaled size
+    scale = (sh / h, sw / w)
+    try:
+        if _jpegcrop is not None:
+            top, left, bottom, right = _region(box, scale, sh, sw)
+            pixels, x_start, width = _jpegcrop.decode_region(item.data, f, left, top, right - left, bottom - top)
+            image = torch.frombuffer(pixels, dtype=torch.uint8).view(bottom - top, width, 3).permute(2, 0, 1)
+            _crops(image, box, flip, scale, size, out, origin=(top, x_start))
+            return
+        pixels = (simplejpeg.decode_jpeg(item.data, "RGB", min_height=sh, min_width=sw, min_factor=f) if f > 1
+                  else simplejpeg.decode_jpeg(item.data, "RGB"))
+    except ValueError as e:
+        raise UnreadableImage(f"cannot decode image {item.path}: {e}") from None
+    _crops(torch.from_numpy(pixels).permute(2, 0, 1), box, flip, scale, size, out)
 
 
 def decode_crops(path: str, crop: P.Crop | None, u: Tensor, size: int, centre: float = 1.0) -> Tensor:
     """The crops (k, 3, size, size) uint8 of one image for the draws u (k, DRAWS), decoded on this CPU."""
-    data = _read(path)
-    dims = _is_plain_jpeg(data)
-    image = None
-    if dims is None:
-        image = _decode_other(path, data)
-        dims = tuple(image.shape[1:])
-    h, w = dims
-    box, flip = P.boxes(crop, u, torch.full((len(u),), float(h)), torch.full((len(u),), float(w)), centre)
-    if image is None:
-        f = _scale(box, size)
-        try:
-            pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-h // f), min_width=-(-w // f),
-                                            min_factor=f) if f > 1 else simplejpeg.decode_jpeg(data, "RGB")
-        except ValueError as e:
-            raise UnreadableImage(f"cannot decode image {path}: {e}") from None
-        image = torch.from_numpy(pixels).permute(2, 0, 1)
-    out = torch.empty(len(u), 3, size, size, dtype=torch.uint8)
-    _crops(image, box, flip, (image.shape[1] / h, image.shape[2] / w), size, out)
-    return out
+    item = _read(path)
+    (box,), (flip,) = _boxes([item], crop, u[None], centre)
+    out = torch.empty(len(u), size, size, 3, dtype=torch.uint8)
+    _decode(item, box, flip, size, out)
+    return out.permute(0, 3, 1, 2)
 
 
 class StepSampler(Sampler):
@@ -154,48 +201,44 @@ class StepBatches(Dataset):
         idx = self.order(epoch_seed)[step * b:(step + 1) * b].tensor_split(world)[rank]
         u = P.draw(b * n, torch.Generator().manual_seed(step_seed(epoch_seed, step)))
         u = u.view(b, n, P.DRAWS).tensor_split(world)[rank]
-        files = [self.files[i] for i in idx.tolist()]
+        items = [_read(self.files[i]) for i in idx.tolist()]
+        box, flip = _boxes(items, self.crop, u)
         if self.decode == "device":
-            return encoded(files, self.crop, u, self.size), self.labels[idx]
-        out = torch.empty(len(files), n, 3, self.size, self.size, dtype=torch.uint8)
-        for j, path in enumerate(files):
-            out[j] = decode_crops(path, self.crop, u[j], self.size)
-        return out, self.labels[idx]
+            return [(item.data if item.image is None else item.image, bx, fl, item.path)
+                    for item, bx, fl in zip(items, box, flip)], self.labels[idx]
+        out = torch.empty(len(items), n, self.size, self.size, 3, dtype=torch.uint8)
+        for j, item in enumerate(items):
+            _decode(item, box[j], flip[j], self.size, out[j])
+        return out.permute(0, 1, 4, 2, 3), self.labels[idx]
 
 
-def encoded(files: Sequence[str], crop: P.Crop | None, u: Tensor, size: int) -> list:
-    """For device decoding: per image (JPEG bytes, boxes, flips), or its finished crops when it is no
-    plain JPEG (PNG, CMYK: decoded here on the CPU)."""
-    items = []
-    for path, draws in zip(files, u):
-        data = _read(path)
-        dims = _is_plain_jpeg(data)
-        if dims is None:
-            items.append(decode_crops(path, crop, draws, size))
-            continue
-        n = len(draws)
-        box, flip = P.boxes(crop, draws, torch.full((n,), float(dims[0])), torch.full((n,), float(dims[1])))
-        items.append((torch.frombuffer(bytearray(data), dtype=torch.uint8), box, flip, path))
-    return items
+def _decode_jpegs(device: torch.device, jpegs: list[tuple]) -> list[Tensor]:
+    """torchvision's batched decode_jpeg on `device`; on failure, name the file that does not decode."""
+    data = [torch.frombuffer(bytearray(j[0]), dtype=torch.uint8) for j in jpegs]
+    if not data:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            for one, j in zip(data, jpegs):
+                try:
+                    decode_jpeg(one, mode=ImageReadMode.RGB, device=device)
+                except RuntimeError as e:
+                    raise UnreadableImage(f"cannot decode image {j[3]}: {str(e).strip().splitlines()[0]}") from None
+            raise
 
 
-def decode_on(device: torch.device, items: list, crops: int, size: int) -> Tensor:
-    """Decode the JPEGs of `encoded` items in one batched decode_jpeg call on `device`; crop there."""
-    jpegs = [item for item in items if isinstance(item, tuple)]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            images = iter(decode_jpeg([j[0] for j in jpegs], mode=ImageReadMode.RGB, device=device))
-    except RuntimeError as e:
-        raise UnreadableImage(f"cannot decode one of {', '.join(j[3] for j in jpegs)}: {e}") from None
-    out = torch.empty(len(items), crops, 3, size, size, dtype=torch.uint8, device=device)
-    for j, item in enumerate(items):
-        if isinstance(item, tuple):
-            image = next(images)
-            _crops(image, item[1], item[2], (1.0, 1.0), size, out[j])
-        else:
-            out[j] = item.to(device)
-    return out
+def decode_on(device: torch.device, items: list[tuple], crops: int, size: int) -> Tensor:
+    """Device decoding of a loader item (per image: JPEG bytes or an image decoded on reading, boxes,
+    flips, path): the JPEGs in one batched call on `device`, every crop made there."""
+    images = iter(_decode_jpegs(device, [item for item in items if isinstance(item[0], bytes)]))
+    out = torch.empty(len(items), crops, size, size, 3, dtype=torch.uint8, device=device)
+    for j, (data, box, flip, _) in enumerate(items):
+        image = next(images) if isinstance(data, bytes) else data.to(device)
+        _crops(image, box, flip, (1.0, 1.0), size, out[j])
+    return out.permute(0, 1, 4, 2, 3)
 
 
 def _one_line(err: UnreadableImage) -> UnreadableImage:
