@@ -159,6 +159,21 @@ def test_reduced_scale_decode_matches_full_decode_then_crop(tmp_path):
     assert (got.float() - want.float()).abs().mean() < 3.0
 
 
+@pytest.mark.skipif(not Path("/usr/include/jpeglib.h").exists(), reason="no libjpeg headers: no region decoding")
+def test_region_decoding_equals_whole_image_decoding(photos, monkeypatch):
+    """The C extension decodes only the rows and columns the crops need; the crops must be those of a
+    whole-image decode (up to libjpeg's chroma upsampling at the region's edge)."""
+    assert stream._jpegcrop is not None, "setup.py builds ablation/data/_jpegcrop where libjpeg's headers are"
+    files = scan(photos, "train", per_class=8).files
+    u = P.draw(len(files) * 2, torch.Generator().manual_seed(3)).view(len(files), 2, P.DRAWS)
+    crop = parse_spec("crop").ops[0]
+    region = torch.stack([decode_crops(f, crop, d, 96) for f, d in zip(files, u)])
+    monkeypatch.setattr(stream, "_jpegcrop", None)
+    whole = torch.stack([decode_crops(f, crop, d, 96) for f, d in zip(files, u)])
+    diff = (region.int() - whole.int()).abs()
+    assert diff.float().mean() < 0.05 and (diff.flatten(1).amax(1) == 0).float().mean() > 0.5
+
+
 def test_one_crop_per_view_keeps_the_papers_crop_area():
     """The standard SimCLR view is one random resized crop of the full image: mean area about 0.5 of
     the image (U[0.08, 1], less what clipping trims), not the ~0.26 of cropping twice."""
@@ -284,3 +299,10 @@ def test_imagenet100_dry_run_prints_gpu_hours(tmp_path, capsys):
     hours = images / 1200 / 3600
     assert f"{images:,} training images" in out and f"about {hours:.2f} GPU-hours at 1,200 images/s" in out
     assert math.isclose(hours, 143.7, abs_tol=0.01)
+
+
+def test_grid_with_a_bad_folder_fails_before_any_cell(tmp_path, capsys):
+    args = ["grid", "pairwise", "--preset", "imagenet100", "--executor", "local", "--results", str(tmp_path),
+            "--set", f"data.root={tmp_path / 'missing'}"]
+    assert re.search(r"no image folder at .*missing/train", _one_line_error(args, capsys))
+    assert not list(tmp_path.glob("*/*/result.json"))
