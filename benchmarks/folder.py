@@ -4,8 +4,8 @@ Both decode JPEGs of ImageNet-like sizes (long side 500 px, short side 333-500, 
 quality 90; made here, in a temporary folder) and hand uint8 batches of random resized crops (the
 paper's: area U[0.08, 1], ratio [3/4, 4/3], horizontal flip) at --size px to the main process,
 through a DataLoader with the same --workers (one CPU core each).
-- ours: ablation.data.stream.StreamBatcher (one loader item per step; libjpeg-turbo decoding at
-  1/2, 1/4 or 1/8 scale where the crop allows; torch's antialiased uint8 resize);
+- ours: ablation.data.stream.StreamBatcher (one loader item per step; libjpeg-turbo decoding of the
+  crop's region only, at 1/2, 1/4 or 1/8 scale where the crop allows; torch's antialiased uint8 resize);
 - reference: ImageFolder(transform=RandomResizedCrop + RandomHorizontalFlip + PILToTensor).
 Workers persist; one untimed warm-up epoch each, then --rounds timed epochs alternating between
 the two (best of each), so that load from other processes hits both alike. With --device cuda,
@@ -32,6 +32,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from ablation.augment import parse_spec
+from ablation.data import stream
 from ablation.data.folders import scan
 from ablation.data.stream import StreamBatcher
 
@@ -103,7 +104,8 @@ def main() -> None:
         cores = max(1, args.workers)
         print(f"{args.images} JPEGs (long side 500 px, short 333-500), random resized crop to {args.size} px, "
               f"batch {args.batch}, {args.workers} loader workers, best of {args.rounds} epochs each")
-        print(f"ours (StreamBatcher: libjpeg-turbo at reduced scale where the crop allows, torch resize): "
+        how = "region decoding" if stream._jpegcrop is not None else "whole-image decoding (no _jpegcrop)"
+        print(f"ours (StreamBatcher: libjpeg-turbo {how}, reduced scale where the crop allows, torch resize): "
               f"{best['ours']:.0f} images/s ({best['ours'] / cores:.0f} per core)")
         print(f"reference (ImageFolder + PIL + RandomResizedCrop + PILToTensor, DataLoader): "
               f"{best['reference']:.0f} images/s ({best['reference'] / cores:.0f} per core)")

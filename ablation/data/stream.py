@@ -7,10 +7,12 @@ the crop draws from a seed derived from (epoch seed, step), drawn for the whole 
 then sharded), so resuming at step k mid-epoch replays the same batches, and the ranks of a DDP
 run see disjoint parts that together make the global batch, whatever the number of workers.
 
-Decoding (per worker, one CPU core each): JPEGs through libjpeg-turbo (simplejpeg), at 1/2, 1/4 or
-1/8 scale whenever every crop of the image stays at least S pixels on each side there (DCT scaling
-does the downscaling almost for free); other formats through torchvision. Each crop is resized
-with torch's antialiased uint8 bilinear resize. With `decode="device"` the workers only read the
+Decoding (per worker, one CPU core each): JPEGs through libjpeg-turbo, only the rows and columns
+the image's crops need (the _jpegcrop extension; whole images through simplejpeg without it), at
+1/2, 1/4 or 1/8 scale whenever every crop of the image stays at least S pixels on each side there
+(DCT scaling does the downscaling almost for free); other formats (PNG, CMYK JPEG) through
+torchvision. Each crop is resized with torch's antialiased uint8 bilinear resize (channels-last,
+its fast path). With `decode="device"` the workers only read the
 files and draw the boxes; the main process decodes the batch on the training device with
 torchvision's batched `decode_jpeg` (nvJPEG on a GPU). A file that cannot be decoded stops the
 cell with its path.
@@ -115,8 +117,12 @@ def _crops(image: Tensor, box: list[list[float]], flip: list[bool], scale: tuple
     for k, (x0, y0, bw, bh) in enumerate(box):
         (top, bottom), (left, right) = _span(y0, bh, sy), _span(x0, bw, sx)
         crop = image[None, :, top - origin[0]:bottom - origin[0], left - origin[1]:right - origin[1]]
-        crop = crop.contiguous(memory_format=torch.channels_last)  # torch's fast (AVX2) uint8 resize needs it
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        if image.device.type == "cpu":
+            crop = crop.contiguous(memory_format=torch.channels_last)  # torch's fast (AVX2) uint8 resize needs it
+            crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        else:  # CUDA's antialiased resize takes floats
+            crop = F.interpolate(crop.float(), size=(size, size), mode="bilinear", antialias=True,
+                                 align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
         crop = crop[0].permute(1, 2, 0)
         out[k] = crop.flip(1) if flip[k] else crop
 
