@@ -232,12 +232,13 @@ def _validate_folder_keys(data: DataConfig) -> None:
     from .data.folders import class_names
 
     if data.name != "folder":
-        for key in ("serve", "stored_size", "classes", "per_class"):
+        for key in ("serve", "stored_size", "decode", "classes", "per_class"):
             default = next(f.default for f in dataclasses.fields(DataConfig) if f.name == key)
             if getattr(data, key) != default:
                 raise ValueError(f"data.{key}: only for data.name=folder (data.name is '{data.name}')")
         return
-    if isinstance(data.classes, list) and (not data.classes or not all(isinstance(c, (str, int)) for c in data.classes)):
+    names = data.classes
+    if isinstance(names, list) and (not names or not all(isinstance(c, (str, int)) for c in names)):
         raise ValueError(f"data.classes: expected a non-empty list of class folder names, got {data.classes!r}")
     class_names(data.classes)
     if data.stored_size is not None and data.stored_size < data.size:
