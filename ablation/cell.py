@@ -4,31 +4,63 @@ Resumable and bit-exact: every random draw comes from a generator seeded by
 (seed, epoch) for the shuffle and (seed, epoch, step) for the augmentations, so a
 checkpoint only needs the weights, the optimiser and the position (epoch, step).
 An interrupt (preemption signal, Ctrl-C) is honoured at a step boundary: the
-checkpoint is written there, and a rerun continues from it.
+checkpoint is written there, and a rerun continues from it. One process at a time writes a
+cell (a lock in its folder): a rerun started while an older run is still ending waits for it.
+A checkpoint that cannot be loaded ends the run with status `corrupt`, naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import dist, store
+from . import accel, dist, store
 from .augment import TwoViews
-from .config import CellConfig, signature
-from .data import (DeviceBatcher, FolderSet, ImageSet, fits_on_device, load_dataset, load_folder, source_views,
-                   stream_batcher)
+from .config import CellConfig
+from .data import (
+    DeviceBatcher,
+    FolderSet,
+    ImageSet,
+    fits_on_device,
+    load_dataset,
+    load_folder,
+    source_views,
+    stream_batcher,
+)
+from .identity import signature
 from .losses import contrastive_loss
-from .model import SimCLRModel, build_encoder, build_head
+from .metrics_log import EpochLog
+from .model import SimCLRModel, build_encoder, build_head, global_batch_norm
+from .names import (
+    CORRUPT,
+    FAILED,
+    FINAL_LOSS,
+    FINISHED,
+    KNN_TOP1,
+    LINEAR_TOP1,
+    LINEAR_TOP5,
+    PER_CLASS,
+    RANDOM_INIT_TOP1,
+)
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probe import extract_features, knn_probe, linear_probe
 from .progress import Progress
+
+if TYPE_CHECKING:  # the streaming modules load on first use (simplejpeg)
+    from .data.protocol import SourceViews
+    from .data.stream import StreamBatcher
+
+INTERRUPT_POLL_STEPS = 8  # under DDP, steps between two checks of the ranks' interrupt flags
 
 
 class Preempted(Exception):
@@ -55,6 +87,7 @@ class TrainState:
     images: int = 0
     train_s: float = 0.0
     wall_s: float = 0.0
+    epoch_s: list = field(default_factory=list)
     resumed_at: list = field(default_factory=list)
 
 
@@ -76,15 +109,16 @@ def generator(device: torch.device, *keys: int) -> torch.Generator:
 @functools.lru_cache(maxsize=4)
 def _cached_dataset(data_key: tuple) -> tuple[ImageSet, ImageSet]:
     """Data sets stay in memory across the cells of a local grid (they differ in augmentation only)."""
-    name, root, size, download, n_train, n_test, seed = data_key
-    return load_dataset(name, root, size, download, None, n_train=n_train, n_test=n_test, seed=seed)
+    name, root, size, download, per_class, n_train, n_test, seed = data_key
+    return load_dataset(name, root, size, download, None, per_class=per_class, n_train=n_train, n_test=n_test,
+                        seed=seed)
 
 
 def load_data(cfg: CellConfig) -> tuple[ImageSet, ImageSet]:
     d = cfg.data
     if d.name == "folder":
         return load_folder(d)  # resident (ImageSet, or FolderSet at a larger stored size) or streamed
-    return _cached_dataset((d.name, d.root, d.size, d.download, d.n_train, d.n_test, d.data_seed))
+    return _cached_dataset((d.name, d.root, d.size, d.download, d.per_class, d.n_train, d.n_test, d.data_seed))
 
 
 def build_model(cfg: CellConfig, device: torch.device) -> SimCLRModel:
@@ -96,11 +130,6 @@ def build_model(cfg: CellConfig, device: torch.device) -> SimCLRModel:
     return SimCLRModel(encoder, head).to(device, memory_format=torch.channels_last)
 
 
-def _autocast(cfg: CellConfig, device: torch.device):
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 def _save(path: Path, model, optimizer, scheduler, state: TrainState) -> None:
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "state": vars(state)}
@@ -108,11 +137,15 @@ def _save(path: Path, model, optimizer, scheduler, state: TrainState) -> None:
 
 
 def _load(path: Path, model, optimizer, scheduler) -> TrainState:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    return TrainState(**payload["state"])
+    """The training state of a checkpoint; `store.Corrupt` when it cannot be read or does not fit."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        return TrainState(**payload["state"])
+    except Exception as err:  # truncated, foreign or from another config: never silently restart
+        raise store.Corrupt(path, f"cannot be loaded ({type(err).__name__}: {err})") from None
 
 
 def _versions() -> dict:
@@ -126,57 +159,83 @@ def _versions() -> dict:
 
 def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: ImageSet,
              device: torch.device) -> dict:
-    """Linear (top-1, top-5) and kNN probes on features computed once from un-augmented images."""
-    bs = cfg.eval.batch_size
-    f_train = extract_features(encoder, train.images, bs, device)
-    f_test = extract_features(encoder, test.images, bs, device)
+    """Linear (top-1, top-5) and kNN probes on features computed once from un-augmented images,
+    on the device (in bf16 where training used it)."""
+    bs, bf16 = cfg.eval.batch_size, accel.uses_bf16(cfg.train.precision, device)
+    f_train = extract_features(encoder, train.images, bs, device, bf16=bf16)
+    f_test = extract_features(encoder, test.images, bs, device, bf16=bf16)
     n = len(train.classes)
     linear = linear_probe(f_train, train.labels, f_test, test.labels, n)
     knn = knn_probe(f_train, train.labels, f_test, test.labels, n, k=cfg.eval.knn_k, t=cfg.eval.knn_t)
-    return {"linear_top1": linear["top1"], "linear_top5": linear["top5"], "knn_top1": knn}
+    return {LINEAR_TOP1: linear["top1"], LINEAR_TOP5: linear["top5"], KNN_TOP1: knn,
+            PER_CLASS: dict(zip(test.classes, linear["per_class"]))}
+
+
+def _identity(out: Path, cfg: CellConfig) -> dict:
+    """cell.json when the launcher wrote one (and it reads), else the id alone."""
+    with contextlib.suppress(store.Corrupt):
+        return store.read_record(out / store.CELL) or {"id": signature(cfg)}
+    return {"id": signature(cfg)}
 
 
 def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: torch.device,
-            metrics: dict, reason: str | None = None) -> dict:
-    identity = store.read_json(out / "cell.json") or {"id": signature(cfg)}
-    result = {**identity, "status": status, "reason": reason, "metrics": metrics,
-              "epochs_done": state.epoch, "resumed_at": state.resumed_at, "losses": state.losses,
+            metrics: dict, reason: str | None = None, files: tuple[str, ...] = ()) -> dict:
+    result = {**_identity(out, cfg), "status": status, "reason": reason, "metrics": metrics,
+              "epochs_done": state.epoch, "images_seen": state.images, "resumed_at": state.resumed_at,
+              "losses": state.losses,
               "wall_time_s": round(state.wall_s, 3), "train_time_s": round(state.train_s, 3),
               "images_per_s": round(state.images / state.train_s, 1) if state.train_s else None,
+              "epoch_s": state.epoch_s,
               "device": str(device), "seed": cfg.train.seed, "versions": _versions(),
-              "config": cfg.to_dict()}
+              "config": cfg.to_dict(), **({"files": list(files)} if files else {})}
     if dist.is_main():
-        store.write_json(store.result_path(out), result)
+        store.write_json(out / store.RESULT, result)
     return result
+
+
+def _one_writer(out: Path) -> contextlib.AbstractContextManager[None]:
+    """The cell's lock (the main process holds it; the other ranks of a DDP run only follow it)."""
+    if not dist.is_main():
+        return contextlib.nullcontext()
+    return store.locked(out / store.CELL_LOCK, waiting=lambda holder: print(
+        f"waiting for another run of {out} to end ({holder})", file=sys.stderr, flush=True))
 
 
 def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, show_progress: bool = True) -> dict:
     """Train and evaluate one cell into `out`; returns the result. A finished `out` is not re-run.
 
     Any error is recorded as a failed result (with the reason) before it propagates, so a
-    grid sees the failure; an interrupt leaves a checkpoint and no result.
+    grid sees the failure; an unreadable checkpoint as a corrupt one, naming it; an interrupt
+    leaves a checkpoint and no result. `store.Corrupt` when `out` has an unreadable result.json.
     """
     out = Path(out)
-    done = store.read_result(out)
-    if done and done.get("status") == store.FINISHED:
-        return done
-    start = time.monotonic()
-    try:
-        return _run(cfg, out, interrupt or Interrupt(), show_progress, start)
-    except Preempted:
-        raise
-    except Exception as err:
-        _finish(out, cfg, store.FAILED, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
-                reason=f"{type(err).__name__}: {err}")
-        raise
+    with _one_writer(out):
+        done = store.read_result(out)
+        if done and done.get("status") == FINISHED:
+            return done
+        start = time.monotonic()
+        try:
+            return _run(cfg, out, interrupt or Interrupt(), show_progress, start)
+        except Preempted:
+            raise
+        except store.Corrupt as err:
+            _finish(out, cfg, CORRUPT, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
+                    reason=str(err), files=(err.path.name,))
+            raise
+        except Exception as err:
+            _finish(out, cfg, FAILED, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
+                    reason=f"{type(err).__name__}: {err}")
+            raise
 
 
-def train_step(net: torch.nn.Module, views: TwoViews, x: torch.Tensor, g: torch.Generator, optimizer, scheduler,
-               cfg: CellConfig) -> torch.Tensor:
-    """One SimCLR step: two views, one forward pass over both, contrastive loss, update. Returns the loss."""
+def train_step(net: torch.nn.Module, views: TwoViews | SourceViews, x: torch.Tensor, g: torch.Generator, optimizer,
+               scheduler, cfg: CellConfig) -> torch.Tensor:
+    """One SimCLR step: two views, one forward pass over both, contrastive loss, update. Returns the loss
+    as a tensor on the device: nothing here waits for the device."""
     v1, v2 = views(x, g)
-    with _autocast(cfg, x.device):
-        z = net(torch.cat([v1, v2]).contiguous(memory_format=torch.channels_last))
+    precision = cfg.train.precision
+    with accel.autocast(precision, x.device):
+        z = net(accel.model_input(torch.cat([v1, v2]), precision, x.device))
     z1, z2 = z.float().chunk(2)
     loss = contrastive_loss(cfg.loss.name, z1, z2, cfg.loss.temperature, cfg.loss.normalize, cfg.loss.margin)
     optimizer.zero_grad(set_to_none=True)
@@ -186,7 +245,7 @@ def train_step(net: torch.nn.Module, views: TwoViews, x: torch.Tensor, g: torch.
     return loss.detach()
 
 
-def _batcher(cfg: CellConfig, train: ImageSet, device: torch.device) -> DeviceBatcher:
+def _batcher(cfg: CellConfig, train: ImageSet | FolderSet, device: torch.device) -> DeviceBatcher | StreamBatcher:
     """The training set on the device when it fits (airbench-style), else batches moved per step;
     a streamed folder's loader."""
     if isinstance(train, FolderSet) and train.stored is None:
@@ -210,34 +269,48 @@ def build_optimisation(cfg: CellConfig, model: torch.nn.Module, steps: int):
 
 def _probe_all(cfg: CellConfig, model: SimCLRModel, train: ImageSet, test: ImageSet, device: torch.device,
                final_loss: float) -> dict:
-    metrics = {**evaluate(cfg, model.encoder, train, test, device), "final_loss": final_loss,
-               "random_init_top1": None}
+    metrics = {**evaluate(cfg, model.encoder, train, test, device), FINAL_LOSS: final_loss,
+               RANDOM_INIT_TOP1: None}
     if cfg.eval.random_init:
         baseline = build_model(cfg, device).encoder
-        metrics["random_init_top1"] = evaluate(cfg, baseline, train, test, device)["linear_top1"]
+        metrics[RANDOM_INIT_TOP1] = evaluate(cfg, baseline, train, test, device)[LINEAR_TOP1]
     return metrics
+
+
+def _stop_requested(interrupt: Interrupt, step: int, steps: int, device: torch.device) -> bool:
+    """Whether to stop after `step` (counted from 1 within the epoch's `steps`). One process reads its own
+    flag, which costs nothing. Several agree through an all-reduce, which makes the host wait for the
+    device: only every INTERRUPT_POLL_STEPS steps and at the end of the epoch, at the same steps on every rank."""
+    if dist.active() and step % INTERRUPT_POLL_STEPS and step != steps:
+        return False
+    return dist.any_rank(interrupt.requested, device)
 
 
 def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, start: float) -> dict:
     if dist.is_main():
-        store.write_yaml(out / "config.yaml", cfg.to_dict())
+        store.write_yaml(out / store.CONFIG, cfg.to_dict())
     device = resolve_device(cfg.train.device)
     train, test = load_data(cfg)
     model = build_model(cfg, device)
+    if dist.active() and cfg.model.sync_bn:  # before the optimiser: it keeps the same parameters
+        model = global_batch_norm(model)
     batcher = _batcher(cfg, train, device)
     steps, epochs, seed = len(batcher), cfg.train.epochs, cfg.train.seed
     optimizer, scheduler = build_optimisation(cfg, model, steps)
-    ckpt = store.checkpoint_path(out)
+    ckpt = out / store.CHECKPOINT
     state = TrainState()
     if ckpt.exists():
         state = _load(ckpt, model, optimizer, scheduler)
         state.resumed_at.append({"epoch": state.epoch, "step": state.step})
     prior_wall = state.wall_s
-    net = DistributedDataParallel(model) if dist.active() else model
+    net = accel.CompiledStep(model, DistributedDataParallel(model) if dist.active() else model,
+                             accel.uses_compile(cfg.train.compile, device))
     views = (source_views(cfg.data, cfg.augment, train) if isinstance(train, FolderSet)
              else TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode))
     rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
+    log = EpochLog(out, model, views, batcher, steps, epochs, cfg.train.log_every, state,
+                   probe=lambda: evaluate(cfg, model.encoder, train, test, device), writes=dist.is_main())
 
     def save() -> None:
         state.wall_s = prior_wall + time.monotonic() - start
@@ -247,24 +320,26 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     while state.epoch < epochs:
         epoch, t0 = state.epoch, time.monotonic()
         loss_sum = torch.tensor(state.loss_sum, device=device)
-        net.train()
+        model.train()
         for x, _ in batcher.epoch(generator(batcher.device, seed, epoch), start=state.step):
-            x = x.to(device, non_blocking=True)
-            loss_sum += train_step(net, views, x, generator(device, seed, epoch, state.step, *rank_key), optimizer,
-                                   scheduler, cfg)
+            x, step = x.to(device, non_blocking=True), state.step
+            loss_sum += net.run(lambda m: train_step(m, views, x, generator(device, seed, epoch, step, *rank_key),  # noqa: B023 (called at once)
+                                                     optimizer, scheduler, cfg))
             state.step += 1
             state.images += x.shape[0] * dist.world()
-            if dist.any_rank(interrupt.requested, device):
+            if _stop_requested(interrupt, state.step, steps, device):
                 state.loss_sum, state.train_s = float(loss_sum), state.train_s + time.monotonic() - t0
                 save()
                 raise Preempted(f"{interrupt.reason} at epoch {epoch} step {state.step}; checkpoint written")
+        epoch_loss = float(dist.mean(loss_sum)) / steps  # waits for the epoch's last step
         state.train_s += time.monotonic() - t0
-        epoch_loss = float(dist.mean(loss_sum)) / steps
+        state.epoch_s.append(round(time.monotonic() - t0, 3))
         state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
         state.losses.append(epoch_loss)
+        log.epoch(state, epoch_loss, scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
-            return _finish(out, cfg, store.FAILED, state, device, {"final_loss": epoch_loss},
+            return _finish(out, cfg, FAILED, state, device, {FINAL_LOSS: epoch_loss},
                            reason=f"non-finite loss ({epoch_loss}) in epoch {epoch + 1}")
         if bar:
             bar.update(state.epoch * steps, epoch=f"{state.epoch}/{epochs}", loss=f"{epoch_loss:.4f}",
@@ -275,4 +350,4 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     metrics = _probe_all(cfg, model, train, test, device, state.losses[-1]) if dist.is_main() else {}
     dist.barrier()
     state.wall_s = prior_wall + time.monotonic() - start
-    return _finish(out, cfg, store.FINISHED, state, device, metrics)
+    return _finish(out, cfg, FINISHED, state, device, metrics)

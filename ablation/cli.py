@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
-import time
 from pathlib import Path
+
+from . import store
+from .names import DONE, EXECUTORS, FINISHED, METRICS
 
 EPILOG = """examples:
   ablate grid                                  # Figure 5 on the embedded data, on this machine
   ablate grid pairwise --preset cifar10 --executor slurm --set slurm.partition=gpu
   ablate status pairwise                       # one row per cell; exit 0 when all are done
+  ablate status pairwise --watch               # refresh it until every cell has ended
   ablate run --set train.epochs=5 --out results/try   # one cell
   ablate augs                                  # the augmentation registry
   ablate preview crop color sobel --out preview.png
@@ -58,21 +63,41 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ones only with --retry. Locally the grid ends with collect, plot and "
                                    "report.")
     _add_experiment_args(p)
-    p.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto",
+    p.add_argument("--executor", choices=EXECUTORS, default="auto",
                    help="auto: slurm when sbatch is on PATH, else local")
     p.add_argument("--dry-run", action="store_true", help="print the cells, their states and the cost; run nothing")
     p.add_argument("--retry", action="store_true", help="also rerun failed, cancelled and timed-out cells")
     p.add_argument("--wait", action="store_true", help="slurm: show the live status table until all cells end")
-    p.add_argument("--workers", type=int, default=1, help="local: cells run at once (default: 1)")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="local: cells run at once, or auto: as many as keep each GPU busy (ablation.pack; "
+                        "1 without a GPU) (default: auto)")
 
-    p = sub.add_parser("status", help="one row per cell with its state and metric; exit 0 when all are done")
+    p = sub.add_parser("status", help="one row per cell with its state, progress and metric; exit 0 when all are done")
     _add_experiment_args(p)
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--watch", action="store_true",
+                       help="redraw the table until every cell has ended (todo cells wait for a launch; Ctrl-C stops)")
+    shown.add_argument("--json", action="store_true", help="print one JSON document describing every cell")
+    p.add_argument("--every", type=float, default=5.0, metavar="SECONDS", help="--watch: refresh period (default: 5)")
 
     for name, doc in (("collect", "write results/<experiment>/summary.csv (+ replicate means)"),
                       ("plot", "write the paper-style figures to results/<experiment>/figures/"),
                       ("report", "write results/<experiment>/report.md beside the paper's findings")):
-        _add_experiment_args(sub.add_parser(name, help=doc))
+        p = sub.add_parser(name, help=doc)
+        _add_experiment_args(p)
+        if name != "collect":
+            p.add_argument("--reference", metavar="LABEL",
+                           help="the cell the per-class figure compares every other cell with "
+                                "(default: the grid's first finished cell)")
     return parser
+
+
+def _workers(text: str) -> str | int:
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"'{text}' is not a number of workers >= 1 or 'auto'")
 
 
 def _config_help() -> str:
@@ -99,7 +124,7 @@ def cmd_preview(args) -> int:
 def cmd_run(args) -> int:
     from .cell import Preempted, run_cell
     from .config import load_config
-    from .launch import interrupt_on_signals, Interrupt
+    from .launch import Interrupt, interrupt_on_signals
     cfg = load_config(args.config, args.overrides)
     interrupt = Interrupt()
     try:
@@ -109,14 +134,12 @@ def cmd_run(args) -> int:
         print(f"stopped: {stop}. Run the same command again to resume.", file=sys.stderr)
         return 130
     m = result["metrics"]
-    if result["status"] != "finished":
-        print(f"failed: {result.get('reason')} (see {args.out / 'result.json'})", file=sys.stderr)
+    if result["status"] != FINISHED:
+        print(f"{result['status']}: {result.get('reason')} (see {args.out / store.RESULT})", file=sys.stderr)
         return 1
-    base = m.get("random_init_top1")
-    print(f"linear_top1={m['linear_top1']:.4f} linear_top5={m['linear_top5']:.4f} knn_top1={m['knn_top1']:.4f}"
-          + (f" random_init_top1={base:.4f}" if base is not None else "")
-          + f" final_loss={m['final_loss']:.4f} ({result['wall_time_s']:.0f}s, {result['images_per_s']} img/s)")
-    print(f"wrote {args.out / 'result.json'}")
+    print(" ".join(f"{k}={m[k]:.4f}" for k in METRICS if m.get(k) is not None)
+          + f" ({result['wall_time_s']:.0f}s, {result['images_per_s']} img/s)")
+    print(f"wrote {args.out / store.RESULT}")
     return 0
 
 
@@ -132,35 +155,41 @@ def cmd_grid(args) -> int:
         rows = status.statuses(args.results, exp)
         print(f"{exp.name}: {len(exp.cells)} cells ({exp.kind}, preset {exp.preset}) from {exp.path}")
         print(status.render(rows, limit=60))
-        print(status.estimate(args.results, exp, rows))
+        print(status.estimate(exp, rows))
         return 0
-    from . import launch
-    outcome = launch.launch(args.results, exp, args.executor, args.retry, args.workers)
+    from . import launch, pack
+    workers = pack.local_workers(args.workers, [c.config for c in exp.cells])
+    outcome = launch.launch(args.results, exp, args.executor, args.retry, workers)
     if outcome["executor"] == "slurm" and not args.wait:
-        print(f"submitted {len(outcome['submitted'])} jobs. Follow with: ablate status {exp.path} "
-              f"{'--preset ' + exp.preset} --results {args.results}")
+        print(f"submitted {len(outcome['submitted'])} jobs. Follow with: {follow_command(args, exp)}")
         return 0
+    if launch.INTERRUPTED in outcome.get("ran", {}).values():
+        print("stopped by a signal; launch again to resume", file=sys.stderr)
+        return 130
     if outcome["executor"] == "slurm":
         if _watch(args.results, exp) != 0:
             return 1
     return _finish(args.results, exp)
 
 
+def follow_command(args: argparse.Namespace, exp) -> str:
+    """The `ablate status` command line that shows the grid just launched (overrides included)."""
+    argv = ["ablate", "status", str(exp.path), "--preset", exp.preset, "--results", str(args.results)]
+    argv += [part for kv in args.overrides for part in ("--set", kv)]
+    return shlex.join(argv)
+
+
 def _watch(results: Path, exp, every_s: float = 10.0) -> int:
-    from . import status
-    while True:
-        rows = status.statuses(results, exp)
-        print(status.render(rows, limit=40), flush=True)
-        if not any(r.state in (status.QUEUED, status.RUNNING, status.UNKNOWN) for r in rows):
-            return 0 if all(r.state == status.DONE for r in rows) else 1
-        time.sleep(every_s)
+    from . import monitor
+    return monitor.watch(results, exp, every_s)
 
 
 def _finish(results: Path, exp) -> int:
     """Collect, plot and report, then say where the figures are."""
     import analysis
+
     from . import status
-    folder = status.experiment_dir(results, exp)
+    folder = store.experiment_dir(results, exp.name)
     rows = status.statuses(results, exp)
     print(status.render(rows, limit=60))
     analysis.collect(folder)
@@ -170,23 +199,24 @@ def _finish(results: Path, exp) -> int:
         if path.suffix == ".png":
             print(f"figure: {path}")
     print(f"report: {report}")
-    return 0 if all(r.state == status.DONE for r in rows) else 1
+    return 0 if all(r.state == DONE for r in rows) else 1
 
 
 def cmd_status(args) -> int:
-    from . import status
+    from . import monitor
     exp = _experiment(args, check=False)  # cell ids need no torch import
-    rows = status.statuses(args.results, exp)
-    print(status.render(rows))
-    return 0 if all(r.state == status.DONE for r in rows) else 1
+    if args.watch:
+        return monitor.watch(args.results, exp, args.every)
+    snap = monitor.snapshot(args.results, exp)
+    print(json.dumps(monitor.document(snap), indent=2) if args.json else monitor.table(snap))
+    return 0 if all(r.state == DONE for r in snap.rows) else 1
 
 
 def _analysis(name: str):
     def command(args) -> int:
         import analysis
-        from .status import experiment_dir
-        folder = experiment_dir(args.results, _experiment(args))
-        out = getattr(analysis, name)(folder)
+        folder = store.experiment_dir(args.results, _experiment(args).name)
+        out = getattr(analysis, name)(folder, **({"reference": args.reference} if name != "collect" else {}))
         for path in out if isinstance(out, (list, tuple)) else [out]:
             print(f"wrote {path}")
         return 0

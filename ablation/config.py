@@ -2,15 +2,15 @@
 
 Every field carries its documentation and its allowed values in its metadata, so
 validation, `--help`-style listings and error messages all come from one place.
-A cell's identity (`signature`) is a hash of the fully resolved config and the
-schema version, never of the overrides that produced it.
+A cell's identity (ablation/identity.py) is a hash of the canonical meaning of the resolved
+config and the schema version, never of the overrides that produced it; fields marked
+`identity=False` cannot change a result and are left out of it.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,69 +18,87 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from . import names
 from .errors import did_you_mean
 
 # Bump when a default or the meaning of a field changes: old results must not be reused.
-SCHEMA_VERSION = 1
+# 2: cell ids hash the canonical meaning (ablation/identity.py); model.sync_bn.
+SCHEMA_VERSION = 2
+
+
+NON_DEFAULT = "non-default"  # identity: part of the cell id where the value is not the field's default
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
-        high: float | None = None) -> Any:
-    """A config field with its documentation and allowed values."""
-    return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high})
+        high: float | None = None, identity: bool | str = True, spec: bool = False) -> Any:
+    """A config field with its documentation and allowed values.
+
+    identity=False: the field cannot change a result (how many workers decode, how often to
+    checkpoint), so it is not part of the cell id. identity=NON_DEFAULT: part of the id where it is
+    set away from its default; at the default it reads data as a config without the key does (the
+    folder-only keys: a resident folder at data.size, every class), so such cells keep that id. A
+    changed default bumps SCHEMA_VERSION, which changes every id. spec=True: the value is an
+    augmentation spec, compared by its canonical form.
+    """
+    return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high,
+                                            "identity": identity, "spec": spec})
 
 
 @dataclass
 class DataConfig:
-    name: str = opt("embedded", "data set", choices=("embedded", "cifar10", "cifar100", "stl10", "folder"))
+    name: str = opt("embedded", "data set", choices=names.DATASETS)
     root: Optional[str] = opt(None, "where the data set lives (folder: root/train/<class>/*, root/test/<class>/*)")
     size: int = opt(32, "image side in pixels that the model sees", low=8, high=1024)
-    download: bool = opt(False, "download cifar10/cifar100/stl10 into root when missing")
+    download: bool = opt(False, "download cifar10/cifar100/stl10 into root when missing", identity=False)
     n_train: int = opt(5000, "embedded only: training images", low=10, high=1_000_000)
     n_test: int = opt(1000, "embedded only: test images", low=10, high=1_000_000)
     data_seed: int = opt(0, "embedded only: seed that generates the images (fixed across replicates)", low=0)
+    per_class: Optional[int] = opt(None, "keep the first k training images of each class (null: all; folders: "
+                                   "the first in file-name order); the test split stays whole", low=1)
     resident: str = opt("auto", "keep the uint8 set on the device (auto: when it fits)",
-                        choices=("auto", "always", "never"))
-    workers: int = opt(4, "decoding workers for the streaming loader and folder decoding", low=0, high=256)
+                        choices=names.RESIDENT)
+    workers: int = opt(4, "decoding workers for the streaming loader and folder decoding", low=0, high=256,
+                       identity=False)
     serve: str = opt("auto", "folder: resident (decoded once at data.stored_size, uint8 in memory) or stream "
                      "(loader workers decode every image each epoch and crop it from the full image); "
                      "auto: resident when the stored set fits in 32 GiB, else stream",
-                     choices=("auto", "resident", "stream"))
+                     choices=names.SERVE_MODES, identity=NON_DEFAULT)
     stored_size: Optional[int] = opt(None, "folder, resident: side of the stored images (shorter side resized, "
                                      "centre crop); the first crop is drawn from them and resized to data.size "
-                                     "(none: data.size, as for CIFAR)", low=8, high=4096)
+                                     "(none: data.size, as for CIFAR)", low=8, high=4096, identity=NON_DEFAULT)
     decode: str = opt("workers", "stream: decode JPEGs in the loader workers (CPU, at reduced scale where the "
                       "crop allows) or on the training device in batches (torchvision decode_jpeg; nvJPEG on a GPU)",
-                      choices=("workers", "device"))
+                      choices=names.DECODERS, identity=NON_DEFAULT)
     classes: Optional[Union[list, str]] = opt(None, "folder: class folders to use, a list or a file of names "
-                                              "(one a line) or a shipped list: imagenet100 (none: all)")
-    per_class: Optional[int] = opt(None, "folder: at most this many images per class in each split "
-                                   "(the first in file-name order; none: all)", low=1)
+                                              "(one a line) or a shipped list: imagenet100 (none: all)",
+                                              identity=NON_DEFAULT)
 
 
 @dataclass
 class AugmentConfig:
-    views: str = opt("crop+color", "augmentation spec of the targeted ops, e.g. crop+color(s=0.5)+blur")
-    base: str = opt("none", "spec applied to every image before both views (ImageNet protocol: crop)")
+    views: str = opt("crop+color", "augmentation spec of the targeted ops, e.g. crop+color(s=0.5)+blur", spec=True)
+    base: str = opt("none", "spec applied to every image before both views (ImageNet protocol: crop)", spec=True)
     mode: str = opt("symmetric", "asymmetric: ops on one view only (paper's ablation protocol); "
                     "symmetric: ops drawn independently on both views (standard SimCLR)",
-                    choices=("asymmetric", "symmetric"))
+                    choices=names.VIEW_MODES)
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = opt("small_cnn", "encoder network", choices=("small_cnn", "resnet18", "resnet50"))
+    encoder: str = opt("small_cnn", "encoder network", choices=names.ENCODERS)
     width: int = opt(16, "small_cnn only: channels of the first block (8x this is the feature size)", low=4, high=1024)
     cifar_stem: bool = opt(True, "resnets: 3x3 stride-1 first conv and no max-pool (small images)")
-    head: str = opt("nonlinear", "projection head", choices=("none", "linear", "nonlinear"))
+    head: str = opt("nonlinear", "projection head", choices=names.HEADS)
     head_layers: int = opt(2, "nonlinear head: number of linear layers", low=2, high=8)
     head_hidden: int = opt(512, "nonlinear head: hidden width", low=1, high=65536)
     out_dim: int = opt(128, "projection output dimension z", low=1, high=65536)
+    sync_bn: bool = opt(True, "global batch norm (the paper's): statistics over the whole batch when more than "
+                              "one process trains the cell; no effect with one process")
 
 
 @dataclass
 class LossConfig:
-    name: str = opt("nt_xent", "contrastive loss (paper Table 4)", choices=("nt_xent", "nt_logistic", "margin"))
+    name: str = opt("nt_xent", "contrastive loss (paper Table 4)", choices=names.LOSSES)
     temperature: float = opt(0.5, "temperature tau", low=1e-4, high=1e4)
     normalize: bool = opt(True, "l2-normalise projections before the similarity")
     margin: float = opt(1.0, "margin loss only: margin m", low=0.0, high=100.0)
@@ -88,11 +106,11 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = opt("lars", "optimiser", choices=("lars", "sgd", "adamw"))
+    name: str = opt("lars", "optimiser", choices=names.OPTIMIZERS)
     lr: Optional[float] = opt(None, "base learning rate before scaling (none: 0.3 for linear, 0.075 for sqrt)",
                               low=0.0, high=1e3)
     lr_scaling: str = opt("sqrt", "learning-rate scaling with batch size: linear (lr x B/256), sqrt (lr x sqrt(B))",
-                          choices=("linear", "sqrt"))
+                          choices=names.LR_SCALINGS)
     weight_decay: float = opt(1e-6, "weight decay (not on biases and normalisation parameters)", low=0.0, high=1.0)
     momentum: float = opt(0.9, "momentum (lars, sgd)", low=0.0, high=1.0)
     warmup_epochs: float = opt(1.0, "linear warmup before cosine decay", low=0.0, high=1e4)
@@ -104,8 +122,13 @@ class TrainConfig:
     batch_size: int = opt(256, "images per step (each gives two views)", low=2, high=1_000_000)
     seed: int = opt(0, "seed of model init, shuffling and augmentation draws", low=0)
     device: str = opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
-    precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=("auto", "bf16", "fp32"))
-    checkpoint_every: int = opt(5, "epochs between checkpoints (one is always written at the end)", low=1)
+    precision: str = opt("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=names.PRECISIONS)
+    compile: str = opt("auto", "torch.compile the model: auto (on GPU, not on CPU), always, never; a compilation "
+                       "that fails falls back to eager with a one-line message", choices=names.COMPILE_MODES)
+    checkpoint_every: int = opt(5, "epochs between checkpoints (one is always written at the end)", low=1,
+                                identity=False)
+    log_every: int = opt(0, "epochs between linear and kNN probes logged in metrics.jsonl during training "
+                         "(0: only the final evaluation)", low=0)
 
 
 @dataclass
@@ -113,7 +136,7 @@ class EvalConfig:
     knn_k: int = opt(200, "neighbours of the weighted kNN probe", low=1, high=100_000)
     knn_t: float = opt(0.1, "temperature of the kNN weights", low=1e-4, high=100.0)
     random_init: bool = opt(True, "also probe the randomly initialised encoder as a baseline")
-    batch_size: int = opt(512, "feature extraction batch size", low=1, high=1_000_000)
+    batch_size: int = opt(512, "feature extraction batch size", low=1, high=1_000_000, identity=False)
 
 
 @dataclass
@@ -148,8 +171,10 @@ def _check_value(key: str, value: Any, hint: Any, meta: typing.Mapping) -> Any:
     if base is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         value = _as_float(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise ValueError(f"{key}: expected {names}{' or null' if optional else ''}, got {value!r}")
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise ValueError(f"{key}: expected {expected}{' or null' if optional else ''}, got {value!r}")
+    if base is float and not math.isfinite(value):
+        raise ValueError(f"{key}: expected a finite number, got {value!r}")
     if meta.get("choices") and value not in meta["choices"]:
         raise ValueError(f"{key}: '{value}' is not allowed{did_you_mean(value, meta['choices'])}; "
                          f"choose from: {', '.join(meta['choices'])}")
@@ -182,7 +207,7 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
             continue
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, data[name], f"{prefix}{name}.")
+            kwargs[name] = from_dict(typing.cast(type, hint), data[name], f"{prefix}{name}.")
         else:
             kwargs[name] = _check_value(prefix + name, data[name], hint, f.metadata)
     return cls(**kwargs)
@@ -199,7 +224,17 @@ def set_dotted(tree: dict, assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"override '{assignment}': '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ValueError(f"override '{assignment}': the value is not valid YAML ({_yaml_problem(err)})") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line from a PyYAML error: what is wrong and where (its own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -219,6 +254,8 @@ def validate(cfg: CellConfig) -> CellConfig:
             parse_spec(getattr(cfg.augment, key))
         except ValueError as err:
             raise ValueError(f"augment.{key}: {err}") from None
+    if cfg.data.name == "embedded" and cfg.data.per_class is not None:
+        raise ValueError("data.per_class: the embedded set is generated; set data.n_train instead")
     if cfg.data.name == "folder" and not cfg.data.root:
         raise ValueError("data.root: required when data.name is 'folder' (root/train/<class>/*)")
     _validate_folder_keys(cfg.data)
@@ -227,18 +264,21 @@ def validate(cfg: CellConfig) -> CellConfig:
     return cfg
 
 
+FOLDER_KEYS = ("serve", "stored_size", "decode", "classes")  # the data keys that only image folders read
+
+
 def _validate_folder_keys(data: DataConfig) -> None:
     """The folder-only keys: set only for folders, a readable class list, a stored size >= data.size."""
     from .data.folders import class_names
 
     if data.name != "folder":
-        for key in ("serve", "stored_size", "decode", "classes", "per_class"):
+        for key in FOLDER_KEYS:
             default = next(f.default for f in dataclasses.fields(DataConfig) if f.name == key)
             if getattr(data, key) != default:
                 raise ValueError(f"data.{key}: only for data.name=folder (data.name is '{data.name}')")
         return
-    names = data.classes
-    if isinstance(names, list) and (not names or not all(isinstance(c, (str, int)) for c in names)):
+    chosen = data.classes
+    if isinstance(chosen, list) and (not chosen or not all(isinstance(c, (str, int)) for c in chosen)):
         raise ValueError(f"data.classes: expected a non-empty list of class folder names, got {data.classes!r}")
     class_names(data.classes)
     if data.stored_size is not None and data.stored_size < data.size:
@@ -259,7 +299,10 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -274,20 +317,16 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         raise ValueError(f"{path}: {err}" if path else str(err)) from None
 
 
-def signature(cfg: CellConfig) -> str:
-    """Short, stable hash of the resolved config and schema version: the cell's identity."""
-    blob = json.dumps({"schema": SCHEMA_VERSION, "config": cfg.to_dict()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
 def describe(cls: type = CellConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(dotted key, default, doc) for every leaf: the documented defaults."""
     rows = []
     for f in dataclasses.fields(cls):
         if f.default_factory is not dataclasses.MISSING:  # a section
-            rows += describe(f.default_factory, f"{prefix}{f.name}.")
+            rows += describe(typing.cast(type, f.default_factory), f"{prefix}{f.name}.")
         else:
             allowed = f.metadata.get("choices")
             doc = f.metadata["doc"] + (f" [{' | '.join(allowed)}]" if allowed else "")
+            doc += {False: " (not part of the cell id)", NON_DEFAULT: " (part of the cell id when set)"}.get(
+                f.metadata["identity"], "")
             rows.append((prefix + f.name, f.default, doc))
     return rows

@@ -3,27 +3,37 @@
 An experiment file holds
     name, title, paper      what it is (paper: figure5 | table1 | table4 | table5 | figure8 | tableB1)
     cell                    the base cell config (see `ablate run --help` for every key)
-    presets                 named overrides of `cell`: embedded | cifar10 | imagenet | imagenet100 (one is
-                            chosen); they extend presets.yaml beside the file; a preset may also
-                            override keys of the grid section (e.g. its ops) and of the slurm section
+    presets                 named overrides of `cell`: embedded | cifar10 | imagenet | imagenet100 |
+                            photos-cpu (one is chosen); they extend presets.yaml beside the file; a
+                            preset may also override keys of the grid section (e.g. its ops) and of
+                            the slurm section
     preset                  the default preset
     grid                    kind: pairwise (ops: [...]) or product (axes: {key: [values]}), seeds: [...]
+    figure                  optional: how analysis draws a product grid (kind: budget, see FIGURE_KEYS);
+                            a preset may override it, as it may the grid
     slurm                   resources for `ablate grid --executor slurm`
 The whole experiment is resolved and validated before anything runs.
 """
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import CellConfig, from_dict, merge, opt, read_yaml, set_dotted, signature, validate
+from .config import CellConfig, from_dict, merge, opt, read_yaml, set_dotted, validate
 from .errors import did_you_mean
+from .identity import settings, signature, spec_keys
+from .names import GRID_KINDS, PAPER_TABLES
+from .store import check_name
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT_EXPERIMENT = "pairwise"
-PAPER_TABLES = ("figure5", "table1", "table4", "table5", "figure8", "tableB1")
+SEED_KEY = "train.seed"  # replicates differ in it; it is never a swept setting
+# figure kind -> the keys it needs: which swept key is the budget (x), the lines (hue) and the panels
+# (facet), and which hue values are compositions and which single ops (analysis never guesses them)
+FIGURE_KEYS = {"budget": ("x", "hue", "facet", "compositions", "singles")}
 
 
 @dataclass
@@ -31,6 +41,11 @@ class SlurmConfig:
     partition: Optional[str] = opt(None, "partition (none: the cluster's default)")
     gpus_per_node: int = opt(1, "GPUs per cell", low=0, high=64)
     tasks_per_node: int = opt(1, "processes per cell; > 1 runs DDP with gathered negatives", low=1, high=64)
+    cells_per_gpu: int = opt(0, "cells one job runs at once on each of its GPUs (CPU jobs: in all); 0: automatic, "
+                             "from the model's cost and the GPU's memory (1 for CPU jobs and DDP cells)",
+                             low=0, high=64)
+    gres: Optional[str] = opt(None, "generic resources per job, e.g. shard:1 where the cluster shares GPUs as "
+                              "shards (then gpus_per_node: 0)")
     cpus_per_task: int = opt(8, "CPUs per process", low=1, high=1024)
     mem_gb: Optional[int] = opt(None, "memory per cell in GB (none: the partition's default)", low=1)
     timeout_min: int = opt(240, "time limit per job; a cell that hits it checkpoints and requeues", low=1)
@@ -66,17 +81,32 @@ class Experiment:
     cells: list
     slurm: SlurmConfig
     path: Path
+    figure: Optional[dict] = None
 
     def describe(self) -> dict:
-        """The experiment.json that analysis reads (what the grid is, not how it runs)."""
-        c = self.cells[0].config
-        setup = {"data": c.data.name, "size": c.data.size, "model": c.model.encoder, "epochs": c.train.epochs,
-                 "batch_size": c.train.batch_size, "mode": c.augment.mode, "base": c.augment.base,
-                 "views": c.augment.views if self.kind == "product" else None, "loss": c.loss.name,
-                 "lr_scaling": c.optim.lr_scaling}
+        """The experiment.json that analysis reads: what the grid is and what it swept, not how it runs.
+
+        `swept`: the settings (dotted keys, see identity.settings) that differ between cells, the
+        axes first and then what they imply (a swept spec spelled out: augment.views.color.s);
+        `settings`: each cell's values of them; `fixed`: the settings every cell shares.
+        Imports torch when a swept spec has to be spelled out (the registry knows the ops).
+        """
+        expand = [key for key in self.axes if key in spec_keys()]
+        per_cell = {cell.id: settings(cell.config, expand) for cell in self.cells}
+        keys = list(dict.fromkeys(key for values in per_cell.values() for key in values))
+
+        def values(key: str) -> set[str]:
+            return {json.dumps(v[key], sort_keys=True) for v in per_cell.values() if key in v}
+
+        swept = [k for k in dict.fromkeys([*self.axes, *keys]) if k in self.axes or
+                 (k != SEED_KEY and len(values(k)) > 1)]
+        first = next(iter(per_cell.values()))
+        fixed = {k: first[k] for k in keys if k not in swept and all(k in v for v in per_cell.values())
+                 and len(values(k)) == 1}
         return {"name": self.name, "title": self.title, "kind": self.kind, "paper": self.paper,
-                "preset": self.preset, "ops": self.ops, "axes": self.axes, "setup": setup,
-                "cells": [cell.id for cell in self.cells]}
+                "preset": self.preset, "ops": self.ops, "axes": self.axes, "swept": swept, "fixed": fixed,
+                "settings": {cid: {k: v[k] for k in swept if k in v} for cid, v in per_cell.items()},
+                "figure": self.figure, "cells": [cell.id for cell in self.cells]}
 
 
 def find_experiment(name_or_path: str | None) -> Path:
@@ -124,8 +154,8 @@ def _grid_points(grid: dict, where: str) -> tuple[str, list, list, list[tuple[st
                 overrides = merge(overrides, _nested(k, v))
             points.append((label, coords, overrides))
         return kind, [], [k for keys in names for k in keys], points
-    raise ValueError(f"{where}.kind: '{kind}' is not allowed{did_you_mean(kind, ('pairwise', 'product'))}; "
-                     f"choose from: pairwise, product")
+    raise ValueError(f"{where}.kind: '{kind}' is not allowed{did_you_mean(kind, GRID_KINDS)}; "
+                     f"choose from: {', '.join(GRID_KINDS)}")
 
 
 def _axis_values(where: str, key: str, values: Any) -> list[tuple]:
@@ -164,14 +194,15 @@ def load_experiment(name_or_path: str | None = None, preset: str | None = None,
     keys, types and ranges are still checked, and cell ids do not depend on it (`ablate status`).
     """
     path = find_experiment(name_or_path)
+    spec = read_yaml(path)  # its errors name the file already
     try:
-        return _expand(path, read_yaml(path), preset, list(overrides), check)
+        return _expand(path, spec, preset, list(overrides), check)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 
 
 def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: bool) -> Experiment:
-    _check_keys("experiment", spec, ("name", "title", "paper", "cell", "presets", "preset", "grid", "slurm"))
+    _check_keys("experiment", spec, ("name", "title", "paper", "cell", "presets", "preset", "grid", "figure", "slurm"))
     shared, own = _shared_presets(path), spec.get("presets") or {}
     presets = merge(shared, own)
     preset = preset or spec.get("preset") or (next(iter(presets)) if presets else "default")
@@ -187,15 +218,17 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
     grid = merge(spec.get("grid") or {}, chosen.pop("grid", None) or {})
     slurm_tree = merge(merge(shared_chosen.pop("slurm", None) or {}, spec.get("slurm") or {}),
                        chosen.pop("slurm", None) or {})
+    figure = merge(spec.get("figure") or {}, chosen.pop("figure", None) or {}) or None
     base = merge(merge(shared_chosen, spec.get("cell") or {}), chosen)
-    cell_tree: dict = {}
+    cell_tree = dict[str, Any]()
     for assignment in overrides:  # parsed once, not once per cell
         if assignment.startswith("slurm."):
             set_dotted(slurm_tree, assignment.removeprefix("slurm."))
         else:
             set_dotted(cell_tree, assignment)
-    slurm = from_dict(SlurmConfig, slurm_tree, "slurm.")
+    slurm = _check_slurm(from_dict(SlurmConfig, slurm_tree, "slurm."))
     kind, ops, axes, points = _grid_points(grid, "grid")
+    _check_figure(figure, axes)
     seeds = grid.get("seeds") or [None]
     if not isinstance(seeds, list) or not all(s is None or isinstance(s, int) for s in seeds):
         raise ValueError(f"grid.seeds: expected a list of integers, got {seeds!r}")
@@ -216,9 +249,28 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
                 raise ValueError(f"cell '{label}' (seed {cell.seed}) duplicates another cell")
             seen.add(cell.id)
             cells.append(cell)
-    name = str(spec.get("name") or path.stem)
+    name = check_name(str(spec.get("name") or path.stem))
+    check_name(preset, "preset name")
     return Experiment(name=f"{name}-{preset}", title=str(spec.get("title") or name), paper=paper, kind=kind,
-                      preset=preset, ops=ops, axes=axes, cells=cells, slurm=slurm, path=path)
+                      preset=preset, ops=ops, axes=axes, cells=cells, slurm=slurm, path=path, figure=figure)
+
+
+def _check_figure(figure: dict | None, axes: list) -> None:
+    """The figure section names a known kind, all of its keys, swept keys and swept hue values."""
+    if figure is None:
+        return
+    kind = figure.get("kind")
+    if kind not in FIGURE_KEYS:
+        raise ValueError(f"figure.kind: '{kind}' is not allowed{did_you_mean(str(kind), FIGURE_KEYS)}; "
+                         f"choose from: {', '.join(FIGURE_KEYS)}")
+    needed = FIGURE_KEYS[kind]
+    _check_keys("figure", figure, ("kind",) + needed)
+    missing = [k for k in needed if k not in figure]
+    if missing:
+        raise ValueError(f"figure: kind '{kind}' needs {', '.join(missing)}")
+    for role in ("x", "hue", "facet"):
+        if figure[role] not in axes:
+            raise ValueError(f"figure.{role}: '{figure[role]}' is not a swept key; swept: {', '.join(axes)}")
 
 
 def _shared_presets(path: Path) -> dict:
@@ -227,6 +279,16 @@ def _shared_presets(path: Path) -> dict:
         if (folder / "presets.yaml").is_file():
             return read_yaml(folder / "presets.yaml")
     return {}
+
+
+def _check_slurm(slurm: SlurmConfig) -> SlurmConfig:
+    if slurm.cells_per_gpu > 1 and slurm.tasks_per_node > 1:
+        raise ValueError(f"slurm.cells_per_gpu: {slurm.cells_per_gpu} cells per GPU need tasks_per_node 1 "
+                         f"(got {slurm.tasks_per_node}); a DDP cell has its GPUs to itself")
+    if slurm.gres and slurm.gpus_per_node:
+        raise ValueError(f"slurm.gres: '{slurm.gres}' with gpus_per_node {slurm.gpus_per_node}; "
+                         f"ask for GPUs one way: set gpus_per_node: 0 with gres")
+    return slurm
 
 
 def cell_identity(exp: Experiment, cell: Cell) -> dict:
@@ -241,6 +303,6 @@ def slurm_parameters(slurm: SlurmConfig) -> dict:
               "timeout_min": slurm.timeout_min, "slurm_account": slurm.account, "slurm_qos": slurm.qos,
               "slurm_constraint": slurm.constraint, "slurm_array_parallelism": slurm.array_parallelism,
               "slurm_signal_delay_s": slurm.signal_delay_s, "slurm_additional_parameters": slurm.extra,
-              "mem_gb": slurm.mem_gb, "nodes": 1}
+              "mem_gb": slurm.mem_gb, "slurm_gres": slurm.gres, "nodes": 1}
     return {k: v for k, v in params.items() if v is not None}
 

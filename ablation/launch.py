@@ -3,13 +3,14 @@
 Launches take an exclusive lock on the experiment folder while they decide what to run and
 record it (a Slurm job.json, or a local claim with the process id), so concurrent launches
 never start a cell twice. Local launches claim one cell at a time and run it outside the
-lock, so two of them share the work. A Slurm cell that receives USR2 (preemption, time limit)
-checkpoints at the next step boundary and requeues itself; the new run resumes bit-exactly.
+lock, so two of them share the work; a signal to a launch reaches its worker processes too.
+A Slurm cell that receives USR2 (preemption, time limit), also while it starts, checkpoints at the
+next step boundary and requeues itself; the new run resumes bit-exactly. SIGTERM (a plain
+`scancel`) stops it at the next step boundary with a checkpoint and no requeue.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import multiprocessing
 import os
@@ -19,84 +20,85 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import submitit
 import torch
 
-from . import store
+from . import pack, store
 from .cell import Interrupt, Preempted, run_cell
 from .config import CellConfig, from_dict
 from .data.folders import check as check_folder
 from .grid import Cell, Experiment, cell_identity, slurm_parameters
-from .status import RETRYABLE, TODO, CellStatus, experiment_dir, statuses, totals
+from .names import EXECUTORS, FINISHED, PRIMARY_METRIC, RETRYABLE, TODO
+from .slurm_entry import command as slurm_command
+from .slurm_entry import release as release_usr2
+from .status import CellStatus, process_start, statuses, totals
 
-EXECUTORS = ("auto", "slurm", "local")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+INTERRUPTED = "interrupted"  # a local cell stopped by a signal, with a checkpoint
 
 
 def prepare(root: Path, exp: Experiment) -> Path:
     """Write experiment.json and each cell's identity and config (idempotent)."""
-    folder = experiment_dir(root, exp)
-    store.write_json(folder / "experiment.json", exp.describe())
+    folder = store.experiment_dir(root, exp.name)
+    store.write_json(folder / store.EXPERIMENT, exp.describe())
     for cell in exp.cells:
         d = folder / cell.id
-        if not (d / "cell.json").exists():
-            store.write_json(d / "cell.json", cell_identity(exp, cell))
-            store.write_yaml(d / "config.yaml", cell.config.to_dict())
+        if not (d / store.CELL).exists():
+            store.write_json(d / store.CELL, cell_identity(exp, cell))
+            store.write_yaml(d / store.CONFIG, cell.config.to_dict())
     return folder
 
 
-@contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
+def locked(folder: Path) -> contextlib.AbstractContextManager[None]:
     """Exclusive lock on the experiment folder: one launch decides and records at a time."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".launch.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return store.locked(folder / store.LAUNCH_LOCK)
 
 
-def _retire(folder: Path) -> None:
-    """Move a failed attempt's result and job record to attempts/ so the cell can run again."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in ("result.json", "job.json"):
-        if (folder / name).exists():
-            (folder / "attempts").mkdir(exist_ok=True)
-            os.replace(folder / name, folder / "attempts" / f"{stamp}-{name}")
+def select(rows: list[CellStatus], retry: bool) -> list[CellStatus]:
+    """Cells to launch now: never done or in-flight ones; failed or corrupt ones only on retry."""
+    return [r for r in rows if r.state == TODO or (retry and r.state in RETRYABLE)]
 
 
-def select(rows: list[CellStatus], retry: bool) -> list[Cell]:
-    """Cells to launch now: never done or in-flight ones; failed ones only on retry."""
-    return [r.cell for r in rows if r.state == TODO or (retry and r.state in RETRYABLE)]
+def retire(folder: Path, row: CellStatus) -> None:
+    """Move a failed attempt's result and job record, and a corrupt cell's unreadable files, to
+    attempts/ so the cell can run again (from its checkpoint, or from scratch without one)."""
+    store.retire(folder / row.cell.id, [store.RESULT, store.JOB, *row.files])
 
 
 @contextlib.contextmanager
-def interrupt_on_signals(interrupt: Interrupt, signums=(signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)):
-    """Turn signals into a request to checkpoint at the next step boundary (restored afterwards)."""
+def handling(signums: tuple[int, ...], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Install `handler` for these signals; the previous handlers come back afterwards."""
     previous = {s: signal.getsignal(s) for s in signums}
     for s in signums:
-        signal.signal(s, lambda num, _frame: interrupt.request(f"signal {signal.Signals(num).name}"))
+        signal.signal(s, handler)
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def interrupt_on_signals(interrupt: Interrupt, signums: tuple[int, ...] = STOP_SIGNALS
+                         ) -> contextlib.AbstractContextManager[None]:
+    """Turn signals into a request to checkpoint at the next step boundary (restored afterwards)."""
+    return handling(signums, lambda num, _frame: interrupt.request(f"signal {signal.Signals(num).name}"))
 
 
 # ---------------------------------------------------------------- local
 
 def claim(root: Path, exp: Experiment) -> Cell | None:
     """Under the lock: the next to-do cell, recorded in its job.json as run by this process."""
-    folder = experiment_dir(root, exp)
+    folder = store.experiment_dir(root, exp.name)
     with locked(folder):
         cell = next((r.cell for r in statuses(root, exp) if r.state == TODO), None)
         if cell is not None:
-            store.write_json(folder / cell.id / "job.json", {
-                "executor": "local", "pid": os.getpid(), "host": socket.gethostname(), "submitted": time.time()})
+            store.write_json(folder / cell.id / store.JOB, {
+                "executor": "local", "pid": os.getpid(), "started": process_start(os.getpid()),
+                "host": socket.gethostname(), "submitted": time.time()})
     return cell
 
 
@@ -107,7 +109,7 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
     """
     if threads:
         torch.set_num_threads(threads)
-    folder = experiment_dir(root, exp)
+    folder = store.experiment_dir(root, exp.name)
     outcome: dict[str, str] = {}
     interrupt = Interrupt()
     total = sum(r.state == TODO for r in statuses(root, exp))
@@ -118,41 +120,76 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
             try:
                 result = run_cell(cell.config, d, interrupt, show_progress=False)
                 outcome[cell.id] = result["status"]
-                metric = result["metrics"].get("linear_top1")
+                metric = result["metrics"].get(PRIMARY_METRIC)
                 log(f"cell {cell.label} ({cell.id}): {result['status']}"
-                    + (f", linear_top1={metric:.4f}" if metric is not None else f" ({result.get('reason')})"))
+                    + (f", {PRIMARY_METRIC}={metric:.4f}" if metric is not None else f" ({result.get('reason')})"))
             except Preempted as stop:
-                outcome[cell.id] = "interrupted"
+                outcome[cell.id] = INTERRUPTED
                 log(f"cell {cell.label} ({cell.id}) stopped: {stop}. Launch again to resume.")
             except Exception as err:  # run_cell has recorded it in the cell's result.json
                 outcome[cell.id] = f"failed: {type(err).__name__}: {err}"
                 log(f"cell {cell.label} ({cell.id}) failed: {type(err).__name__}: {err}")
             finally:
-                (d / "job.json").unlink(missing_ok=True)
+                (d / store.JOB).unlink(missing_ok=True)
     return outcome
+
+
+def _worker(root: Path, exp: Experiment, threads: int, gpu_counter: Any, report: Connection) -> None:
+    pack.bind_worker_to_gpu(gpu_counter)  # worker i on GPU i mod the GPU count
+    report.send(work(root, exp, threads))
+    report.close()
 
 
 def run_local(root: Path, exp: Experiment, workers: int = 1,
               log: Callable[[str], None] = print) -> dict[str, str]:
-    """Run the to-do cells on this machine, `workers` processes at a time (CPU threads split among them).
+    """Run the to-do cells on this machine, `workers` processes at a time (CPU threads split among them,
+    worker i on GPU i mod the GPU count, so several share each GPU).
 
-    Workers are spawned, not forked: a fork of a process that has run torch can deadlock.
+    Workers are spawned, not forked: a fork of a process that has run torch can deadlock. A signal
+    to this process (a supervisor, `timeout`, Ctrl-C) is passed on to every worker, which stops its
+    cell at the next step with a checkpoint and claims no other.
     """
     if workers <= 1:
         return work(root, exp, log=log)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    outcome: dict[str, str] = {}
     spawn = multiprocessing.get_context("spawn")
-    with interrupt_on_signals(Interrupt()), ProcessPoolExecutor(workers, spawn) as pool:  # workers see signals too
-        for part in [pool.submit(work, root, exp, threads) for _ in range(workers)]:
-            outcome.update(part.result())
+    procs, reports = [], []
+    gpu_counter = spawn.Value("i", 0)
+    for _ in range(workers):
+        receive, send = spawn.Pipe(duplex=False)
+        procs.append(spawn.Process(target=_worker, args=(root, exp, threads, gpu_counter, send)))
+        reports.append((receive, send))
+
+    stops: list[int] = []
+
+    def forward(num: int, _frame: Any) -> None:
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                os.kill(p.pid, num)
+
+    outcome: dict[str, str] = {}
+    def stop(num: int, frame: Any) -> None:
+        stops.append(num)
+        forward(num, frame)
+
+    with handling(STOP_SIGNALS, stop):
+        for p, (_, send) in zip(procs, reports):
+            p.start()
+            send.close()  # the worker holds the only writing end: its exit ends our read
+            if stops:  # a signal came while the workers were starting
+                forward(stops[0], None)
+        for p, (receive, _) in zip(procs, reports):
+            with contextlib.suppress(EOFError):  # a worker killed before it reported
+                outcome.update(receive.recv())
+            p.join()
     return outcome
 
 
 # ---------------------------------------------------------------- slurm
 
 class CellJob(submitit.helpers.Checkpointable):
-    """The Slurm job of one cell: resumes from its checkpoint; USR2 checkpoints and requeues.
+    """The Slurm job of one cell: resumes from its checkpoint; USR2 checkpoints and requeues,
+    SIGTERM (a plain scancel; Slurm's own preemption) checkpoints and exits.
 
     More than one task runs DDP (gloo on CPU, NCCL on GPU): each rank trains on its shard of
     the global batch and rank 0 writes the files.
@@ -164,18 +201,28 @@ class CellJob(submitit.helpers.Checkpointable):
         if threads:  # without CPU binding every task would use all of the node's cores
             torch.set_num_threads(threads)
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's: calls checkpoint(), requeues, exits
-        interrupt = Interrupt()
-        signal.signal(signal.SIGUSR2, lambda *_: interrupt.request("preemption or time-limit signal"))
+        interrupt, received = Interrupt(), set()
+
+        def stop(num: int, _frame: Any) -> None:
+            received.add(num)
+            interrupt.request("preemption or time-limit signal (USR2)" if num == signal.SIGUSR2
+                              else f"stopped by {signal.Signals(num).name}")
+
+        signal.signal(signal.SIGUSR2, stop)
+        signal.signal(signal.SIGTERM, stop)
+        release_usr2()  # a USR2 held since the process started reaches `stop` now
         with _distributed(env):
             try:
                 result = run_cell(from_dict(CellConfig, config), Path(folder), interrupt)
-            except Preempted:
+            except Preempted as stopped:
+                if signal.SIGTERM in received:  # cancelled or preempted by Slurm itself: no requeue
+                    sys.exit(f"rank {env.global_rank}: {stopped}")
                 if env.global_rank == 0 and callable(requeue):
                     requeue(signal.SIGUSR2, None)  # exits the process once the job is requeued
                 if env.global_rank != 0:
                     sys.exit(f"rank {env.global_rank}: preempted; rank 0 requeues the job")
                 raise
-        if result["status"] != store.FINISHED:
+        if result["status"] != FINISHED:
             raise RuntimeError(f"cell failed: {result.get('reason')}")
         return {"status": result["status"], "metrics": result["metrics"]}
 
@@ -197,21 +244,27 @@ def _distributed(env: submitit.JobEnvironment) -> Iterator[None]:
 
 
 def submit_slurm(root: Path, exp: Experiment, cells: list[Cell]) -> list[str]:
-    """One job array for `cells`; records each job id in the cell's job.json."""
-    folder = experiment_dir(root, exp).resolve()  # jobs may start in another working directory
-    executor = submitit.AutoExecutor(folder=folder / ".submitit" / "%j", cluster="slurm",
-                                     slurm_max_num_timeout=exp.slurm.max_requeues)
+    """One job array for `cells`, one job per cell or per pack of cells (ablation.pack); records each
+    job id in the cell's job.json."""
+    folder = store.experiment_dir(root, exp.name).resolve()  # jobs may start in another working directory
+    executor = submitit.AutoExecutor(folder=folder / store.SUBMITIT / "%j", cluster="slurm",
+                                     slurm_max_num_timeout=exp.slurm.max_requeues, slurm_python=slurm_command())
     executor.update_parameters(name=exp.name, **slurm_parameters(exp.slurm))
+    s = exp.slurm
+    groups = pack.packs(cells, s.cells_per_gpu, s.gpus_per_node, s.tasks_per_node)
     try:
         with contextlib.redirect_stderr(io.StringIO()), executor.batch():  # submitit echoes sbatch's errors
-            jobs = [executor.submit(CellJob(), c.config.to_dict(), str(folder / c.id)) for c in cells]
+            jobs = [executor.submit(CellJob(), g[0].config.to_dict(), str(folder / g[0].id)) if len(g) == 1 else
+                    executor.submit(pack.PackJob(), [c.config.to_dict() for c in g],
+                                    [str(folder / c.id) for c in g], s.cells_per_gpu) for g in groups]
     except submitit.core.utils.FailedJobError as err:
         reason = "; ".join(str(err).strip().splitlines())
         raise ValueError(f"sbatch refused the jobs (check the slurm section): {reason}") from None
     now = time.time()
-    for cell, job in zip(cells, jobs):
-        store.write_json(folder / cell.id / "job.json", {"executor": "slurm", "job_id": job.job_id,
-                                                        "submitted": now, "logs": str(job.paths.stderr)})
+    for cells_of_job, job in zip(groups, jobs):
+        for cell in cells_of_job:
+            store.write_json(folder / cell.id / store.JOB, {"executor": "slurm", "job_id": job.job_id,
+                                                            "submitted": now, "logs": str(job.paths.stderr)})
     return [job.job_id for job in jobs]
 
 
@@ -243,16 +296,18 @@ def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = Fa
     """Prepare the results folder and start every cell that needs to run; returns what happened.
 
     Image folders are checked first (one-line error), so a bad data.root fails no cell."""
-    for root_dir, classes, per_class in {_folder_key(c.config) for c in exp.cells} - {None}:
+    for root_dir, classes, per_class in {key for c in exp.cells if (key := _folder_key(c.config)) is not None}:
         check_folder(root_dir, list(classes) if isinstance(classes, tuple) else classes, per_class)
     executor = pick_executor(executor, log)
-    folder = experiment_dir(root, exp)
+    folder = store.experiment_dir(root, exp.name)
     with locked(folder):
         prepare(root, exp)
         rows = statuses(root, exp)
-        cells = select(rows, retry)
-        for cell in cells:
-            _retire(folder / cell.id)
+        chosen_rows = select(rows, retry)
+        for row in chosen_rows:
+            if row.state != TODO:
+                retire(folder, row)
+        cells = [r.cell for r in chosen_rows]
         chosen = {c.id for c in cells}
         skipped = totals([r for r in rows if r.cell.id not in chosen])
         log(f"{exp.name}: {len(exp.cells)} cells; launching {len(cells)} ({executor})"

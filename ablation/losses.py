@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ablation.errors import choices_error
+from ablation.names import LOSSES
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -65,8 +66,7 @@ def _margin(sim: Tensor, pos: Tensor, neg: Tensor, temperature: float, margin: f
     return hinge.sum(dim=1) / neg.sum(dim=1)
 
 
-_PER_ANCHOR = {"nt_xent": _nt_xent, "nt_logistic": _nt_logistic, "margin": _margin}
-LOSSES = tuple(_PER_ANCHOR)
+_PER_ANCHOR = {"nt_xent": _nt_xent, "nt_logistic": _nt_logistic, "margin": _margin}  # keys: names.LOSSES
 
 
 def _similarities(z1: Tensor, z2: Tensor, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -115,7 +115,8 @@ def contrastive_loss(
     if name not in _PER_ANCHOR:
         raise choices_error("loss", name, LOSSES)
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape; "
+                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     total = z1.shape[0] * _rank_and_world()[1]

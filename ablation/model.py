@@ -4,15 +4,19 @@ The representation the probes evaluate is the encoder output h (paper Section 4.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
+import torch.distributed as torch_dist
 import torchvision
 from torch import nn
+from torch.distributed.nn.functional import all_reduce
 
 from .errors import choices_error
+from .names import ENCODERS, HEADS
 
-ENCODERS = ("small_cnn", "resnet18", "resnet50")
-HEADS = ("none", "linear", "nonlinear")
 SMALL_CNN_WIDTH = 16
+M = TypeVar("M", bound=nn.Module)
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
@@ -93,3 +97,66 @@ class SimCLRModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch over all processes (the
+    paper's global BN), on any device: torch.nn.SyncBatchNorm accepts GPU tensors only.
+
+    One differentiable all-reduce of (sum, sum of squares, count) per layer and step; its backward
+    sums the gradients of every rank's loss, so DDP's mean over ranks gives the gradients of one
+    process on the whole batch. Outside training, or with one process, it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (N, C, ...), got {input.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch_dist.is_available() and torch_dist.is_initialized()
+                and torch_dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32 at least
+        count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device)
+        total = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        c, n = xf.shape[1], total[-1]
+        mean = total[:c] / n
+        var = (total[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+                self.running_var.lerp_((var * n / (n - 1)).to(self.running_var.dtype), m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def global_batch_norm(module: M) -> M:
+    """Every BatchNorm layer of `module` made global over the processes (the same parameters and
+    buffers, so an optimiser built before still holds them): torch's SyncBatchNorm on GPUs,
+    GlobalBatchNorm elsewhere."""
+    if any(p.is_cuda for p in module.parameters()):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_global(module)
+
+
+def _to_global(module: M) -> M:
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats, device=child.running_mean.device
+                                 if child.running_mean is not None else None)
+            if child.affine:
+                bn.weight, bn.bias = child.weight, child.bias
+            bn.running_mean, bn.running_var = child.running_mean, child.running_var
+            bn.num_batches_tracked = child.num_batches_tracked
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            _to_global(child)
+    return module

@@ -15,9 +15,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from ablation.errors import choices_error
+from ablation.names import LR_SCALINGS, OPTIMIZERS
 
-OPTIMIZERS = ("lars", "sgd", "adamw")
-LR_SCALINGS = {"linear": 0.3, "sqrt": 0.075}  # scaling -> default base lr (paper Sec. 2.3, App. B.1)
+BASE_LR = {"linear": 0.3, "sqrt": 0.075}  # names.LR_SCALINGS -> default base lr (paper Sec. 2.3, App. B.1)
 
 
 class LARS(Optimizer):
@@ -26,6 +26,9 @@ class LARS(Optimizer):
     Per tensor: g = grad + wd * w. Then trust = eta * ||w|| / ||g||, or 1 when either norm is 0.
     Then v = momentum * v + lr * trust * g, and w -= v. The lr sits inside the momentum buffer.
     Groups with ``lars_exclude=True`` skip the weight decay and use trust = 1: plain momentum SGD.
+    Each group is updated with multi-tensor (``torch._foreach_*``) kernels, a few launches per group
+    on a GPU instead of several per tensor, with the same arithmetic as one tensor at a time; no
+    step reads a value back to the host.
     """
 
     def __init__(
@@ -49,26 +52,29 @@ class LARS(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update(params, group)
         return loss
 
-    def _update(self, p: Tensor, group: dict) -> None:
-        if p.grad.is_sparse:
+    def _update(self, params: list[Tensor], group: dict) -> None:
+        if any(p.grad.is_sparse for p in params):
             raise RuntimeError("LARS does not support sparse gradients")
-        grad = p.grad
-        scale: Tensor | float = group["lr"]
-        if not group["lars_exclude"]:
-            grad = grad.add(p, alpha=group["weight_decay"])
-            w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+        grads = [p.grad for p in params]
+        if group["lars_exclude"]:
+            scaled = torch._foreach_mul(grads, group["lr"])
+        else:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            w_norm, g_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(grads))
             trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0)
-            scale = trust * group["lr"]
-        buf = self.state[p].get("momentum_buffer")
-        if buf is None:
-            buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-        buf.mul_(group["momentum"]).add_(grad * scale)
-        p.sub_(buf)
+            scaled = torch._foreach_mul(grads, list((trust * group["lr"]).unbind()))
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_mul_(bufs, group["momentum"])
+        torch._foreach_add_(bufs, scaled)
+        torch._foreach_sub_(params, bufs)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -85,14 +91,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> Optimizer:
-    """LARS, momentum SGD or AdamW over ``param_groups(model, weight_decay)``. AdamW ignores ``momentum``."""
+    """LARS, momentum SGD or AdamW over ``param_groups(model, weight_decay)``. AdamW ignores ``momentum``.
+
+    On a GPU, SGD and AdamW use torch's fused kernels (one launch for all tensors, step counts on the
+    device); elsewhere torch's defaults, whose results do not change.
+    """
     groups = param_groups(model, weight_decay)
+    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **fused)
     raise choices_error("optimizer", name, OPTIMIZERS)
 
 
@@ -105,7 +116,7 @@ def scaled_lr(base_lr: float | None, batch_size: int, scaling: str) -> float:
         raise choices_error("lr scaling", scaling, LR_SCALINGS)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0; got {batch_size}")
-    base = LR_SCALINGS[scaling] if base_lr is None else base_lr
+    base = BASE_LR[scaling] if base_lr is None else base_lr
     return base * batch_size / 256 if scaling == "linear" else base * math.sqrt(batch_size)
 
 
@@ -118,7 +129,8 @@ class WarmupCosine:
 
     def __init__(self, warmup_steps: int, total_steps: int) -> None:
         if not 0 <= warmup_steps < total_steps:
-            raise ValueError(f"need 0 <= warmup_steps < total_steps; got warmup_steps={warmup_steps}, total_steps={total_steps}")
+            raise ValueError(f"need 0 <= warmup_steps < total_steps; "
+                             f"got warmup_steps={warmup_steps}, total_steps={total_steps}")
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
 

@@ -1,7 +1,8 @@
 """The state of every cell (from its files and one `sacct` call), status tables and cost estimates.
 
 A cell is done only when its result.json says "finished". A submitted cell has a job.json
-(executor, job id); its live state comes from `sacct`. Nothing here imports torch, so
+(executor, job id); its live state comes from `sacct`. A cell whose files cannot be read is
+`corrupt`, naming the file, and the rest of the grid reads on. Nothing here imports torch, so
 `ablate status` stays fast on large grids (`--dry-run` imports it only to validate augmentations).
 """
 from __future__ import annotations
@@ -15,15 +16,27 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import store
 from .data.folders import train_size as folder_train_size
 from .grid import Cell, Experiment
+from .names import (
+    CANCELLED,
+    CORRUPT,
+    DONE,
+    FAILED,
+    FINISHED,
+    PRIMARY_METRIC,
+    QUEUED,
+    RETRYABLE,
+    RUNNING,
+    STATES,
+    TIMEOUT,
+    TODO,
+    UNKNOWN,
+)
 
-DONE, FAILED, CANCELLED, TIMEOUT, RUNNING, QUEUED, UNKNOWN, TODO = (
-    "done", "failed", "cancelled", "timeout", "running", "queued", "unknown", "todo")
-ORDER = (DONE, RUNNING, QUEUED, UNKNOWN, TODO, FAILED, CANCELLED, TIMEOUT)
-RETRYABLE = (FAILED, CANCELLED, TIMEOUT)
 # sacct state -> cell state (a requeued job is queued again; PREEMPTED without requeue is a failure;
 # a job that COMPLETED without a finished result.json failed)
 SACCT = {"PENDING": QUEUED, "REQUEUED": QUEUED, "REQUEUE_HOLD": QUEUED, "REQUEUE_FED": QUEUED,
@@ -34,6 +47,7 @@ SACCT = {"PENDING": QUEUED, "REQUEUED": QUEUED, "REQUEUE_HOLD": QUEUED, "REQUEUE
 LOST_AFTER_S = 600  # a submitted job that sacct never heard of after this long is treated as failed
 # Training images per epoch of the known data sets (folders are counted only when asked).
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "stl10": 5_000}
+TRAIN_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}  # balanced: data.per_class caps each
 
 
 @dataclass
@@ -44,10 +58,8 @@ class CellStatus:
     elapsed: str | None = None
     metric: float | None = None
     reason: str | None = None
-
-
-def experiment_dir(root: Path, exp: Experiment) -> Path:
-    return Path(root) / exp.name
+    files: tuple[str, ...] = ()  # a corrupt cell's unreadable files, moved aside by --retry
+    result: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- states
@@ -94,14 +106,31 @@ def sacct(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     return parse_sacct(out.stdout) if out.returncode == 0 else None
 
 
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot, /proc/PID/stat field 22), which tells it
+    from a later process that reuses its id; None when there is no such process (or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def pid_alive(job: dict) -> bool:
-    """Whether the local process that claimed a cell still runs (another machine's claim is trusted)."""
+    """Whether the local process that claimed a cell still runs (another machine's claim is trusted).
+
+    A claim records its process's start time where /proc has it: a process that merely reuses the id
+    of a dead claimant is not it.
+    """
     if job.get("host") != socket.gethostname():
         return True
     try:
-        os.kill(int(job["pid"]), 0)
+        pid = int(job["pid"])
+        if job.get("started") is not None:
+            return process_start(pid) == job["started"]
+        os.kill(pid, 0)
         return True
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, TypeError):
         return False
 
 
@@ -111,21 +140,44 @@ def statuses(root: Path, exp: Experiment) -> list[CellStatus]:
     Results are read after sacct answers: a job writes its result before it ends, so a job
     that sacct saw end has its result on disk by then.
     """
-    folder = experiment_dir(root, exp)
-    jobs = {c.id: store.read_json(folder / c.id / "job.json") for c in exp.cells}
-    live = sacct([j["job_id"] for j in jobs.values() if j and j.get("executor") == "slurm"])
-    return [cell_status(cell, store.read_result(folder / cell.id), jobs[cell.id], live) for cell in exp.cells]
+    folder = store.experiment_dir(root, exp.name)
+    jobs: dict[str, dict | None] = {}
+    bad: dict[str, store.Corrupt] = {}
+    for c in exp.cells:
+        try:
+            jobs[c.id] = store.read_job(folder / c.id)
+        except store.Corrupt as err:
+            jobs[c.id], bad[c.id] = None, err
+    live = sacct([str(j.get("job_id")) for j in jobs.values() if j and j.get("executor") == "slurm"])
+    rows = []
+    for cell in exp.cells:
+        try:
+            result = store.read_result(folder / cell.id)
+        except store.Corrupt as err:
+            rows.append(_corrupt(cell, err))
+            continue
+        row = cell_status(cell, result, jobs[cell.id], live)
+        rows.append(_corrupt(cell, bad[cell.id]) if cell.id in bad and row.state != DONE else row)
+    return rows
+
+
+def _corrupt(cell: Cell, err: store.Corrupt) -> CellStatus:
+    return CellStatus(cell, CORRUPT, reason=str(err), files=(err.path.name,))
 
 
 def cell_status(cell: Cell, result: dict | None, job: dict | None, live: dict | None) -> CellStatus:
     """One cell's state: its result decides, else its job record (local process or Slurm job)."""
     job_id = job.get("job_id") if job else None
-    if result and result.get("status") == store.FINISHED:
-        metric = (result.get("metrics") or {}).get("linear_top1")
+    if result and result.get("status") == FINISHED:
+        metric = (result.get("metrics") or {}).get(PRIMARY_METRIC)
         wall = result.get("wall_time_s") or 0.0
-        return CellStatus(cell, DONE, job_id, f"{wall:.1f}s" if wall < 10 else f"{wall:.0f}s", metric)
-    if result and result.get("status") == store.FAILED:
-        return CellStatus(cell, FAILED, job_id, reason=result.get("reason"))
+        return CellStatus(cell, DONE, job_id, f"{wall:.1f}s" if wall < 10 else f"{wall:.0f}s", metric,
+                          result=result)
+    if result and result.get("status") == FAILED:
+        return CellStatus(cell, FAILED, job_id, reason=result.get("reason"), result=result)
+    if result and result.get("status") == CORRUPT:  # the cell found one of its files unreadable
+        return CellStatus(cell, CORRUPT, job_id, reason=result.get("reason"),
+                          files=(store.RESULT, *result.get("files", ())), result=result)
     if not job:
         return CellStatus(cell, TODO)
     if job.get("executor") == "local":
@@ -142,20 +194,24 @@ def cell_status(cell: Cell, result: dict | None, job: dict | None, live: dict | 
 
 
 def totals(rows: list[CellStatus]) -> dict[str, int]:
-    return {s: n for s in ORDER if (n := sum(r.state == s for r in rows))}
+    return {s: n for s in STATES if (n := sum(r.state == s for r in rows))}
 
 
 # ---------------------------------------------------------------- tables
 
-def render(rows: list[CellStatus], limit: int | None = None) -> str:
-    """One row per cell (label, id, state, job, elapsed, top-1, why it failed), then the totals."""
+def render(rows: list[CellStatus], limit: int | None = None, columns: dict[str, dict[str, str]] | None = None) -> str:
+    """One row per cell (label, id, state, job, elapsed, top-1, why it failed), then the totals.
+
+    `columns`: more columns after top-1, each {cell id: text} ("-" for cells it leaves out)."""
+    columns = columns or {}
     replicated = len({r.cell.label for r in rows}) < len(rows)  # replicates share a label: name the seed
     shown = rows if limit is None else rows[:limit]
-    body = [(r.cell.label + (f" [seed {r.cell.seed}]" if replicated else ""), r.cell.id, r.state,
+    body: list[tuple[str, ...]] = [(r.cell.label + (f" [seed {r.cell.seed}]" if replicated else ""), r.cell.id, r.state,
              r.job_id or "-", r.elapsed or "-", f"{100 * r.metric:.1f}%" if r.metric is not None else "-",
+             *(col.get(r.cell.id, "-") for col in columns.values()),
              _brief(r.reason) if r.state in (*RETRYABLE, UNKNOWN) else "")
             for r in shown]
-    header = ("label", "id", "state", "job", "elapsed", "linear_top1", "reason")
+    header: tuple[str, ...] = ("label", "id", "state", "job", "elapsed", PRIMARY_METRIC, *columns, "reason")
     if not any(line[-1] for line in body):  # the reason column only when something went wrong
         header, body = header[:-1], [line[:-1] for line in body]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
@@ -171,27 +227,24 @@ def _brief(reason: str | None, width: int = 60) -> str:
     return line if len(line) <= width else line[:width - 3] + "..."
 
 
-def measured_rate(root: Path, exp: Experiment) -> float | None:
-    """Median training images/s of this experiment's finished cells."""
-    folder = experiment_dir(root, exp)
-    rates = [r["images_per_s"] for c in exp.cells
-             if (r := store.read_result(folder / c.id)) and r.get("status") == store.FINISHED
-             and r.get("images_per_s")]
+def measured_rate(rows: list[CellStatus]) -> float | None:
+    """Median training images/s of the finished cells."""
+    rates = [r.result["images_per_s"] for r in rows if r.state == DONE and r.result and r.result.get("images_per_s")]
     return statistics.median(rates) if rates else None
 
 
-def estimate(root: Path, exp: Experiment, rows: list[CellStatus]) -> str:
+def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
     """Cells x epochs x images still to train, and GPU-hours at a measured or configured rate."""
     todo = [r.cell for r in rows if r.state != DONE]
-    sizes = [_train_size(c.config) for c in todo]
-    if any(s is None for s in sizes):
+    sizes = [s for c in todo if (s := _train_size(c.config)) is not None]
+    if len(sizes) < len(todo):
         return (f"cost: {len(todo)} cells to run (image count unknown for data.name=folder: "
                 f"data.root not found; set it to the folder)")
     images = sum(s[0] * c.config.train.epochs for s, c in zip(sizes, todo))
     sources = sorted({s[1] for s in sizes if s[1]})
     line = (f"cost: {len(todo)} cells x epochs x images = {images:,} training images"
             + (f" (images per epoch: {'; '.join(sources)})" if sources else ""))
-    rate, source = measured_rate(root, exp), "measured"
+    rate, source = measured_rate(rows), "measured"
     if rate is None and exp.slurm.images_per_s:
         rate, source = exp.slurm.images_per_s, "configured slurm.images_per_s"
     if rate:
@@ -207,5 +260,9 @@ def _train_size(config) -> tuple[int, str] | None:
     d = config.data
     if d.name == "folder":
         return folder_train_size(d.root, d.classes, d.per_class)
-    size = d.n_train if d.name == "embedded" else TRAIN_SIZES.get(d.name)
-    return (size, "") if size is not None else None
+    if d.name == "embedded":
+        return d.n_train, ""
+    if d.name not in TRAIN_SIZES:
+        return None
+    images = TRAIN_SIZES[d.name]
+    return (images if d.per_class is None else min(images, TRAIN_CLASSES[d.name] * d.per_class)), ""

@@ -1,31 +1,68 @@
-"""The results layout and atomic file writes.
+"""The results layout, atomic file writes, locks, and reading the layout's files back.
 
-    results/<experiment>/experiment.json      what the grid is (kind, ops/axes, setup)
-    results/<experiment>/<cell-id>/cell.json  identity: id, label, coords, seed
+    results/<experiment>/experiment.json      what the grid is (kind, ops/axes, swept and fixed settings)
+    results/<experiment>/<cell-id>/cell.json  identity: id, label, coords, settings, seed
     results/<experiment>/<cell-id>/config.yaml  the fully resolved config
     results/<experiment>/<cell-id>/result.json  written once, at the end: the only proof of done
-    results/<experiment>/<cell-id>/checkpoint.pt, job.json, logs/
 
-Every write goes to a temporary file in the same folder and is renamed into place,
-so a crash or a preemption leaves either the old file or the new one, never half.
+Every file name of the layout is defined here and nowhere else. Every write goes to a temporary
+file in the same folder and is renamed into place, so a crash or a preemption leaves either the
+old file or the new one, never half. A file that is unreadable all the same (a disk filled up, a
+hand edit) raises `Corrupt`, naming it, so one bad cell never takes a whole grid down with it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 import yaml
 
-FINISHED = "finished"
+from .names import CORRUPT, FAILED, FINISHED
+
+EXPERIMENT, CELL, CONFIG, RESULT, CHECKPOINT, JOB = (
+    "experiment.json", "cell.json", "config.yaml", "result.json", "checkpoint.pt", "job.json")
+ATTEMPTS, SUBMITIT, LAUNCH_LOCK, CELL_LOCK = "attempts", ".submitit", ".launch.lock", ".cell.lock"
+METRICS_LOG, TENSORBOARD = "metrics.jsonl", "tensorboard"
+SUMMARY, SUMMARY_AGG, REPORT, FIGURES = "summary.csv", "summary_agg.csv", "report.md", "figures"
+RESULT_STATUSES = (FINISHED, FAILED, CORRUPT)
+# One path component that is safe on every file system: no separators, no "..", no leading dot.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-FAILED = "failed"
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> Path:
+class Corrupt(ValueError):
+    """A file of the results layout exists but cannot be read; `path` names it."""
+
+    def __init__(self, path: Path, why: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {why}")
+
+
+def check_name(name: str, what: str = "experiment name") -> str:
+    """`name` as one folder under --results, or a ValueError that says what is allowed."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                         f"(no path separators, no '..', at most 128 characters, starting with a letter or digit)")
+    return name
+
+
+def experiment_dir(root: Path, name: str) -> Path:
+    """results/<experiment>: always a direct child of the results root."""
+    return Path(root) / check_name(name)
+
+
+# ---------------------------------------------------------------- writing
+
+def atomic_write(path: Path, write: Callable[[IO[Any]], object], mode: str = "w") -> Path:
     """Call write(fileobj) on a temp file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,21 +88,110 @@ def write_yaml(path: Path, data: Any) -> Path:
     return atomic_write(path, lambda f: yaml.safe_dump(data, f, sort_keys=False))
 
 
+# ---------------------------------------------------------------- reading
+
 def read_json(path: Path) -> Any | None:
-    """The parsed file, or None when it does not exist (a half-written file cannot exist)."""
+    """The parsed file, or None when it does not exist; `Corrupt` when it cannot be parsed."""
     try:
-        return json.loads(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise Corrupt(path, f"unreadable ({err})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise Corrupt(path, "empty file" if not text.strip() else f"not valid JSON ({err})") from None
 
 
-def result_path(cell_dir: Path) -> Path:
-    return Path(cell_dir) / "result.json"
-
-
-def checkpoint_path(cell_dir: Path) -> Path:
-    return Path(cell_dir) / "checkpoint.pt"
+def read_record(path: Path) -> dict | None:
+    """A JSON object of the layout (cell.json, job.json, experiment.json), or None when missing."""
+    data = read_json(path)
+    if data is not None and not isinstance(data, dict):
+        raise Corrupt(path, f"expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_result(cell_dir: Path) -> dict | None:
-    return read_json(result_path(cell_dir))
+    """A cell's result.json, checked to carry a known status; None when the cell has none."""
+    path = Path(cell_dir) / RESULT
+    result = read_record(path)
+    if result is not None and result.get("status") not in RESULT_STATUSES:
+        raise Corrupt(path, f"status {result.get('status')!r} is not one of {', '.join(RESULT_STATUSES)}")
+    return result
+
+
+def read_job(cell_dir: Path) -> dict | None:
+    return read_record(Path(cell_dir) / JOB)
+
+
+def retire(cell_dir: Path, names: tuple[str, ...] | list[str]) -> list[Path]:
+    """Move these files of a cell to attempts/<time>-<name> (kept for the record); returns where."""
+    cell_dir, stamp, moved = Path(cell_dir), time.strftime("%Y%m%d-%H%M%S"), []
+    for name in dict.fromkeys(names):
+        if (cell_dir / name).exists():
+            (cell_dir / ATTEMPTS).mkdir(exist_ok=True)
+            moved.append(cell_dir / ATTEMPTS / f"{stamp}-{name}")
+            os.replace(cell_dir / name, moved[-1])
+    return moved
+
+
+# ---------------------------------------------------------------- locks
+
+@contextlib.contextmanager
+def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+    """An exclusive lock on `path` (flock: released by the kernel when the holder dies, even by SIGKILL).
+
+    The holder writes its host and process id into the file; `waiting(holder)` is called once when
+    the lock is held by someone else and this call has to wait for it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                f.seek(0)
+                waiting(f.read().strip() or "unknown holder")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"host {os.uname().nodename} pid {os.getpid()}\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- per-epoch metrics
+
+def metrics_path(cell_dir: Path) -> Path:
+    return Path(cell_dir) / METRICS_LOG
+
+
+def read_metrics(cell_dir: Path) -> list[dict]:
+    """The per-epoch rows of a cell, oldest first; [] before its first epoch."""
+    try:
+        text = metrics_path(cell_dir).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_metrics(cell_dir: Path, rows: list[dict]) -> Path:
+    """Replace the whole file (a few hundred short lines at most): readers never see a partial row."""
+    return atomic_write(metrics_path(cell_dir),
+                        lambda f: f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
+def tensorboard_dir(cell_dir: Path) -> Path:
+    """One TensorBoard run per cell, named by its label, beside the other cells' runs, so that
+    `tensorboard --logdir results/<experiment>` compares them; a lone cell keeps its own."""
+    with contextlib.suppress(Corrupt):
+        cell = read_record(Path(cell_dir) / CELL) or {}
+        if "label" in cell:
+            name = f"{cell['label']},seed={cell.get('seed')}".replace("/", "_")
+            return Path(cell_dir).parent / TENSORBOARD / name
+    return Path(cell_dir) / TENSORBOARD

@@ -5,6 +5,7 @@ canvas and touch no global backend state. Missing, pending and failed cells are 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,24 +16,26 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from ablation import store
 from ablation.errors import choices_error
+from ablation.names import FAILED, PRIMARY_METRIC
 
-from .paper import ALIASES, derive, paper_table
-from ablation.store import atomic_write
-
-from .table import finished, load_experiment, load_summary, setup_line
+from .budget import budget_csv, is_budget, plot_budget
+from .classes import plot_class_change
+from .curves import load_curves, plot_curves
+from .paper import derive, paper_table
+from .table import finished, load_experiment, load_summary, per_class, setup_line
 
 Y_LABEL = "top-1 (%), linear evaluation"
 CMAP = "viridis"  # sequential and colour-blind safe
 AVERAGE = "Average"
-# How the paper shows each product ablation: which swept key goes on x, which is the hue.
+# How the paper shows each product ablation: which swept setting goes on x, which is the hue.
 FORMS: dict[str, dict[str, Any]] = {
-    "table1": {"x": ALIASES["strength"] + ("views",), "hue": (), "kind": "bar"},
-    "table4": {"x": ALIASES["loss"], "hue": (), "kind": "bar"},
-    "table5": {"x": ALIASES["temperature"], "hue": ALIASES["normalize"], "kind": "line", "logx": True},
-    "figure8": {"x": ("out_dim", "output_dim", "dim"), "hue": ("kind", "head", "type"), "kind": "line",
-                "logx": True},
-    "tableB1": {"x": ("epochs",), "hue": ("batch_size",), "kind": "line"},
+    "table1": {"x": "augment.views", "hue": None, "kind": "bar"},
+    "table4": {"x": "loss.name", "hue": None, "kind": "bar"},
+    "table5": {"x": "loss.temperature", "hue": "loss.normalize", "kind": "line", "logx": True},
+    "figure8": {"x": "model.out_dim", "hue": "model.head", "kind": "line", "logx": True},
+    "tableB1": {"x": "train.epochs", "hue": "train.batch_size", "kind": "line"},
 }
 
 
@@ -53,12 +56,12 @@ def _pairwise(summary: pd.DataFrame, ops: list[str], metric: str) -> dict[str, p
         raise choices_error("transformation", unknown[0], ops)
     done = finished(summary).dropna(subset=[metric]).groupby(["first", "second"])[metric]
     states = summary.groupby(["first", "second"])["status"].agg(
-        lambda s: "failed" if (s == "failed").any() else s.iloc[0])
+        lambda s: FAILED if (s == FAILED).any() else s.iloc[0])
     return {"mean": 100 * _grid(done.mean(), ops), "std": 100 * _grid(done.std(), ops),
             "state": _grid(states, ops, fill="not run")}
 
 
-def heatmap_matrix(summary: pd.DataFrame, ops: list[str], metric: str = "linear_top1") -> pd.DataFrame:
+def heatmap_matrix(summary: pd.DataFrame, ops: list[str], metric: str = PRIMARY_METRIC) -> pd.DataFrame:
     """The numbers behind Figure 5 in %: rows = 1st op, columns = 2nd op (both in `ops` order), then
     "Average" = the mean of each row's available cells, diagonal included, as in the paper."""
     return _with_average(_pairwise(summary, ops, metric)["mean"])
@@ -79,7 +82,7 @@ def _annotations(stats: dict[str, pd.DataFrame], matrix: pd.DataFrame) -> np.nda
     return np.array([[text(f, s) for s in matrix.columns] for f in matrix.index])
 
 
-def plot_heatmap(summary: pd.DataFrame, exp: dict[str, Any], metric: str = "linear_top1") -> Figure:
+def plot_heatmap(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMARY_METRIC) -> Figure:
     """Figure 5: composition grid with an Average column; missing/failed cells hatched and named."""
     ops = list(exp["ops"])
     stats = _pairwise(summary, ops, metric)
@@ -109,21 +112,11 @@ def plot_heatmap(summary: pd.DataFrame, exp: dict[str, Any], metric: str = "line
 
 
 def _mode(exp: dict[str, Any]) -> str:
-    setup = exp.get("setup") or {}
-    return f"{setup.get('mode', 'asymmetric')} views, base: {setup.get('base', 'none')}"
+    fixed = exp.get("fixed") or {}
+    return f"{fixed.get('augment.mode', 'asymmetric')} views, base: {fixed.get('augment.base', 'none')}"
 
 
 # ---- product sweeps ------------------------------------------------------------------------
-
-def _pick(axes: list[str], aliases: tuple[str, ...]) -> str | None:
-    """The swept key naming a role: an exact name first, then a dotted suffix ("loss.temperature")."""
-    for suffix in (False, True):
-        for alias in aliases:
-            for a in axes:
-                if a == alias or (suffix and a.endswith("." + alias)):
-                    return a
-    return None
-
 
 @dataclass
 class Panel:
@@ -139,14 +132,16 @@ class Panel:
 
 
 def _ours(summary: pd.DataFrame, exp: dict[str, Any], metric: str) -> Panel:
-    """Our grid in the paper's form when the paper table is known, else first axis on x."""
-    axes = list(exp.get("axes") or [])
+    """Our grid in the paper's form when the paper table is known (and swept), else axis 1 on x, 2 as hue."""
+    axes, swept = list(exp.get("axes") or []), list(exp.get("swept") or [])
     if not axes:
         raise ValueError(f"product experiment {exp.get('name')!r} names no swept axes")
-    form = FORMS.get(exp.get("paper") or "", {})
-    x = _pick(axes, form.get("x", ())) or axes[0]
-    rest = [a for a in axes if a != x]
-    hue = _pick(rest, form.get("hue", ())) or (rest[0] if rest else None)
+    form = FORMS.get(exp.get("paper") or "")
+    if form and form["x"] in swept:
+        x, hue = form["x"], form["hue"] if form["hue"] in swept else None
+    else:
+        form, x = {}, axes[0]
+        hue = next((a for a in axes if a != x), None)
     data = finished(summary).dropna(subset=[metric])
     data = data.assign(**{Y_LABEL: 100 * data[metric]})
     numeric = pd.api.types.is_numeric_dtype(data[x]) and not pd.api.types.is_bool_dtype(data[x])
@@ -168,7 +163,7 @@ def _paper_panels(exp: dict[str, Any]) -> list[Panel]:
                       order=list(dict.fromkeys(table["setting"])))]
     if name == "table5":
         return [Panel(title, table, "temperature", "normalize", "line", logx=True)]
-    fixed = derive("lr_scaling", {}, exp.get("setup") or {})
+    fixed = derive("lr_scaling", {}, exp.get("fixed") or {})
     scalings = [fixed] if fixed in set(table["lr_scaling"]) else _ordered(table["lr_scaling"])
     return [Panel(f"{title}, {s} lr scaling", table[table["lr_scaling"] == s], "epochs",
                   "batch_size", "line") for s in scalings]
@@ -220,7 +215,7 @@ def _draw(ax, panel: Panel) -> None:
                         title=panel.hue.split(".")[-1])
 
 
-def plot_sweep(summary: pd.DataFrame, exp: dict[str, Any], metric: str = "linear_top1") -> Figure:
+def plot_sweep(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMARY_METRIC) -> Figure:
     """A product ablation in the paper's form, with the paper's numbers beside ours when published."""
     panels = [_ours(summary, exp, metric), *_paper_panels(exp)]
     fig = Figure(figsize=(5.6 * len(panels), 4.6), layout="constrained")
@@ -234,17 +229,36 @@ def plot_sweep(summary: pd.DataFrame, exp: dict[str, Any], metric: str = "linear
 
 def save(fig: Figure, base: Path) -> list[Path]:
     """base.png (for the report) and base.pdf (for print), each written atomically."""
-    return [atomic_write(base.with_suffix(f".{fmt}"),
-                         lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=200), mode="wb")
+    return [store.atomic_write(base.with_suffix(f".{fmt}"), functools.partial(fig.savefig, format=fmt, dpi=200),
+                               mode="wb")
             for fmt in ("png", "pdf")]
 
 
-def plot(exp_dir: str | Path) -> list[Path]:
-    """Write results/<exp>/figures/{heatmap|sweep}.{png,pdf}; return the paths written."""
+def _grid_figure(summary: pd.DataFrame, exp: dict[str, Any], figures: Path) -> list[Path]:
+    """The grid's own figure: heatmap (pairwise), budget (also .csv) or sweep (product)."""
+    if exp.get("kind") == "pairwise":
+        return save(plot_heatmap(summary, exp), figures / "heatmap")
+    if is_budget(exp):
+        base = figures / "budget"
+        table = store.atomic_write(base.with_suffix(".csv"), functools.partial(budget_csv(summary, exp).to_csv,
+                                                                               index=False))
+        return [*save(plot_budget(summary, exp), base), table]
+    return save(plot_sweep(summary, exp), figures / "sweep")
+
+
+def plot(exp_dir: str | Path, reference: str | None = None) -> list[Path]:
+    """Write results/<exp>/figures/{heatmap|budget|sweep}.{png,pdf} (budget also .csv), curves.* once a
+    cell has logged an epoch and classes.* (per-class change against the `reference` label) once a
+    cell has a per-class result; return the paths written."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     summary, _ = load_summary(exp_dir)
+    figures = exp_dir / store.FIGURES
     with sns.axes_style("ticks"), sns.plotting_context("paper", font_scale=1.25):
-        if exp.get("kind") == "pairwise":
-            return save(plot_heatmap(summary, exp), exp_dir / "figures" / "heatmap")
-        return save(plot_sweep(summary, exp), exp_dir / "figures" / "sweep")
+        paths = _grid_figure(summary, exp, figures)
+        curves = load_curves(exp_dir, exp, summary)
+        if not curves.empty:
+            paths += save(plot_curves(curves, exp), figures / "curves")
+        if reference is not None or not per_class(summary).empty:
+            paths += save(plot_class_change(summary, exp, reference), figures / "classes")
+    return paths

@@ -3,12 +3,12 @@
 paper_numbers.csv is long format: one row per published number, with the table it comes from,
 the setting that produced it (typed columns, empty where the table does not vary them) and the
 value in top-1 % (linear evaluation, ImageNet, ResNet-50). Figure 5 and Figure 8 are images in
-the paper, so none of their values are here.
+the paper, so none of their values are here. Our value of each paper setting is read from the
+settings experiment.json gives (swept per cell, fixed for all) under one exact key: no guessing.
 """
 from __future__ import annotations
 
 import math
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ablation.errors import choices_error
+from ablation.names import PRIMARY_METRIC
 
 CSV = Path(__file__).with_name("paper_numbers.csv")
 BOOL_COLUMNS = ("blur", "semi_hard", "normalize")
@@ -28,20 +29,20 @@ KEYS = {
     "tableB1": ("batch_size", "epochs"),
 }
 SERIES = {"table1": ("method",), "table4": (), "table5": (), "tableB1": ("lr_scaling",)}
-# How our config keys (dotted; matched on the key or its last parts) name the paper's settings.
-ALIASES = {
-    "strength": ("strength", "color_strength", "colour_strength", "color.s"),
-    "blur": ("blur",),
-    "loss": ("loss", "loss.name", "loss.kind", "loss_name"),
-    "semi_hard": ("semi_hard", "semihard"),
-    "normalize": ("normalize", "l2_norm", "l2_normalize", "normalise"),
-    "temperature": ("temperature", "tau"),
-    "batch_size": ("batch_size",),
-    "epochs": ("epochs",),
-    "lr_scaling": ("lr_scaling", "scaling"),
-    "method": (),
+# The setting key (ablation.identity.settings) that is each paper setting; None: no config key has it.
+SETTINGS = {
+    "strength": "augment.views.color.s",
+    "blur": "augment.views.blur",
+    "loss": "loss.name",
+    "semi_hard": None,
+    "normalize": "loss.normalize",
+    "temperature": "loss.temperature",
+    "batch_size": "train.batch_size",
+    "epochs": "train.epochs",
+    "lr_scaling": "optim.lr_scaling",
+    "method": None,
 }
-# A setting our config does not name is taken as the plain SimCLR default.
+# A paper setting our cells do not have (no semi-hard mining; no blur op in the spec): the plain default.
 DEFAULTS = {"blur": False, "semi_hard": False}
 
 
@@ -64,44 +65,13 @@ def paper_table(name: str) -> pd.DataFrame:
     return rows
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _lookup(column: str, values: dict[str, Any]) -> Any:
-    """The value of the key naming this paper setting (exact name before dotted suffix), or None."""
-    for suffix in (False, True):
-        for alias in ALIASES[column]:
-            for key, value in values.items():
-                if key == alias or (suffix and key.endswith("." + alias)):
-                    return value
-    return None
-
-
-def _from_spec(column: str, values: dict[str, Any]) -> Any:
-    """Colour strength / blur read from an augmentation spec string like "crop+color(s=0.5)+blur"."""
-    for value in values.values():
-        if isinstance(value, str) and "color" in value:
-            if column == "blur":
-                return "blur" in value
-            found = re.search(r"color\([^)]*\bs=([0-9.eE+-]+)", value)
-            if column == "strength" and found:
-                return float(found.group(1))
-    return None
-
-
-def derive(column: str, coords: dict[str, Any], setup: dict[str, Any]) -> Any:
-    """Our value for a paper setting: from the cell's coords first, then the fixed setup."""
-    for values in (coords, _flatten(setup)):
-        found = _lookup(column, values)
-        if found is None and column in ("strength", "blur"):
-            found = _from_spec(column, values)
-        if found is not None:
-            return found
+def derive(column: str, swept: dict[str, Any], fixed: dict[str, Any]) -> Any:
+    """Our value for a paper setting: the cell's swept settings first, then the experiment's fixed ones."""
+    key = SETTINGS[column]
+    for values in (swept, fixed):
+        value = values.get(key) if key is not None else None
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            return value
     return DEFAULTS.get(column)
 
 
@@ -119,7 +89,7 @@ def _as_bool(v: Any) -> bool:
 
 
 def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any],
-                       metric: str = "linear_top1") -> pd.DataFrame | None:
+                       metric: str = PRIMARY_METRIC) -> pd.DataFrame | None:
     """Our mean (%) beside the paper's number for each label; None when exp["paper"] has no table.
 
     Paper columns are named "paper", or "paper (<series>)" (e.g. "paper (Supervised)") when the
@@ -128,14 +98,14 @@ def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any],
     name = exp.get("paper")
     if name not in KEYS:
         return None
-    table, setup = paper_table(name), exp.get("setup") or {}
-    axes = [c for c in exp.get("axes") or [] if c in agg.columns]
-    series = [c for c in SERIES[name] if derive(c, {}, setup) is None]
-    fixed = {c: derive(c, {}, setup) for c in SERIES[name] if c not in series}
+    table, fixed_settings = paper_table(name), exp.get("fixed") or {}
+    axes = [c for c in exp.get("swept") or [] if c in agg.columns]
+    series = [c for c in SERIES[name] if derive(c, {}, fixed_settings) is None]
+    fixed = {c: derive(c, {}, fixed_settings) for c in SERIES[name] if c not in series}
     rows = []
     for _, r in agg.iterrows():
         coords = {a: r[a] for a in axes}
-        wanted = {c: derive(c, coords, setup) for c in KEYS[name]} | fixed
+        wanted = {c: derive(c, coords, fixed_settings) for c in KEYS[name]} | fixed
         match = table[[all(v is not None and _same(v, t[c]) for c, v in wanted.items())
                        for _, t in table.iterrows()]]
         row = {"label": r["label"], "ours": 100 * r[f"{metric}_mean"],

@@ -7,6 +7,7 @@ and model only the ordering of settings can be expected to carry over, not the v
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ablation.store import atomic_write, read_json
+from ablation import store
+from ablation.names import ACCURACIES, FINAL_LOSS, FINISHED, RANDOM_INIT_TOP1
+from ablation.names import PAPER_TABLES as SOURCES
 
+from .classes import class_change
 from .figures import heatmap_matrix, plot
 from .paper import compare_with_paper, spearman
-from .table import (
-    FINISHED, PERCENT_METRICS, collect, load_experiment, load_summary, markdown_table, setup_line,
-)
+from .table import collect, load_experiment, load_summary, markdown_table, per_class, setup_line
 
 HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be checked"
-SOURCES = {"figure5": "Figure 5", "table1": "Table 1", "table4": "Table 4", "table5": "Table 5",
-           "figure8": "Figure 8", "tableB1": "Table B.1"}
+# Fixed settings the setup section names after its first lines (a swept one is in the table instead).
+SETUP_KEYS = ("data.size", "augment.views", "loss.name", "optim.lr_scaling")
+CLASSES_IN_TABLE = 20
 FIGURE8_TEXT = ("The paper gives Figure 8 only as an image; its text says a nonlinear head beats a "
                 "linear one by about 3 points and no head by more than 10 points.")
 
@@ -61,7 +64,7 @@ def _best_is_crop_color(cells: pd.DataFrame, pair: dict[str, float]) -> Finding:
 
 def _diagonal_below_off(cells: pd.DataFrame) -> Finding:
     claim = "single transformations (diagonal) average below compositions (off-diagonal)"
-    eye = np.eye(len(cells), dtype=bool)
+    eye: np.ndarray = np.eye(len(cells), dtype=bool)
     diagonal = cells.where(eye).stack().dropna()
     off = cells.where(~eye).stack().dropna()
     if diagonal.empty or off.empty:
@@ -106,7 +109,7 @@ def pairwise_findings(summary: pd.DataFrame, ops: list[str]) -> list[Finding]:
     pair = {_label(crop or "crop", color or "color"): get(crop, color),
             _label(color or "color", crop or "crop"): get(color, crop)}
     alone = {crop or "crop": get(crop, crop), color or "color": get(color, color)}
-    random_init = 100 * summary.loc[summary["status"] == FINISHED, "random_init_top1"].mean()
+    random_init = 100 * summary.loc[summary["status"] == FINISHED, RANDOM_INIT_TOP1].mean()
     return [_best_is_crop_color(cells, pair), _diagonal_below_off(cells),
             _pairs_beat_singles(pair, alone), _best_beats_random(cells, random_init)]
 
@@ -122,29 +125,32 @@ def results_table(agg: pd.DataFrame, coords: list[str]) -> str:
     """label, coords, n, then each metric as mean ± std (percent for accuracies)."""
     shown = agg[["label"] + [c for c in coords if c not in ("first", "second")]].copy()
     shown["n"] = agg["n"].astype(str) + "/" + agg["cells"].astype(str)
-    for m in PERCENT_METRICS:
+    for m in ACCURACIES:
         shown[f"{m} (%)"] = [_pct(100 * a, 100 * b) for a, b in zip(agg[f"{m}_mean"], agg[f"{m}_std"])]
-    shown["final_loss"] = [_pct(a, b, 3)
-                           for a, b in zip(agg["final_loss_mean"], agg["final_loss_std"])]
+    shown[FINAL_LOSS] = [_pct(a, b, 3)
+                         for a, b in zip(agg[f"{FINAL_LOSS}_mean"], agg[f"{FINAL_LOSS}_std"])]
     return markdown_table(shown)
 
 
 def _setup(exp: dict[str, Any], summary: pd.DataFrame, exp_dir: Path) -> list[str]:
-    setup = exp.get("setup") or {}
+    fixed = exp.get("fixed") or {}
+
+    def value(key: str) -> Any:
+        return fixed.get(key, "swept")
+
     counts = summary["status"].value_counts()
     lines = [
-        f"- data set: {setup.get('data', '?')}; model: {setup.get('model', '?')}; "
-        f"pretraining epochs: {setup.get('epochs', '?')}; batch size: {setup.get('batch_size', '?')}",
-        f"- view mode: {setup.get('mode', 'asymmetric')} (asymmetric: the targeted transformations "
-        f"on one branch only); base applied to both branches: {setup.get('base', 'none')}",
+        f"- data set: {value('data.name')}; model: {value('model.encoder')}; "
+        f"pretraining epochs: {value('train.epochs')}; batch size: {value('train.batch_size')}",
+        f"- view mode: {value('augment.mode')} (asymmetric: the targeted transformations "
+        f"on one branch only); base applied to both branches: {value('augment.base')}",
         "- protocol: linear evaluation of the frozen encoder (top-1, top-5), kNN top-1, and the "
         "same linear probe on a random-init encoder as a floor",
         f"- paper counterpart: {SOURCES.get(exp.get('paper') or '', 'none')}",
         f"- cells: {len(summary)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
     ]
-    shown = {"data", "model", "epochs", "batch_size", "mode", "base"} | _swept_names(exp)
-    lines += [f"- {k}: {v}" for k, v in setup.items() if k not in shown and v is not None]
-    result = next((r for r in (read_json(exp_dir / str(i) / "result.json") for i in summary["id"])
+    lines += [f"- {k}: {fixed[k]}" for k in SETUP_KEYS if k in fixed]
+    result = next((r for r in map(_result, (exp_dir / str(i) for i in summary["id"]))
                    if r and r.get("status") == FINISHED), None)
     if result:
         versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
@@ -152,10 +158,10 @@ def _setup(exp: dict[str, Any], summary: pd.DataFrame, exp_dir: Path) -> list[st
     return lines
 
 
-def _swept_names(exp: dict[str, Any]) -> set[str]:
-    """Setup names a product grid varies (temperature; loss for loss.name): not one fixed value."""
-    parts = [a.split(".") for a in exp.get("axes") or []]
-    return {p[-1] for p in parts} | {p[-2] for p in parts if len(p) > 1 and p[-1] == "name"}
+def _result(cell_dir: Path) -> dict | None:
+    with contextlib.suppress(store.Corrupt):  # a corrupt cell is listed under the results already
+        return store.read_result(cell_dir)
+    return None
 
 
 def _problems(summary: pd.DataFrame) -> list[str]:
@@ -166,7 +172,7 @@ def _problems(summary: pd.DataFrame) -> list[str]:
 
 
 def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -> list[str]:
-    paper = exp.get("paper")
+    paper = str(exp.get("paper") or "")
     if exp.get("kind") == "pairwise":
         head = [f"The paper gives {SOURCES.get(paper, 'Figure 5')} only as an image, so its stated "
                 "findings are checked instead of its numbers:", ""]
@@ -189,24 +195,35 @@ def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -
     return lines
 
 
-def report(exp_dir: str | Path) -> Path:
-    """Collect, plot, and write results/<exp>/report.md (figures linked relatively)."""
+def _per_class_table(summary: pd.DataFrame, reference: str | None) -> list[str]:
+    """Per-class linear top-1 (%) of every cell, when the cells recorded it and the classes fit a page."""
+    table = per_class(summary)
+    if table.empty or table.shape[1] > CLASSES_IN_TABLE:
+        return []
+    _, reference = class_change(summary, reference)
+    return [f"Per-class linear top-1 (%), mean over seeds (figure `classes`: each cell's change against "
+            f"`{reference}`):", "", markdown_table(table.round(1).reset_index()), ""]
+
+
+def report(exp_dir: str | Path, reference: str | None = None) -> Path:
+    """Collect, plot, and write results/<exp>/report.md (figures linked relatively); `reference` is
+    the label the per-class figure compares with."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     collect(exp_dir)
-    figures = [p for p in plot(exp_dir) if p.suffix == ".png"]
+    figures = [p for p in plot(exp_dir, reference) if p.suffix == ".png"]
     summary, agg = load_summary(exp_dir)
     coords = list(agg.columns[1:agg.columns.get_loc("n")])  # label, coords..., n, stats
     text = [f"# {exp.get('title') or exp.get('name', exp_dir.name)}", "",
             f"Experiment `{exp.get('name', exp_dir.name)}` ({exp.get('kind', '?')}): {setup_line(exp)}.",
             "", "## Setup", "", *_setup(exp, summary, exp_dir), "",
             "## Results", "", "Mean ± std over seeds; n = finished replicates / cells.", "",
-            results_table(agg, coords), ""]
+            results_table(agg, coords), "", *_per_class_table(summary, reference)]
     problems = _problems(summary)
     if problems:
         text += ["Cells without a result:", "", *problems, ""]
     text += ["## Figures", ""]
-    text += [f"![{p.stem}](figures/{p.name}) ([PDF](figures/{p.with_suffix('.pdf').name}))"
+    text += [f"![{p.stem}]({store.FIGURES}/{p.name}) ([PDF]({store.FIGURES}/{p.with_suffix('.pdf').name}))"
              for p in figures]
     text += ["", "## Comparison with the paper", "", *_comparison(exp, summary, agg), ""]
-    return atomic_write(exp_dir / "report.md", lambda f: f.write("\n".join(text)))
+    return store.atomic_write(exp_dir / store.REPORT, lambda f: f.write("\n".join(text)))

@@ -1,27 +1,28 @@
 """Grid results -> pandas tables: one row per cell (summary.csv) and one per label (summary_agg.csv).
 
 Reads the results layout (experiment.json, <cell>/cell.json, result.json, job.json) through
-ablation.store only, so analysis never depends on the code that trains or launches cells.
+ablation.store only, so analysis never depends on the code that trains or launches cells. The
+columns of a product grid are the settings experiment.json says it swept (exact dotted keys); a
+cell whose files cannot be read is a row with status `corrupt` and the file in `reason`.
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ablation.store import atomic_write, read_json
+from ablation import store
+from ablation.names import CORRUPT, FINISHED, METRICS, PER_CLASS
 
-METRICS = ("linear_top1", "linear_top5", "knn_top1", "random_init_top1", "final_loss")
-PERCENT_METRICS = ("linear_top1", "linear_top5", "knn_top1", "random_init_top1")
-RUN_STATS = ("epochs_done", "wall_time_s", "images_per_s")
-FINISHED = "finished"
+RUN_STATS = ("epochs_done", "images_seen", "wall_time_s", "images_per_s")
 
 
 def load_experiment(exp_dir: str | Path) -> dict[str, Any]:
     """experiment.json of a results directory; a clear error when the grid was never launched."""
-    exp = read_json(Path(exp_dir) / "experiment.json")
+    exp = store.read_record(Path(exp_dir) / store.EXPERIMENT)
     if exp is None:
         raise FileNotFoundError(
             f"no readable experiment.json in {exp_dir}; launch the grid first (ablate grid EXP)"
@@ -30,8 +31,8 @@ def load_experiment(exp_dir: str | Path) -> dict[str, Any]:
 
 
 def axes_of(exp: dict[str, Any]) -> list[str]:
-    """The coordinate columns: first/second for pairwise grids, the swept keys for products."""
-    return ["first", "second"] if exp.get("kind") == "pairwise" else list(exp.get("axes") or [])
+    """The coordinate columns: first/second for pairwise grids, the swept settings for products."""
+    return ["first", "second"] if exp.get("kind") == "pairwise" else list(exp.get("swept") or [])
 
 
 def _cell_ids(exp_dir: Path, exp: dict[str, Any]) -> list[str]:
@@ -39,7 +40,7 @@ def _cell_ids(exp_dir: Path, exp: dict[str, Any]) -> list[str]:
     listed = list(exp.get("cells") or [])
     extra = sorted(
         p.name for p in exp_dir.iterdir()
-        if p.is_dir() and p.name not in listed and (p / "cell.json").exists()
+        if p.is_dir() and p.name not in listed and (p / store.CELL).exists()
     )
     return listed + extra
 
@@ -52,24 +53,59 @@ def _status(result: dict | None, job: dict | None) -> str:
     return "pending"
 
 
-def _cell_parts(cell_dir: Path) -> tuple[dict, dict, dict]:
-    """(identity + run stats, coords, metrics) of one cell directory."""
-    cell = read_json(cell_dir / "cell.json") or {}
-    result = read_json(cell_dir / "result.json")
+def _read(cell_dir: Path) -> tuple[dict, dict | None, dict | None, store.Corrupt | None]:
+    """(cell.json, result.json, job.json, the first unreadable one) of a cell directory."""
+    parts: list[Any] = []
+    bad = None
+    for read in (lambda: store.read_record(cell_dir / store.CELL) or {}, lambda: store.read_result(cell_dir),
+                 lambda: store.read_job(cell_dir)):
+        try:
+            parts.append(read())
+        except store.Corrupt as err:
+            parts.append(None)
+            bad = bad or err
+    return parts[0] or {}, parts[1], parts[2], bad
+
+
+def _cell_parts(cell_dir: Path, settings: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(identity + run stats, coords, metrics) of one cell directory; `settings`: its swept values."""
+    cell, result, job, bad = _read(cell_dir)
     info = {**(result or {}), **cell}  # cell.json is the source of truth for identity
     row = {
         "id": info.get("id", cell_dir.name),
         "label": info.get("label"),
         "seed": info.get("seed"),
-        "status": _status(result, read_json(cell_dir / "job.json")),
-        "reason": (result or {}).get("reason"),
+        "status": CORRUPT if bad else _status(result, job),
+        "reason": str(bad) if bad else (result or {}).get("reason"),
         **{s: _number((result or {}).get(s)) for s in RUN_STATS},
     }
     # Only finished cells carry numbers: a failed run's partial metrics must never be averaged.
     done = row["status"] == FINISHED
     metrics = {m: _number(v) if done else math.nan
-               for m, v in ((result or {}).get("metrics") or {}).items()}
-    return row, dict(info.get("coords") or {}), metrics
+               for m, v in _flat((result or {}).get("metrics") or {}).items()}
+    return row, {**(info.get("coords") or {}), **settings}, metrics
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Nested metrics (the per-class top-1) as one column each, "<metric>.<name>"."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        out.update({f"{key}.{name}": v for name, v in value.items()} if isinstance(value, dict) else {key: value})
+    return out
+
+
+def per_class_columns(columns: Any) -> dict[str, str]:
+    """{summary column: class name} of the per-class linear top-1 columns, in result.json's order."""
+    prefix = f"{PER_CLASS}."
+    return {c: c[len(prefix):] for c in columns if isinstance(c, str) and c.startswith(prefix)}
+
+
+def per_class(summary: pd.DataFrame) -> pd.DataFrame:
+    """Labels (grid order) x classes: per-class linear top-1 in %, mean over finished replicates;
+    empty when no finished cell recorded it."""
+    columns = per_class_columns(summary.columns)
+    table = 100 * finished(summary).groupby("label", sort=False)[list(columns)].mean()
+    return table.rename(columns=columns).dropna(how="all")
 
 
 def _number(value: Any) -> float:
@@ -103,7 +139,8 @@ def load_summary(exp_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary, aggregated) DataFrames built from the cell directories of one experiment."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
-    parts = [_cell_parts(exp_dir / cid) for cid in _cell_ids(exp_dir, exp)]
+    settings = exp.get("settings") or {}
+    parts = [_cell_parts(exp_dir / cid, settings.get(cid) or {}) for cid in _cell_ids(exp_dir, exp)]
     coords = list(dict.fromkeys(axes_of(exp) + [k for _, c, _ in parts for k in c]))
     metrics = list(dict.fromkeys(list(METRICS) + [k for _, _, m in parts for k in m]))
     rows = [{**row, **c, **{m: met.get(m, math.nan) for m in metrics}} for row, c, met in parts]
@@ -117,8 +154,8 @@ def collect(exp_dir: str | Path) -> list[Path]:
     exp_dir = Path(exp_dir)
     summary, agg = load_summary(exp_dir)
     return [
-        atomic_write(exp_dir / name, lambda f, df=df: df.to_csv(f, index=False))
-        for name, df in (("summary.csv", summary), ("summary_agg.csv", agg))
+        store.atomic_write(exp_dir / name, functools.partial(df.to_csv, index=False))
+        for name, df in ((store.SUMMARY, summary), (store.SUMMARY_AGG, agg))
     ]
 
 
@@ -134,7 +171,6 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def setup_line(exp: dict[str, Any]) -> str:
     """"cifar10, resnet18, 100 epochs": what every figure title and the report name first."""
-    setup = exp.get("setup") or {}
-    swept = any(a.split(".")[-1] == "epochs" for a in exp.get("axes") or [])
-    epochs = "epochs swept" if swept else f"{setup.get('epochs', '?')} epochs"
-    return f"{setup.get('data', '?')}, {setup.get('model', '?')}, {epochs}"
+    fixed = exp.get("fixed") or {}
+    epochs = f"{fixed['train.epochs']} epochs" if "train.epochs" in fixed else "epochs swept"
+    return f"{fixed.get('data.name', '?')}, {fixed.get('model.encoder', '?')}, {epochs}"

@@ -41,7 +41,8 @@ def reference(size: int) -> v2.Compose:
     ])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the comparison; returns images/s of each contender (ours, uint8, float)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=32)
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--ref-images", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for both (default: torch's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -80,6 +81,7 @@ def main() -> None:
         print(f"torchvision.transforms.v2 per sample, {name} on cpu ({n_ref} images): "
               f"{ips[name]:,.0f} images/s")
     print(f"ratio: {ips['ours'] / max(ips['uint8'], ips['float']):.2f}")
+    return ips
 
 
 if __name__ == "__main__":

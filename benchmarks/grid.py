@@ -24,6 +24,7 @@ from typing import Callable
 
 import yaml
 
+from ablation import store
 from ablation.cli import main
 from ablation.grid import load_experiment
 
@@ -48,11 +49,11 @@ def fake_states(path: Path, results: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
         if i % 3 == 0:
             metrics = {"linear_top1": 0.5, "linear_top5": 0.9, "knn_top1": 0.4, "final_loss": 1.0}
-            (d / "result.json").write_text(json.dumps({"status": "finished", "metrics": metrics,
-                                                       "wall_time_s": 60.0, "images_per_s": 5000.0}))
+            (d / store.RESULT).write_text(json.dumps({"status": "finished", "metrics": metrics,
+                                                     "wall_time_s": 60.0, "images_per_s": 5000.0}))
         elif i % 3 == 1:
-            (d / "job.json").write_text(json.dumps({"executor": "slurm", "job_id": f"999999_{i}",
-                                                    "submitted": time.time()}))
+            (d / store.JOB).write_text(json.dumps({"executor": "slurm", "job_id": f"999999_{i}",
+                                                  "submitted": time.time()}))
 
 
 def best_of(reps: int, fn: Callable[[], object]) -> float:
@@ -88,8 +89,8 @@ def run(folder: Path, reps: int) -> None:
     print(f"experiment: {cells} cells ({' x '.join(str(len(v)) for v in AXES.values())}), {path}")
     print(f"load_experiment (expand + validate): {best_of(reps, lambda: load_experiment(str(path))):.3f} s")
     for name, argv in commands.items():
-        inproc = best_of(reps, lambda: quiet_main(argv))
-        sub = best_of(reps, lambda: subprocess_seconds([ablate, *argv], folder))
+        inproc = best_of(reps, lambda argv=argv: quiet_main(argv))
+        sub = best_of(reps, lambda argv=argv: subprocess_seconds([ablate, *argv], folder))
         print(f"ablate {name:<14} in-process {inproc:.3f} s   subprocess {sub:.3f} s")
     print(f"python -c 'import torch' alone: {torch_import:.3f} s")
 

@@ -1,18 +1,19 @@
 """SimCLR training throughput: ours (device-resident data, batched augmentation) vs lightly's recipe.
 
-Both train a ResNet-18 with the CIFAR stem and a 512-2048-128 projection head on the same uint8
+Both train a ResNet-18 (--encoder) with the CIFAR stem and a 512-2048-128 projection head on the same uint8
 images (the real CIFAR-10 JPEG copy in ../shared when present, else the embedded set), batch
 --batch, 32 px, NT-Xent (tau 0.5), LARS (lr 0.075 sqrt(B), momentum 0.9, weight decay 1e-6, biases
-and norm parameters excluded). The model side is the same for both (channels_last, bf16 autocast on
-CUDA, fp32 on CPU), so the ratio measures what differs: data path, augmentation, loss, optimiser.
+and norm parameters excluded). Both run the model channels_last under bf16 autocast on CUDA (fp32 on
+CPU), so the ratio measures what differs: data path, augmentation, loss, optimiser, and compilation.
 
-Ours, the cell's own `train_step` (ablation.cell): uint8 set on the device, DeviceBatcher,
-TwoViews("crop+color(s=0.5)", mode="symmetric") per batch on the device with a per-step generator,
-NT-Xent, LARS with its warmup + cosine schedule.
+Ours, the cell's own `train_step` (ablation.cell) as a cell runs it: uint8 set on the device,
+DeviceBatcher, TwoViews("crop+color(s=0.5)", mode="symmetric") per batch on the device with a per-step
+generator, NT-Xent, multi-tensor LARS with its warmup + cosine schedule, and the model compiled with
+torch.compile where the cell would (--compile, default the cell's auto: on CUDA).
 Reference, lightly's SimCLR recipe: the images served as PIL images (as torchvision's CIFAR10
 does) through `SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)`, a shuffling
 DataLoader with --workers workers, `NTXentLoss(temperature=0.5)`, `SimCLRProjectionHead`, and
-lightly's LARS over `get_weight_decay_parameters` groups.
+lightly's LARS over `get_weight_decay_parameters` groups, eager as in lightly's examples.
 
 Each round times --steps steps of each side, ours first, each after --warmup untimed steps on a fresh
 epoch iterator (batches the reference prefetched while ours ran are dropped); the best round of
@@ -20,6 +21,7 @@ each side counts. Throughput counts source images (two views each), data loading
 included. The last line is `ratio: R` (ours / reference, images per second).
 
 lightly is needed for the reference only; install it into a separate venv (see `require_lightly`).
+`--reference none` measures ours alone and then ends with `ratio: n/a`.
 
     python benchmarks/train_step.py [--device auto] [--batch 256] [--steps 5] [--warmup 1] [--workers N]
 """
@@ -40,6 +42,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ablation.accel import CompiledStep, uses_compile
 from ablation.augment import TwoViews
 from ablation.cell import build_model, build_optimisation, generator, resolve_device, train_step
 from ablation.config import build_config
@@ -70,7 +73,7 @@ def load_images(root: Path | None, n: int) -> tuple[ImageSet, str]:
         train, _ = load_dataset("embedded", size=32, n_train=n, n_test=10, seed=0)
         return train, "embedded"
     n_classes = sum(1 for d in os.scandir(root / "train") if d.is_dir())
-    train, _ = load_dataset("folder", root, size=32, limit_per_class=math.ceil(n / n_classes))
+    train, _ = load_dataset("folder", root, size=32, per_class=math.ceil(n / n_classes))
     return train, str(root)
 
 
@@ -97,20 +100,23 @@ def train(loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
     optimizer.step()
 
 
-def encoder(seed: int) -> nn.Module:
-    """The same initial ResNet-18 (CIFAR stem) for both sides."""
+def encoder(name: str, seed: int) -> tuple[nn.Module, int]:
+    """The same initial encoder (CIFAR stem) and its feature size for both sides."""
     torch.manual_seed(seed)
-    return build_encoder("resnet18", cifar_stem=True)[0]
+    return build_encoder(name, cifar_stem=True)
 
 
-def ours(data: ImageSet, batch: int, device: torch.device, seed: int) -> Callable[[], Step]:
+def ours(data: ImageSet, batch: int, device: torch.device, seed: int, encoder_name: str = "resnet18",
+         compile_setting: str = "auto") -> Callable[[], Step]:
     """A factory of step functions over fresh epochs, calling the cell's own `train_step`."""
-    cfg = build_config({}, ["model.encoder=resnet18", "model.cifar_stem=true", "model.head_hidden=2048",
+    cfg = build_config({}, [f"model.encoder={encoder_name}", "model.cifar_stem=true", "model.head_hidden=2048",
                             "model.out_dim=128", f"train.batch_size={batch}", f"train.seed={seed}",
                             f"augment.views={VIEWS}", "augment.mode=symmetric", f"loss.temperature={TEMPERATURE}",
                             "optim.name=lars", "optim.lr_scaling=sqrt", f"optim.weight_decay={WEIGHT_DECAY}",
-                            f"optim.momentum={MOMENTUM}", f"train.device={device}"])
+                            f"optim.momentum={MOMENTUM}", f"train.device={device}",
+                            f"train.compile={compile_setting}"])
     model = build_model(cfg, device)
+    net = CompiledStep(model, model, uses_compile(cfg.train.compile, device))
     batcher = DeviceBatcher(data.images.to(device), data.labels.to(device), batch, drop_last=True)
     optimizer, scheduler = build_optimisation(cfg, model, len(batcher))
     views = TwoViews(VIEWS, mode="symmetric")
@@ -126,7 +132,7 @@ def ours(data: ImageSet, batch: int, device: torch.device, seed: int) -> Callabl
 
         def step() -> None:
             epoch, i, x = next(source)
-            train_step(model, views, x, generator(device, seed, epoch, i), optimizer, scheduler, cfg)
+            net.run(lambda m: train_step(m, views, x, generator(device, seed, epoch, i), optimizer, scheduler, cfg))
         return step
     return start
 
@@ -150,7 +156,8 @@ def forever(loader: Iterable) -> Iterator:
         yield from loader
 
 
-def lightly_recipe(data: ImageSet, batch: int, device: torch.device, seed: int, workers: int) -> Callable[[], Step]:
+def lightly_recipe(data: ImageSet, batch: int, device: torch.device, seed: int, workers: int,
+                   encoder_name: str = "resnet18") -> Callable[[], Step]:
     """A factory of step functions over fresh DataLoader epochs, following lightly's SimCLR examples."""
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
@@ -158,8 +165,8 @@ def lightly_recipe(data: ImageSet, batch: int, device: torch.device, seed: int, 
     from lightly.transforms import SimCLRTransform
     from lightly.utils.lars import LARS
 
-    backbone = encoder(seed)
-    head = SimCLRProjectionHead(512, 2048, 128)
+    backbone, dim = encoder(encoder_name, seed)
+    head = SimCLRProjectionHead(dim, 2048, 128)
     model = nn.Sequential(backbone, head).to(device, memory_format=torch.channels_last)
     decay, no_decay = get_weight_decay_parameters([backbone, head])
     optimizer = LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -194,7 +201,8 @@ def images_per_s(start: Callable[[], Step], batch: int, warmup: int, steps: int,
     return batch * steps / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the comparison; returns the best images/s of each side."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     parser.add_argument("--batch", type=int, default=256)
@@ -206,28 +214,43 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=None, help="image folder root/train/<class>/* "
                         "(default: the CIFAR-10 JPEG copy in ../shared, else the embedded set)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    require_lightly()
-    import lightly
+    parser.add_argument("--encoder", default="resnet18", choices=("resnet18", "small_cnn"),
+                        help="both sides' encoder (small_cnn: quick CPU checks)")
+    parser.add_argument("--compile", default="auto", choices=("auto", "always", "never"),
+                        help="ours: train.compile (auto: on CUDA)")
+    parser.add_argument("--reference", default="lightly", choices=("lightly", "none"),
+                        help="none: measure ours alone (no lightly needed)")
+    args = parser.parse_args(argv)
+    if args.reference == "lightly":
+        require_lightly()
+    import importlib.metadata
 
+    lightly_version = importlib.metadata.version("lightly") if args.reference == "lightly" else "not used"
     device = resolve_device(args.device)
     data, source = load_images(args.data_root, args.images)
     print(f"device {device}, torch {torch.__version__} ({torch.get_num_threads()} threads), lightly "
-          f"{lightly.__version__}, {len(data)} images from {source}, batch {args.batch}, {args.warmup} warmup + "
-          f"{args.steps} timed steps x {args.rounds} rounds, reference workers {args.workers}", flush=True)
-    sides = {"ours": ours(data, args.batch, device, args.seed),
-             "lightly": lightly_recipe(data, args.batch, device, args.seed, args.workers)}
+          f"{lightly_version}, {len(data)} images from {source}, {args.encoder}, batch {args.batch}, "
+          f"{args.warmup} warmup + {args.steps} timed steps x {args.rounds} rounds, reference workers "
+          f"{args.workers}", flush=True)
+    sides = {"ours": ours(data, args.batch, device, args.seed, args.encoder, args.compile)}
+    if args.reference == "lightly":
+        sides["lightly"] = lightly_recipe(data, args.batch, device, args.seed, args.workers, args.encoder)
     best = dict.fromkeys(sides, 0.0)
     for r in range(args.rounds):
         for name, start in sides.items():
             ips = images_per_s(start, args.batch, args.warmup, args.steps, device)
             best[name] = max(best[name], ips)
             print(f"round {r + 1} {name}: {ips:,.1f} images/s", flush=True)
+    compiled = "compiled" if uses_compile(args.compile, device) else "eager"
     print(f"ours (uint8 on {device}, DeviceBatcher, TwoViews({VIEWS!r}, symmetric) on device, nt_xent, "
-          f"LARS): {best['ours']:,.1f} images/s")
-    print(f"lightly (SimCLRTransform on PIL, DataLoader {args.workers} workers, NTXentLoss, LARS): "
+          f"LARS, {compiled}): {best['ours']:,.1f} images/s")
+    if args.reference == "none":
+        print("ratio: n/a (no reference)")
+        return best
+    print(f"lightly (SimCLRTransform on PIL, DataLoader {args.workers} workers, NTXentLoss, LARS, eager): "
           f"{best['lightly']:,.1f} images/s")
     print(f"ratio: {best['ours'] / best['lightly']:.2f}")
+    return best
 
 
 if __name__ == "__main__":

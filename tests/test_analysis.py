@@ -17,8 +17,8 @@ from analysis.table import markdown_table
 
 OPS = ["crop", "color", "blur"]  # not alphabetical, so ordering bugs show
 FACTS = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "simclr-facts.md"
-SETUP = {"data": "embedded", "model": "small_cnn", "epochs": 2, "batch_size": 64,
-         "mode": "asymmetric", "base": "crop"}
+FIXED = {"data.name": "embedded", "model.encoder": "small_cnn", "train.epochs": 2, "train.batch_size": 64,
+         "augment.mode": "asymmetric", "augment.base": "crop"}
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -27,11 +27,15 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def write_experiment(root: Path, name: str, cells: list[dict], **fields) -> Path:
-    """cells: dicts with label, coords, seed and optional top1 / status / job (None top1 = pending)."""
+    """cells: dicts with label, coords, seed and optional top1 / status / job (None top1 = pending).
+
+    A product grid's swept settings are its axes (fields["swept"]), each cell's values its coords."""
     exp_dir = root / name
     ids = [f"{c['label'].replace('+', '_').replace(',', '_')}-s{c['seed']}" for c in cells]
+    settings = {cid: c["coords"] for cid, c in zip(ids, cells)} if fields.get("kind") == "product" else {}
     write_json(exp_dir / "experiment.json",
-               {"name": name, "title": f"{name} test", "setup": SETUP, "cells": ids, **fields})
+               {"name": name, "title": f"{name} test", "fixed": FIXED, "cells": ids, "settings": settings,
+                "swept": fields.get("axes", []), **fields})
     for cid, c in zip(ids, cells):
         meta = {"id": cid, "experiment": name, "label": c["label"], "coords": c["coords"], "seed": c["seed"]}
         write_json(exp_dir / cid / "cell.json", meta)
@@ -45,7 +49,8 @@ def write_experiment(root: Path, name: str, cells: list[dict], **fields) -> Path
             "random_init_top1": 0.12, "final_loss": 5.0 - top1}
         write_json(exp_dir / cid / "result.json", {
             **meta, "status": c.get("status", "finished"), "reason": c.get("reason"),
-            "metrics": metrics, "epochs_done": 2, "resumed_at": [], "wall_time_s": 3.0,
+            "metrics": metrics, "epochs_done": 2, "images_seen": c.get("images_seen", 256), "resumed_at": [],
+            "wall_time_s": 3.0,
             "images_per_s": 1000.0, "device": "cpu", "versions": {"torch": "2.x"}, "config": {}})
     return exp_dir
 
@@ -246,20 +251,22 @@ def test_table1_from_view_specs_keeps_supervised_as_a_series() -> None:
     agg = pd.DataFrame({"label": ["s0.5", "s1+blur"], "augment.views": ["crop+color(s=0.5)",
                                                                        "crop+color(s=1.0)+blur"],
                         "linear_top1_mean": [0.4, 0.45], "linear_top1_std": [0.01, 0.01], "n": [2, 2]})
-    exp = {"paper": "table1", "axes": ["augment.views"], "setup": SETUP}
+    agg = agg.assign(**{"augment.views.color.s": [0.5, 1.0], "augment.views.blur": [False, True]})
+    exp = {"paper": "table1", "swept": ["augment.views", "augment.views.color.s", "augment.views.blur"],
+           "fixed": FIXED}
     side = compare_with_paper(agg, exp).set_index("label")
     assert side.loc["s0.5", "paper (SimCLR)"] == 62.6 and side.loc["s0.5", "paper (Supervised)"] == 76.5
     assert side.loc["s1+blur", "paper (SimCLR)"] == 64.5
 
 
 def test_tableB1_lr_scaling_from_setup_picks_one_series() -> None:
-    agg = pd.DataFrame({"label": ["a"], "batch_size": [256], "epochs": [100],
+    agg = pd.DataFrame({"label": ["a"], "train.batch_size": [256], "train.epochs": [100],
                         "linear_top1_mean": [0.3], "linear_top1_std": [math.nan], "n": [1]})
-    exp = {"paper": "tableB1", "axes": ["batch_size", "epochs"], "setup": {"optim": {"lr_scaling": "sqrt"}}}
+    exp = {"paper": "tableB1", "swept": ["train.batch_size", "train.epochs"], "fixed": {"optim.lr_scaling": "sqrt"}}
     side = compare_with_paper(agg, exp)
     assert [c for c in side.columns if c.startswith("paper")] == ["paper"]
     assert side["paper"].iloc[0] == 62.8
-    both = compare_with_paper(agg, {**exp, "setup": {}})
+    both = compare_with_paper(agg, {**exp, "fixed": {}})
     assert both[["paper (linear)", "paper (sqrt)"]].iloc[0].tolist() == [57.5, 62.8]
 
 
@@ -298,3 +305,36 @@ def test_markdown_table_escapes_and_blanks_nan() -> None:
 def test_missing_experiment_json_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="experiment.json"):
         analysis.collect(tmp_path)
+
+
+BUDGET_FIGURE = {"kind": "budget", "x": "train.epochs", "hue": "augment.views", "facet": "augment.mode",
+                 "compositions": ["crop+color", "color+crop"], "singles": ["crop", "color"]}
+
+
+def budget_exp(tmp_path: Path, top1: dict) -> Path:
+    """top1[(mode, views)] = [accuracy at 10, 20, 40 epochs]; 1,000 images per epoch."""
+    cells = [{"label": f"epochs={e},mode={m},views={v}", "seed": 0, "top1": acc[i], "images_seen": 1000 * e,
+              "coords": {"train.epochs": e, "augment.mode": m, "augment.views": v}}
+             for (m, v), acc in top1.items() for i, e in enumerate((10, 20, 40))]
+    return write_experiment(tmp_path, "budget", cells, kind="product", figure=BUDGET_FIGURE,
+                            axes=["train.epochs", "augment.mode", "augment.views"])
+
+
+def test_budget_crossing_is_where_compositions_lead_for_good(tmp_path: Path) -> None:
+    from analysis.budget import budget_means, crossing
+
+    top1 = {("asymmetric", "crop"): [0.50, 0.52, 0.53], ("asymmetric", "color"): [0.30, 0.31, 0.32],
+            ("asymmetric", "crop+color"): [0.48, 0.53, 0.56], ("asymmetric", "color+crop"): [0.47, 0.54, 0.57],
+            # symmetric: compositions lead at 10 epochs, lose it at 20: no crossing
+            ("symmetric", "crop"): [0.40, 0.55, 0.60], ("symmetric", "color"): [0.30, 0.30, 0.30],
+            ("symmetric", "crop+color"): [0.45, 0.50, 0.59], ("symmetric", "color+crop"): [0.46, 0.51, 0.58]}
+    exp_dir = budget_exp(tmp_path, top1)
+    summary, _ = analysis.table.load_summary(exp_dir)
+    means = budget_means(summary, BUDGET_FIGURE)
+    assert crossing(means[means["augment.mode"] == "asymmetric"], BUDGET_FIGURE) == 20_000
+    assert crossing(means[means["augment.mode"] == "symmetric"], BUDGET_FIGURE) is None
+    paths = analysis.plot(exp_dir)
+    assert sorted(p.name for p in paths) == ["budget.csv", "budget.pdf", "budget.png"]
+    table = pd.read_csv(exp_dir / "figures" / "budget.csv")
+    assert len(table) == 24 and set(table["images_seen"]) == {10_000, 20_000, 40_000}
+    assert table["random_init"].eq(12.0).all()

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from ablation import store
 from ablation.cell import Preempted, run_cell
 from ablation.cli import main
 from ablation.config import build_config
+
+pytestmark = pytest.mark.slow  # every test here trains a cell
 
 TINY = ["data.n_train=256", "data.n_test=128", "data.size=16", "model.width=8", "model.head_hidden=32",
         "model.out_dim=16", "train.epochs=3", "train.batch_size=64", "train.checkpoint_every=1",
@@ -41,6 +46,9 @@ def uninterrupted(tmp_path_factory):
 def test_result_has_the_contract_keys(uninterrupted):
     result, out = uninterrupted
     assert result["status"] == "finished" and result["epochs_done"] == 3
+    cfg = tiny()
+    steps = cfg.data.n_train // cfg.train.batch_size  # the last partial batch is dropped
+    assert result["images_seen"] == 3 * steps * cfg.train.batch_size
     on_disk = json.loads((out / "result.json").read_text())
     assert on_disk["metrics"] == result["metrics"]
     for key in ("linear_top1", "linear_top5", "knn_top1", "random_init_top1"):
@@ -92,3 +100,30 @@ def test_ablate_run_cli_prints_metrics(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "linear_top1=" in out and "random_init_top1=" in out
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "finished"
+
+
+def test_an_unreadable_checkpoint_makes_the_cell_corrupt_naming_the_file(tmp_path):
+    with pytest.raises(Preempted):
+        run_cell(tiny(), tmp_path, interrupt=StopAfter(2), show_progress=False)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # truncated, as by a full disk
+    with pytest.raises(store.Corrupt, match=rf"^{ckpt}: cannot be loaded"):
+        run_cell(tiny(), tmp_path, show_progress=False)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "corrupt" and result["files"] == ["checkpoint.pt"]
+    assert result["reason"].startswith(f"{ckpt}: cannot be loaded")
+
+
+def test_a_second_run_of_a_cell_waits_for_the_first_to_end(tmp_path):
+    """One writer per cell: a run started while another holds the cell (a cancelled Slurm task
+    still saving, say) writes nothing until that one has ended."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from ablation import store\n"
+        f"with store.locked(store.Path({str(tmp_path)!r}) / store.CELL_LOCK):\n"
+        "    print('holding', flush=True); time.sleep(3); print(time.time(), flush=True)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    run_cell(tiny("train.epochs=1"), tmp_path, show_progress=False)
+    released = float(holder.stdout.readline())
+    holder.wait(timeout=60)
+    assert (tmp_path / "config.yaml").stat().st_mtime >= released

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from ablation.config import CellConfig, build_config, describe, load_config, signature
+from ablation.config import CellConfig, build_config, describe, load_config
+from ablation.identity import signature
 
 
 def test_defaults_resolve_and_every_leaf_is_documented():
@@ -65,3 +66,26 @@ def test_signature_follows_resolved_values_not_spelling():
     assert signature(a) == signature(b) == signature(build_config())
     assert signature(build_config({}, ["train.seed=1"])) != signature(a)
     assert len(signature(a)) == 10
+
+
+@pytest.mark.parametrize("value", [".nan", "nan", ".inf", "-.inf"])
+def test_non_finite_floats_are_rejected(value):
+    with pytest.raises(ValueError, match=r"loss.temperature: expected a finite number"):
+        build_config({}, [f"loss.temperature={value}"])
+    with pytest.raises(ValueError, match=r"optim.lr: expected a finite number"):
+        build_config({}, [f"optim.lr={value}"])
+
+
+def test_yaml_syntax_errors_are_one_line_naming_the_file_or_the_override(tmp_path):
+    path = tmp_path / "cell.yaml"
+    path.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ValueError, match=rf"^{path}: not valid YAML: .* at line \d+, column \d+$"):
+        load_config(path)
+    with pytest.raises(ValueError, match=r"^override 'train.epochs=\[1': the value is not valid YAML \(.*\)$"):
+        build_config({}, ["train.epochs=[1"])
+
+
+def test_keys_outside_the_cell_id_are_documented():
+    docs = {key: doc for key, _, doc in describe()}
+    outside = {key for key, doc in docs.items() if doc.endswith("(not part of the cell id)")}
+    assert outside == {"data.workers", "data.download", "train.checkpoint_every", "eval.batch_size"}

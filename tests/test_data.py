@@ -1,6 +1,8 @@
 """Data: embedded set (deterministic, balanced, class only in shape), folders + cache, batching."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,7 @@ def _class_tinted(s: ImageSet) -> ImageSet:
     return ImageSet((s.images.float() * 0.5 + shift).round().to(torch.uint8), s.labels, s.classes)
 
 
+@pytest.mark.slow
 def test_embedded_colour_carries_no_class_information():
     train, test = make_embedded(2000, 1000, size=32, seed=0)
     # brightness / mean colour: every class mean lies within 4 standard errors of the overall mean
@@ -87,6 +90,7 @@ def _colour_match_rate(x: torch.Tensor, spec: str) -> float:
     return sum(rates) / len(rates)
 
 
+@pytest.mark.slow
 def test_embedded_colour_shortcut_survives_crop_but_not_colour_distortion():
     x = make_embedded(256, 1, size=32, seed=0)[0].images.float() / 255
     # crops of one image share its colours: ~0.42 of 256 views find their own image by colour alone
@@ -133,8 +137,9 @@ def test_folder_loads_resizes_and_labels(tiny_folder: Path, tmp_path: Path):
     assert red[0] > 250 and red[1:].max() < 5
     blue = train.images[3].float().mean((1, 2))  # JPEG: close, not exact
     assert blue[2] > 240 and blue[:2].max() < 15
-    one, _ = load_dataset("folder", tiny_folder, 16, False, tmp_path / "cache", limit_per_class=1)
-    assert one.labels.tolist() == [0, 1]
+    one, whole = load_dataset("folder", tiny_folder, 16, False, tmp_path / "cache", per_class=1)
+    assert one.labels.tolist() == [0, 1] and torch.equal(one.images, train.images[[0, 3]])
+    assert torch.equal(whole.images, test.images)  # the cap is on training images only
 
 
 def test_folder_resize_is_shorter_side_then_center_crop(tmp_path: Path):
@@ -168,6 +173,15 @@ def test_cache_round_trip_and_invalidation(tiny_folder: Path, tmp_path: Path):
     (tiny_folder / "train" / "a" / "9.png").unlink()
     with pytest.warns(UserWarning, match="unreadable cache"):
         assert torch.equal(load_dataset("folder", tiny_folder, 16, False, cache)[0].images, first[0].images)
+
+
+def test_cache_files_are_readable_as_the_umask_allows(tiny_folder: Path, tmp_path: Path):
+    """A cache shared by a group: the file gets the usual permissions, not a temp file's 0600."""
+    load_dataset("folder", tiny_folder, 16, False, tmp_path / "cache")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    (cached,) = (tmp_path / "cache").glob("*.pt")
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o666 & ~umask
 
 
 def test_missing_data_gives_one_clear_error(tmp_path: Path):
@@ -235,9 +249,9 @@ def test_fits_on_device_cpu():
 
 @pytest.mark.cifar
 def test_cifar10_jpeg_copy_loads_as_folder(cifar_root: Path, tmp_path: Path):
-    train, test = load_dataset("folder", cifar_root, 32, False, tmp_path, limit_per_class=20)
+    train, test = load_dataset("folder", cifar_root, 32, False, tmp_path, per_class=20)
     assert train.classes[:3] == ["airplane", "automobile", "bird"] and len(train.classes) == 10
-    assert train.images.shape == (200, 3, 32, 32) and test.images.shape == (200, 3, 32, 32)
+    assert train.images.shape == (200, 3, 32, 32) and test.images.shape == (10_000, 3, 32, 32)
     assert torch.bincount(train.labels).tolist() == [20] * 10
     direct = torch.from_numpy(np.array(Image.open(cifar_root / "train/airplane/0000.jpg")))
     assert (train.images[0].permute(1, 2, 0).int() - direct.int()).abs().max() <= 2  # same pixels (decoders)

@@ -21,7 +21,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from test_cell import StopAfter
 
-from ablation import dist
+from ablation import dist, store
 from ablation.augment import parse_spec
 from ablation.cell import Preempted, run_cell
 from ablation.cli import main
@@ -70,9 +70,14 @@ def cfg(root: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def streamed(photos, tmp_path_factory):
+def streamed_cell(photos, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("stream")
-    return run_cell(cfg(photos, *STREAM), out, show_progress=False)
+    return out, run_cell(cfg(photos, *STREAM), out, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def streamed(streamed_cell) -> dict:
+    return streamed_cell[1]
 
 
 # ---- class subsets and folder errors --------------------------------------------------------------
@@ -214,6 +219,7 @@ def _rank(rank: int, init_file: str, root: str, out: str) -> None:
     os._exit(0)  # skip torch's exit-time destructors (see test_losses)
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_see_disjoint_shards_that_make_the_global_batch(photos, tmp_path):
     out = tmp_path / "parts"
     mp.start_processes(_rank, args=(str(tmp_path / "init"), str(photos), str(out)), nprocs=2, join=True,
@@ -227,11 +233,38 @@ def test_two_ddp_processes_see_disjoint_shards_that_make_the_global_batch(photos
 # ---- cells ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_streaming_cell_finishes(streamed):
     assert streamed["status"] == "finished" and streamed["epochs_done"] == 2
     assert streamed["metrics"]["linear_top1"] > 0.5  # four colours: far above chance (0.25)
 
 
+def _embedding_rows(cell_dir: Path) -> list[dict]:
+    rows = store.read_metrics(cell_dir)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(isinstance(r[k], float) and math.isfinite(r[k]) for r in rows for k in ("pos_sim", "align", "uniform"))
+    return rows
+
+
+@pytest.mark.slow
+def test_streaming_cell_logs_embeddings_of_a_fixed_streamed_batch(streamed_cell):
+    """No resident images: the per-epoch measurement takes the batcher's first images, cropped at the
+    source from fixed draws."""
+    _embedding_rows(streamed_cell[0])
+
+
+def test_stream_sample_is_the_first_images_with_fixed_source_crops(photos):
+    split = scan(photos, "train", per_class=12)
+    crop = parse_spec("crop").ops[0]
+    batcher = StreamBatcher(split, 16, (0, 1), 24, crop, 2, 0, torch.device("cpu"))
+    sample = batcher.sample(5)
+    assert sample.shape == (5, 2, 3, 24, 24) and sample.dtype == torch.uint8
+    assert torch.equal(sample, batcher.sample(5)) and torch.equal(batcher.sample(3), sample[:3])
+    u = P.draw(10, torch.Generator().manual_seed(stream.SAMPLE_SEED)).view(5, 2, P.DRAWS)
+    assert torch.equal(sample[1], decode_crops(split.files[1], crop, u[1], 24))
+
+
+@pytest.mark.slow
 def test_streaming_cell_interrupted_mid_epoch_resumes_exactly(streamed, photos, tmp_path):
     with pytest.raises(Preempted):
         run_cell(cfg(photos, *STREAM), tmp_path, interrupt=StopAfter(2), show_progress=False)
@@ -240,14 +273,19 @@ def test_streaming_cell_interrupted_mid_epoch_resumes_exactly(streamed, photos, 
     assert resumed["metrics"] == streamed["metrics"] and resumed["losses"] == streamed["losses"]
 
 
+@pytest.mark.slow
 def test_resident_cell_at_a_stored_size_finishes(photos, tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "cache"))
     result = run_cell(cfg(photos, *RESIDENT), tmp_path / "cell", show_progress=False)
     assert result["status"] == "finished" and result["metrics"]["linear_top1"] > 0.5
     (cached,) = (tmp_path / "cache").glob("folder-24-*.pt")  # decoded once, at the stored size
-    assert torch.load(cached, weights_only=True)["train_images"].shape == (96, 3, 24, 24)
+    blob = torch.load(cached, weights_only=True)
+    assert blob["train_images"].shape == (96, 3, 24, 24)  # data.per_class=24 caps the training images
+    assert blob["test_images"].shape == (40, 3, 24, 24)  # the test split stays whole
+    _embedding_rows(tmp_path / "cell")  # the fixed batch: stored images, first crop drawn on the device
 
 
+@pytest.mark.slow
 def test_corrupt_jpeg_fails_the_cell_with_its_path_and_no_hang(tmp_path):
     root = make_folder(tmp_path / "data", train=8, test=2)
     bad = root / "train" / "blue" / "0003.jpg"
@@ -272,15 +310,16 @@ SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "pr
 @pytest.mark.parametrize("preset", ["imagenet", "imagenet100"])
 @pytest.mark.parametrize("name", SHIPPED)
 def test_imagenet_presets_crop_once_per_view_from_the_full_image(name, preset):
-    """Figure 5 (asymmetric): one shared first crop, then the targeted ops on one branch. The standard
-    SimCLR experiments (symmetric): each view cropped once, independently, from the full image."""
+    """Figure 5 (asymmetric: pairwise, pairwise_check): one shared first crop, then the targeted ops on
+    one branch; budget sweeps the view mode on that protocol. The standard SimCLR experiments
+    (symmetric): each view cropped once, independently, from the full image."""
     exp = load_experiment(name, preset)
     for cell in exp.cells:
         a = cell.config.augment
         got = P.protocol(a.views, a.base, a.mode).describe()
-        if a.mode == "asymmetric":
+        if a.mode == "asymmetric" or name == "budget":
             assert got == {"first_crop": "crop(flip=false)", "crops_per_image": 1, "base": "none",
-                           "views": parse_spec(a.views).spec, "mode": "asymmetric"}, cell.label
+                           "views": parse_spec(a.views).spec, "mode": a.mode}, cell.label
         else:
             assert a.base == "none" and got["first_crop"] == "crop" and got["crops_per_image"] == 2, cell.label
             assert got["views"] == parse_spec(a.views.split("+", 1)[1]).spec and got["base"] == "none"

@@ -10,7 +10,8 @@ from ablation.cli import main
 from ablation.grid import EXPERIMENTS_DIR, load_experiment
 
 SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "presets")
-PRESETS = ("embedded", "cifar10", "imagenet")
+PRESETS = ("embedded", "cifar10", "imagenet", "imagenet100", "photos-cpu")
+NEEDS = {"photos-cpu": ["data.root=photos"]}  # presets that need the user's data folder
 
 
 def write(tmp_path: Path, spec: dict, name: str = "exp") -> Path:
@@ -96,9 +97,10 @@ def test_unknown_experiment_name_suggests():
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_experiment_validates_with_dry_run(name, preset, tmp_path, capsys):
-    assert main(["grid", name, "--preset", preset, "--dry-run", "--results", str(tmp_path)]) == 0
+    sets = [arg for kv in NEEDS.get(preset, []) for arg in ("--set", kv)]
+    assert main(["grid", name, "--preset", preset, "--dry-run", "--results", str(tmp_path), *sets]) == 0
     out = capsys.readouterr().out
-    exp = load_experiment(name, preset)
+    exp = load_experiment(name, preset, NEEDS.get(preset, []))
     assert f"{len(exp.cells)} cells" in out and f"total: {len(exp.cells)} todo" in out
 
 
@@ -106,3 +108,103 @@ def test_shipped_pairwise_is_the_papers_seven_by_seven():
     exp = load_experiment("pairwise")
     assert exp.ops == ["crop", "cutout", "color", "sobel", "noise", "blur", "rotate"]
     assert len(exp.cells) == 49 and exp.paper == "figure5"
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/tmp/abs", "a/b", "..", ".hidden", "with space", ""])
+def test_experiment_names_must_be_one_simple_folder_name(tmp_path, name):
+    path = write(tmp_path, {"name": name, "grid": {"kind": "pairwise", "ops": ["crop"]}} if name else
+                 {"name": "ok", "grid": {"kind": "pairwise", "ops": ["crop"]}, "presets": {"../x": {}}},
+                 "named")
+    preset = None if name else "../x"
+    with pytest.raises(ValueError, match=rf"^{path}: (experiment|preset) name .* is not allowed: use letters"):
+        load_experiment(str(path), preset)
+    assert main(["grid", str(path), "--executor", "local", "--results", str(tmp_path / "r")]
+                + (["--preset", preset] if preset else [])) == 2
+    assert not (tmp_path / "r").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["named.yaml"]
+
+
+def test_yaml_syntax_error_in_an_experiment_names_the_file(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("grid: {kind: pairwise, ops: [crop\n")
+    assert main(["grid", str(path), "--dry-run", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ablate grid: error: {path}: not valid YAML: "), err
+    assert main(["grid", "pairwise", "--dry-run", "--results", str(tmp_path), "--set", "train.epochs=[1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "override 'train.epochs=[1': the value is not valid YAML" in err[0], err
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_cifar10_preset_uses_the_papers_colour_strength(name):
+    """Appendix B.9: colour strength 0.5 on CIFAR-10, in every experiment that does not sweep it."""
+    from ablation.augment import parse_spec
+
+    exp = load_experiment(name, preset="cifar10")
+    if "augment.views" in exp.axes:  # Table 1 sweeps the strength itself
+        return
+    strengths = {op.s for cell in exp.cells for op in parse_spec(cell.config.augment.views).ops if op.name == "color"}
+    assert strengths == {0.5}
+
+
+@pytest.mark.parametrize("figure, error", [
+    ({"kind": "heat"}, r"figure.kind: 'heat' is not allowed.*choose from: budget"),
+    ({"kind": "budget", "x": "train.epochs"}, r"kind 'budget' needs hue, facet, compositions, singles"),
+    ({"kind": "budget", "x": "train.epochs", "hue": "augment.views", "facet": "augment.base",
+      "compositions": [], "singles": []}, r"figure.facet: 'augment.base' is not a swept key"),
+])
+def test_figure_section_is_validated(tmp_path, figure, error):
+    spec = {"grid": {"kind": "product", "axes": {"train.epochs": [1, 2], "augment.views": ["crop", "color"]}},
+            "figure": figure}
+    with pytest.raises(ValueError, match=error):
+        load_experiment(str(write(tmp_path, spec)))
+
+
+def test_budget_experiment_tells_analysis_its_figure():
+    exp = load_experiment("budget", "photos-cpu", ["data.root=photos"])
+    described = exp.describe()["figure"]
+    assert described["x"] == "train.epochs" and described["singles"] == ["crop", "color"]
+    assert {c.config.data.per_class for c in exp.cells} == {1000}
+    cifar = load_experiment("budget", "cifar10").describe()["figure"]
+    assert cifar["compositions"] == ["crop+color(s=0.5)", "color(s=0.5)+crop"]
+
+
+def _pairs(*ops: str) -> set[str]:
+    return {a if a == b else f"{a}+{b}" for a in ops for b in ops}
+
+
+SYMMETRIC = {"embedded": {"crop+color"}, "cifar10": {"crop+color(s=0.5)"}, "photos-cpu": {"crop+color"}}
+STRENGTHS = {"crop+color(s=0.125)", "crop+color(s=0.25)", "crop+color(s=0.5)", "crop+color(s=1.0)",
+             "crop+color(s=1.0)+blur"}
+BUDGET = {"crop", "color", "crop+color", "color+crop"}
+# (view modes, base, views) of every shipped experiment's cells on the small-image presets. The
+# ImageNet presets give Figure 5 its shared first crop (tests/test_folders.py); none of it reaches these.
+RESOLVED = {
+    "pairwise": {p: ({"asymmetric"}, "none", _pairs("crop", "cutout", "color", "sobel", "noise", "blur", "rotate"))
+                 for p in ("embedded", "photos-cpu")}
+    | {"cifar10": ({"asymmetric"}, "none",
+                   _pairs("crop", "cutout", "color(s=0.5)", "sobel", "noise", "blur", "rotate"))},
+    "pairwise_check": {p: ({"asymmetric"}, "none", _pairs("crop", "cutout", "color", "blur"))
+                       for p in ("embedded", "photos-cpu")}
+    | {"cifar10": ({"asymmetric"}, "none", _pairs("crop", "cutout", "color(s=0.5)", "blur"))},
+    "budget": {p: ({"asymmetric", "symmetric"}, "none", BUDGET) for p in ("embedded", "photos-cpu")}
+    | {"cifar10": ({"asymmetric", "symmetric"}, "none", {"crop", "color(s=0.5)", "crop+color(s=0.5)",
+                                                         "color(s=0.5)+crop"})},
+    "color_strength": {p: ({"symmetric"}, "none", STRENGTHS) for p in SYMMETRIC},
+    **{name: {p: ({"symmetric"}, "none", views) for p, views in SYMMETRIC.items()}
+       for name in ("temperature", "head", "loss", "batch_epochs")},
+}
+
+
+def test_every_shipped_experiment_is_listed_in_resolved():
+    assert sorted(RESOLVED) == SHIPPED
+
+
+@pytest.mark.parametrize("name, preset", [(n, p) for n in RESOLVED for p in RESOLVED[n]])
+def test_small_image_presets_resolve_each_experiments_base_and_views(name, preset):
+    from ablation.augment import parse_spec
+
+    modes, base, views = RESOLVED[name][preset]
+    exp = load_experiment(name, preset, NEEDS.get(preset, []))
+    augment = [c.config.augment for c in exp.cells]
+    assert {a.mode for a in augment} == modes and {a.base for a in augment} == {base}
+    assert {parse_spec(a.views).spec for a in augment} == {parse_spec(v).spec for v in views}

@@ -2,9 +2,12 @@
 sacct output (pending array ranges, requeues) read into cell states."""
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablation import launch, status
+from ablation import launch, status, store
 from ablation.cli import main
 from ablation.grid import Cell, load_experiment
 
@@ -36,11 +39,12 @@ def pairwise(tmp_path: Path) -> Path:
 
 
 def results(root: Path, exp) -> dict[str, dict | None]:
-    folder = status.experiment_dir(root, exp)
+    folder = store.experiment_dir(root, exp.name)
     return {c.label: json.loads(p.read_text()) if (p := folder / c.id / "result.json").exists() else None
             for c in exp.cells}
 
 
+@pytest.mark.slow
 def test_local_grid_runs_every_cell_once_then_skips_finished(tmp_path, capsys):
     exp = load_experiment(str(pairwise(tmp_path)))
     root = tmp_path / "results"
@@ -61,6 +65,7 @@ def test_local_grid_runs_every_cell_once_then_skips_finished(tmp_path, capsys):
     assert table[-1] == "total: 4 done (of 4)"
 
 
+@pytest.mark.slow
 def test_failing_cell_is_recorded_the_grid_goes_on_and_retry_reruns_only_it(tmp_path, capsys):
     exp = load_experiment(str(experiment(tmp_path, {"kind": "product", "axes": FAILING})))
     bad, good = exp.cells
@@ -90,6 +95,7 @@ def _launch_in_child(path: str, root: str, ready, out) -> None:
     out.put(launch.launch(Path(root), exp, "local", log=lambda _: None)["ran"])
 
 
+@pytest.mark.slow
 def test_concurrent_local_launches_run_each_cell_once(tmp_path):
     path, root = pairwise(tmp_path), tmp_path / "results"
     exp = load_experiment(str(path))
@@ -106,6 +112,7 @@ def test_concurrent_local_launches_run_each_cell_once(tmp_path):
     assert all(r["status"] == "finished" for r in results(root, exp).values())
 
 
+@pytest.mark.slow
 def test_workers_run_each_cell_once(tmp_path):
     exp = load_experiment(str(pairwise(tmp_path)))
     root = tmp_path / "results"
@@ -129,7 +136,7 @@ def test_claims_of_live_and_dead_local_processes(tmp_path):
     assert rows[live.id].state == status.RUNNING
     assert rows[dead.id].state == status.FAILED and "without a result" in rows[dead.id].reason
     assert launch.claim(root, exp).id == exp.cells[2].id  # skips the running and the failed cell
-    assert [c.id for c in launch.select(status.statuses(root, exp), retry=True)] == [dead.id, exp.cells[3].id]
+    assert [r.cell.id for r in launch.select(status.statuses(root, exp), retry=True)] == [dead.id, exp.cells[3].id]
 
 
 def test_status_needs_no_torch(tmp_path):
@@ -206,3 +213,115 @@ def test_auto_executor_is_local_without_sbatch_or_without_a_controller(tmp_path,
     assert "no Slurm controller answers" in capsys.readouterr().out
     with pytest.raises(ValueError, match="choose from: auto, slurm, local"):
         launch.pick_executor("pbs")
+
+
+CORRUPTIONS = {"truncated": '{"status": "finished", "metr', "empty": "", "a list": "[1, 2]",
+               "unknown status": '{"status": "done?"}'}
+
+
+def fake_results(root: Path, exp) -> None:
+    """Finished results written by hand for every cell (what analysis and status read)."""
+    launch.prepare(root, exp)
+    for i, cell in enumerate(exp.cells):
+        metrics = {"linear_top1": 0.3 + 0.01 * i, "linear_top5": 0.8, "knn_top1": 0.3, "random_init_top1": 0.2,
+                   "final_loss": 4.0}
+        store.write_json(root / exp.name / cell.id / "result.json", {
+            "id": cell.id, "status": "finished", "metrics": metrics, "wall_time_s": 1.0, "images_per_s": 100.0,
+            "epochs_done": 1})
+
+
+@pytest.mark.parametrize("content", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_a_corrupt_result_marks_its_cell_and_the_rest_of_the_grid_works(tmp_path, capsys, content):
+    exp = load_experiment(str(pairwise(tmp_path)))
+    root = tmp_path / "results"
+    fake_results(root, exp)
+    bad = root / exp.name / exp.cells[1].id / "result.json"
+    bad.write_text(content)
+    args = [str(exp.path), "--results", str(root)]
+    assert main(["status", *args]) == 1
+    table = capsys.readouterr().out
+    assert [line.split()[2] for line in table.splitlines()[1:-1]] == ["done", "corrupt", "done", "done"], table
+    assert str(bad) in table or str(bad)[:40] in table  # the reason column names the file
+    row = {r.cell.id: r for r in status.statuses(root, exp)}[exp.cells[1].id]
+    assert row.state == status.CORRUPT and row.reason.startswith(str(bad)) and row.files == ("result.json",)
+    assert main(["grid", *args, "--dry-run"]) == 0 and "1 corrupt" in capsys.readouterr().out
+    for command in ("collect", "plot", "report"):
+        assert main([command, *args]) == 0, capsys.readouterr().err
+    summary = {r["id"]: r for r in csv.DictReader((root / exp.name / "summary.csv").open())}
+    assert summary[exp.cells[1].id]["status"] == "corrupt" and str(bad) in summary[exp.cells[1].id]["reason"]
+    assert summary[exp.cells[0].id]["status"] == "finished"
+    assert f"`{exp.cells[1].id}` (crop+color, seed 0): corrupt: {bad}" in (root / exp.name / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_retry_moves_a_corrupt_result_aside_and_reruns_the_cell(tmp_path, capsys):
+    exp = load_experiment(str(pairwise(tmp_path)))
+    root = tmp_path / "results"
+    fake_results(root, exp)
+    bad = root / exp.name / exp.cells[1].id / "result.json"
+    bad.write_text(CORRUPTIONS["truncated"])
+    assert launch.launch(root, exp, "local")["ran"] == {}  # corrupt cells wait for --retry, like failed ones
+    assert list(launch.launch(root, exp, "local", retry=True)["ran"].values()) == ["finished"]
+    assert [p.read_text() for p in (bad.parent / "attempts").iterdir()] == [CORRUPTIONS["truncated"]]
+    assert json.loads(bad.read_text())["status"] == "finished"
+    assert {r.state for r in status.statuses(root, exp)} == {status.DONE}
+
+
+def test_a_claim_whose_process_id_was_reused_is_not_running(tmp_path):
+    """A dead claimant's pid, taken by a process that lives on (here: this one), is not the claimant."""
+    exp = load_experiment(str(pairwise(tmp_path)))
+    root = tmp_path / "results"
+    launch.prepare(root, exp)
+    claim = launch.claim(root, exp)
+    job_path = root / exp.name / claim.id / "job.json"
+    job = json.loads(job_path.read_text())
+    assert job["pid"] == os.getpid() and status.pid_alive(job)
+    job_path.write_text(json.dumps({**job, "started": str(int(job["started"]) - 1)}))  # an earlier process
+    row = {r.cell.id: r for r in status.statuses(root, exp)}[claim.id]
+    assert row.state == status.FAILED and "without a result" in row.reason
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_local_launch_with_workers_stops_the_workers_too(tmp_path):
+    path = experiment(tmp_path, {"kind": "pairwise", "ops": ["crop", "color"]})
+    spec = yaml.safe_load(path.read_text())
+    spec["cell"]["train"]["epochs"] = 400  # minutes of work: the launch must not wait for it
+    path.write_text(yaml.safe_dump(spec))
+    exp, root = load_experiment(str(path)), tmp_path / "results"
+    code = "import sys; from ablation.cli import main; sys.exit(main())"
+    launcher = subprocess.Popen([sys.executable, "-c", code, "grid", str(path), "--executor", "local",
+                                 "--workers", "2", "--results", str(root)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    claims = lambda: list((root / exp.name).glob("*/job.json")) if (root / exp.name).exists() else []  # noqa: E731
+    deadline = time.monotonic() + 120
+    while len(claims()) < 2 and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.2)
+    assert len(claims()) == 2, "both workers should be running a cell"
+    time.sleep(1.0)  # into training
+    launcher.send_signal(signal.SIGTERM)
+    try:
+        out = launcher.communicate(timeout=60)[0]
+    finally:  # on failure, leave no launch and no worker behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 130 and "launch again to resume" in out, out
+    assert claims() == [] and not list((root / exp.name).glob("*/result.json")), out
+    rows = status.statuses(root, exp)
+    assert [r.state for r in rows].count(status.TODO) == 4  # stopped cells resume on the next launch
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_is_reported_and_retry_reruns_the_cell_from_scratch(tmp_path):
+    exp = load_experiment(str(experiment(tmp_path, {"kind": "pairwise", "ops": ["crop"]})))
+    root = tmp_path / "results"
+    launch.prepare(root, exp)
+    cell_dir = root / exp.name / exp.cells[0].id
+    (cell_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    assert launch.launch(root, exp, "local")["ran"][exp.cells[0].id].startswith("failed: Corrupt")
+    (row,) = status.statuses(root, exp)
+    assert row.state == status.CORRUPT and row.reason.startswith(f"{cell_dir / 'checkpoint.pt'}: cannot be loaded")
+    assert launch.launch(root, exp, "local")["ran"] == {}  # every rerun would fail the same way: wait for --retry
+    assert launch.launch(root, exp, "local", retry=True)["ran"] == {exp.cells[0].id: "finished"}
+    assert sorted(p.name.split("-", 2)[-1] for p in (cell_dir / "attempts").iterdir()) == ["checkpoint.pt",
+                                                                                         "result.json"]
+    assert json.loads((cell_dir / "result.json").read_text())["resumed_at"] == []  # from scratch

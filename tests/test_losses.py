@@ -165,6 +165,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     os._exit(0)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path: Path):
     out = tmp_path / "dist.pt"
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
-from ablation.model import ENCODERS, SimCLRModel, build_encoder, build_head
+from ablation.model import ENCODERS, GlobalBatchNorm, SimCLRModel, build_encoder, build_head, global_batch_norm
 
 
-@pytest.mark.parametrize("name,batch", [("small_cnn", 8), ("resnet18", 4), ("resnet50", 2)])
+@pytest.mark.parametrize("name,batch", [("small_cnn", 8), ("resnet18", 4),
+                                        pytest.param("resnet50", 2, marks=pytest.mark.slow)])
 def test_encoders_map_images_to_flat_features(name, batch):
     torch.manual_seed(0)
     encoder, dim = build_encoder(name, cifar_stem=True)
@@ -95,3 +100,60 @@ def test_simclr_model_features_are_encoder_output_and_forward_is_head_of_it():
     assert torch.equal(h, encoder(x))
     assert torch.equal(model(x), model.head(h))
     assert model(x).shape == (3, 8)
+
+
+WORLD = 2
+
+
+def _bn_net() -> nn.Sequential:
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 6),
+                         nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)).double()
+
+
+def _bn_batch() -> torch.Tensor:
+    return torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
+def _bn_step(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Output, parameter gradients and BN running statistics after one training step's forward/backward."""
+    out = net(x)
+    out.pow(2).mean().backward()
+    stats = [b for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             for b in (m.running_mean, m.running_var)]
+    return out.detach(), [p.grad for p in net.parameters()], stats
+
+
+def _bn_worker(rank: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    net = global_batch_norm(_bn_net())
+    half = 8 // WORLD
+    y, grads, stats = _bn_step(net, _bn_batch()[rank * half:(rank + 1) * half])
+    for g in grads:  # what DDP does with the gradients
+        dist.all_reduce(g)
+        g /= WORLD
+    torch.save((y, grads, stats), f"{out}.{rank}")
+    dist.barrier()
+    os._exit(0)  # skip torch's exit-time destructors (see test_losses)
+
+
+@pytest.mark.slow
+def test_global_batch_norm_over_two_processes_equals_batch_norm_over_the_whole_batch(tmp_path):
+    out = str(tmp_path / "bn")
+    mp.spawn(_bn_worker, args=(str(tmp_path / "init"), out), nprocs=WORLD, join=True)
+    parts = [torch.load(f"{out}.{rank}") for rank in range(WORLD)]
+    y, grads, stats = _bn_step(_bn_net(), _bn_batch())
+    torch.testing.assert_close(torch.cat([p[0] for p in parts]), y)
+    for got_grads, got_stats in ((p[1], p[2]) for p in parts):
+        torch.testing.assert_close(got_grads, grads)
+        torch.testing.assert_close(got_stats, stats)
+
+
+def test_global_batch_norm_keeps_the_parameters_an_optimiser_holds():
+    net = _bn_net()
+    params = [id(p) for p in net.parameters()]
+    converted = global_batch_norm(net)
+    assert sum(isinstance(m, GlobalBatchNorm) for m in converted.modules()) == 2
+    assert [id(p) for p in converted.parameters()] == params
+    x = _bn_batch()
+    torch.testing.assert_close(converted(x), _bn_net()(x))  # one process: plain batch norm

@@ -168,7 +168,8 @@ def test_warmup_cosine_shape():
 
 
 def test_warmup_cosine_without_warmup_starts_at_peak():
-    assert _lrs(0, 4, 5) == pytest.approx([2.0, 2.0 * 0.5 * (1 + math.cos(math.pi / 4)), 1.0, 2.0 * 0.5 * (1 - math.cos(math.pi / 4)), 0.0])
+    assert _lrs(0, 4, 5) == pytest.approx([2.0, 2.0 * 0.5 * (1 + math.cos(math.pi / 4)), 1.0,
+                                           2.0 * 0.5 * (1 - math.cos(math.pi / 4)), 0.0])
 
 
 def test_warmup_cosine_resumes_from_state_dict():

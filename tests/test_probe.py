@@ -108,6 +108,7 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip, x.flip(3), x)
 
 
+@pytest.mark.slow
 def test_augmented_linear_probe_learns_and_leaves_encoder_frozen():
     torch.manual_seed(0)
     encoder, _ = build_encoder("small_cnn", width=4)

@@ -12,17 +12,19 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import yaml
 
-from ablation import status
+from ablation import status, store
 from ablation.cli import main
 from ablation.config import merge
 from ablation.grid import load_experiment
@@ -74,7 +76,7 @@ class Grid:
         spec = {"name": name, "cell": merge(TINY, cell or {}), "grid": grid, "slurm": {**SLURM, **(slurm or {})}}
         self.path.write_text(yaml.safe_dump(spec, sort_keys=False))
         self.exp = load_experiment(str(self.path))
-        self.folder = status.experiment_dir(self.root, self.exp)
+        self.folder = store.experiment_dir(self.root, self.exp.name)
 
     def ablate(self, command: str, *extra: str) -> tuple[int, str]:
         return ablate(command, str(self.path), "--results", str(self.root), *extra)
@@ -221,6 +223,80 @@ def test_usr2_checkpoints_requeues_and_resumes_bit_exactly(make_grid):
     assert result["losses"] == uninterrupted["losses"] and result["metrics"] == uninterrupted["metrics"]
 
 
+def wait_for_state(job_id: str, wanted: Callable[[str], bool], timeout_s: float = 120.0) -> str:
+    """Poll squeue quickly until the job's state satisfies `wanted` (or time runs out); the last state."""
+    deadline, state = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        state = " ".join(squeue("-j", job_id, "-o", "%T"))
+        if wanted(state):
+            break
+        time.sleep(0.05)
+    return state
+
+
+def test_usr2_at_start_up_requeues_and_never_fails_the_cell(make_grid):
+    """USR2 at every awkward moment of a run's start (Python starting, imports, unpickling, data
+    loading), and twice in a row the way scancel retries it into the requeued run's start-up."""
+    long = {"train": {"epochs": 40, "checkpoint_every": 1000}}
+    grid = make_grid("usr2-start", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
+    reference = make_grid("usr2-start-ref", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
+    for g in (grid, reference):
+        assert g.ablate("grid", "--executor", "slurm")[0] == 0
+    job = grid.job("crop")["job_id"]
+    log = Path(grid.job("crop")["logs"])
+    seen: set = set()
+    grid.wait(lambda: log.exists() and "pretrain" in log.read_text(), "the first training epoch", every_s=0.1)
+    # twice in a row: the second lands while the first requeues, or in the requeued run's start-up
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+    retrying = subprocess.Popen(["scancel", "--signal=USR2", job], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for delay in (0.0, 0.3, 1.0, 2.5):  # after the requeued task starts
+        wait_for_state(job, lambda state: state != "RUNNING", 30)
+        wait_for_state(job, lambda state: state in ("RUNNING", ""))
+        seen.update(r.state for r in grid.rows().values())
+        time.sleep(delay)
+        subprocess.run(["scancel", "--signal=USR2", job], capture_output=True, timeout=60)
+    retrying.wait(timeout=TIMEOUT_S)
+    grid.wait_ended(seen)
+    reference.wait_ended()
+    assert seen <= {status.RUNNING, status.QUEUED, status.DONE}, f"{seen}\n{grid.diagnose()}"
+    result, uninterrupted = grid.result("crop"), reference.result("crop")
+    assert result["status"] == "finished" and len(result["resumed_at"]) >= 2, grid.diagnose()
+    assert grid.job("crop")["job_id"] == job  # requeued, never resubmitted
+    assert result["losses"] == uninterrupted["losses"] and result["metrics"] == uninterrupted["metrics"]
+    states = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-D", "-o", "State"], capture_output=True,
+                            text=True, timeout=60).stdout.split()
+    assert "FAILED" not in states and states[-1] == "COMPLETED", states
+
+
+def test_plain_scancel_stops_the_cell_at_once_and_retry_resumes_where_it_stopped(make_grid):
+    """After a plain scancel the cell writes its checkpoint once and exits (not for seconds more),
+    and a --retry right away resumes from that very checkpoint: never two writers on one cell."""
+    grid = make_grid("scancel", {"kind": "pairwise", "ops": ["crop"]},
+                     cell={"train": {"epochs": 60, "checkpoint_every": 1}})
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    first = grid.job("crop")
+    log = Path(first["logs"])
+    grid.wait(lambda: log.exists() and "pretrain" in log.read_text(), "the first training epoch", every_s=0.1)
+    subprocess.run(["scancel", first["job_id"]], check=True, timeout=60)
+    grid.wait(lambda: grid.rows()["crop"].state == status.CANCELLED, "crop to show as cancelled", every_s=0.1)
+    code, out = grid.ablate("grid", "--executor", "slurm", "--retry")
+    assert code == 0 and "launching 1 (slurm)" in out, out
+    stopped = grid.wait(lambda: re.search(r"stopped by SIGTERM at epoch (\d+) step (\d+); checkpoint written",
+                                          log.read_text()), "the cancelled run's last words", every_s=0.2)
+    assert grid.wait_ended()["crop"].state == status.DONE, grid.diagnose()
+    result = grid.result("crop")
+    assert result["resumed_at"][0] == {"epoch": int(stopped.group(1)), "step": int(stopped.group(2))}
+
+
+def test_the_follow_command_shows_the_grid_that_was_launched(make_grid):
+    grid = make_grid("follow", {"kind": "pairwise", "ops": ["crop"]})
+    code, out = grid.ablate("grid", "--executor", "slurm", "--set", "model.out_dim=8")
+    follow = out.strip().splitlines()[-1].split("Follow with: ", 1)[1]
+    code, table = ablate(*shlex.split(follow)[1:])
+    launched = next(p.parent.name for p in grid.root.glob("*/*/job.json"))
+    assert launched in table and launched not in {c.id for c in grid.exp.cells}, (follow, table)
+
+
 def test_concurrent_launches_submit_each_cell_once(make_grid, tmp_path):
     grid = make_grid("concurrent", PAIRWISE, cell={"train": {"epochs": 30}})
     ablate_bin = Path(sys.executable).with_name("ablate")
@@ -264,6 +340,16 @@ def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
     assert "global_rank=1(2)" in (logs / f"{job}_1_log.out").read_text(), grid.diagnose()
     result = grid.result("crop")
     assert result["epochs_done"] == 2 and len(result["losses"]) == 2
+    assert result["config"]["model"]["sync_bn"] is True  # global batch norm over the two processes
+
+    def states_once_ended() -> list[str] | None:  # the result is written before the processes exit
+        states = subprocess.run(["sacct", "-j", job, "-n", "-P", "-o", "JobID,State,ExitCode"],
+                                capture_output=True, text=True, timeout=60).stdout.split()
+        running = any(s in line for line in states for s in ("|RUNNING|", "|PENDING|", "|COMPLETING|"))
+        return None if not states or running else states
+
+    states = grid.wait(states_once_ended, "the job's processes to exit")
+    assert all("|COMPLETED|0:0" in line for line in states), states  # every process exited cleanly
 
 
 def test_sbatch_refusal_is_a_one_line_error_and_records_no_job(make_grid):
@@ -272,3 +358,43 @@ def test_sbatch_refusal_is_a_one_line_error_and_records_no_job(make_grid):
     assert code == 2 and out.strip().splitlines()[-1].startswith("ablate grid: error: sbatch refused the jobs"), out
     assert "no-such-partition" in out and len(out.strip().splitlines()) == 2  # the launch line, the error
     assert not list(grid.folder.glob("*/job.json")) and squeue("--name", grid.exp.name) == []
+
+
+def test_a_pack_job_runs_its_cells_at_once_and_each_cell_once(make_grid):
+    grid = make_grid("pack", PAIRWISE, slurm={"cells_per_gpu": 2})
+    code, out = grid.ablate("grid", "--executor", "slurm")
+    assert code == 0 and "launching 4 (slurm)" in out and "submitted 2 jobs" in out, out
+    jobs = grid.job_ids()
+    assert sorted(Counter(jobs.values()).values()) == [2, 2]  # two cells in each of two jobs
+    rows = grid.wait_ended()
+    assert {r.state for r in rows.values()} == {status.DONE}, grid.diagnose()
+    for job in set(jobs.values()):  # the job logs each cell's end after the cell has written its result
+        log = grid.folder / ".submitit" / job / f"{job}_0_log.out"
+        grid.wait(lambda: log.read_text().count(": finished") == 2, f"job {job} to log both cells' ends")  # noqa: B023
+        assert "pack of 2 cells, 2 at once" in log.read_text()
+    code, out = grid.ablate("grid", "--executor", "slurm")
+    assert code == 0 and "launching 0 (slurm); skipping 4 done" in out and grid.job_ids() == jobs, out
+
+
+def test_usr2_on_a_pack_checkpoints_its_cells_requeues_and_they_resume_bit_exactly(make_grid):
+    long = {"train": {"epochs": 60, "checkpoint_every": 1000}}  # still training when the signal comes
+    grid = make_grid("pack-usr2", SEEDS, cell=long, slurm={"cells_per_gpu": 2})
+    alone = make_grid("pack-usr2-ref", SEEDS, cell=long, slurm={"cells_per_gpu": 1})  # same threads: 1 each
+    assert [c.id for c in grid.exp.cells] == [c.id for c in alone.exp.cells]
+    for g in (grid, alone):
+        assert g.ablate("grid", "--executor", "slurm")[0] == 0
+    (job,) = set(grid.job_ids().values())
+    log = Path(grid.job("seed=0")["logs"])
+    grid.wait(lambda: log.exists() and "pretrain" in log.read_text(), "a cell's first epoch", every_s=0.1)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+
+    seen: set = set()
+    grid.wait_ended(seen)
+    alone.wait_ended()
+    assert seen <= {status.RUNNING, status.QUEUED, status.DONE}, f"{seen}\n{grid.diagnose()}"
+    assert set(grid.job_ids().values()) == {job}  # requeued, not resubmitted
+    assert "Requeued job" in log.with_suffix(".out").read_text()
+    for label in ("seed=0", "seed=1"):
+        packed, reference = grid.result(label), alone.result(label)
+        assert packed["status"] == "finished" and len(packed["resumed_at"]) == 1, grid.diagnose()
+        assert packed["losses"] == reference["losses"] and packed["metrics"] == reference["metrics"]

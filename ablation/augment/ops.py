@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
+from typing import ClassVar
 
 import kornia
 import torch
@@ -48,20 +49,21 @@ class Identity(Augmentation):
 class Crop(Augmentation):
     name = "crop"
     doc = ("random resized crop: area U[scale_min, scale_max], log-uniform aspect ratio, integer box "
-           "clipped to fit, bilinear resize back to the input size; flip=True adds a p=0.5 flip")
+           "redrawn until it fits (10 tries, then the centre crop, as torchvision), bilinear resize back "
+           "to the input size; flip=True adds a p=0.5 flip")
     scale_min: float = param(0.08, 0.0, 1.0, "smallest crop area, as a fraction of the image")
     scale_max: float = param(1.0, 0.0, 1.0, "largest crop area, as a fraction of the image")
     ratio_min: float = param(3 / 4, 0.1, 10.0, "smallest aspect ratio (width / height)")
     ratio_max: float = param(4 / 3, 0.1, 10.0, "largest aspect ratio (width / height)")
     flip: bool = param(True, doc="also flip horizontally with p=0.5 (the paper's crop recipe)")
 
+    tries: ClassVar[int] = 10  # torchvision's RandomResizedCrop.get_params
+
     def draw(self, x: Tensor, generator: torch.Generator | None) -> Params:
         _, _, h, w = x.shape
-        area = _uniform(x, self.scale_min, self.scale_max, generator) * (h * w)
-        ratio = torch.exp(_uniform(x, math.log(self.ratio_min), math.log(self.ratio_max), generator))
-        # torchvision retries boxes that do not fit; clipping each side is the vectorised fallback
-        bw = torch.sqrt(area * ratio).round().clamp(1, w)
-        bh = torch.sqrt(area / ratio).round().clamp(1, h)
+        size = _fitting_box(x, h, w, (self.scale_min, self.scale_max), (self.ratio_min, self.ratio_max),
+                            self.tries, generator)
+        bw, bh = size.unbind(1)
         box = torch.stack([_box_start(x, bw, w, generator), _box_start(x, bh, h, generator), bw, bh], 1)
         flip = _uniform(x, 0.0, 1.0, generator) < (0.5 if self.flip else 0.0)
         return {"box": box, "flip": flip}
@@ -74,6 +76,28 @@ class Crop(Augmentation):
         gy = _source_grid(y0, bh, h)
         grid = torch.stack([gx.view(b, 1, w).expand(b, h, w), gy.view(b, h, 1).expand(b, h, w)], -1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _fitting_box(x: Tensor, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
+                 tries: int, generator: torch.Generator | None) -> Tensor:
+    """(B, 2) integer box sides (width, height): torchvision's retry loop, drawn for every try at once.
+
+    Each sample draws ``tries`` candidate (area, aspect) pairs and keeps the first whose rounded box
+    fits; a sample with none takes the centre crop with the aspect ratio clamped to ``ratio``. Clipping
+    a box that does not fit instead (the obvious vectorisation) biases crops towards the whole image:
+    over 20,000 draws at 32 px it gave mean area 0.536 against the reference's 0.488.
+    """
+    area = _uniform(x, *scale, generator, tries) * (h * w)
+    aspect = torch.exp(_uniform(x, math.log(ratio[0]), math.log(ratio[1]), generator, tries))
+    bw, bh = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+    fits = (bw >= 1) & (bw <= w) & (bh >= 1) & (bh <= h)
+    first = fits.int().argmax(1, keepdim=True)  # index of the first fitting try (0 if none fits)
+    chosen = torch.cat([bw.gather(1, first), bh.gather(1, first)], 1)
+    in_ratio = w / h
+    fb_w = w if in_ratio <= ratio[1] else round(h * ratio[1])
+    fb_h = h if in_ratio >= ratio[0] else round(w / ratio[0])
+    fallback = torch.tensor([float(fb_w), float(fb_h)], device=x.device)
+    return torch.where(fits.any(1, keepdim=True), chosen, fallback)
 
 
 def _source_grid(start: Tensor, length: Tensor, size: int) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..errors import choices_error
+from ..names import VIEW_MODES
 from .registry import Augmentation, Params, apply_all, sample_all
 from .spec import SpecLike, format_spec, parse_ops
 
@@ -51,7 +52,7 @@ class TwoViews:
     ``views``, computed as one batch of 2B images.
     """
 
-    MODES = ("asymmetric", "symmetric")
+    MODES = VIEW_MODES
 
     def __init__(self, views: SpecLike | Compose, base: SpecLike | Compose = "none",
                  mode: str = "asymmetric") -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ def preview(specs: Sequence[str], out: Path | str, image: Path | str | None = No
     x = load_image(image)
     generator = torch.Generator().manual_seed(seed)
     fig = Figure(figsize=(1.2 * (draws + 1), 1.3 * len(composes) + 0.3), layout="constrained")
-    axes = fig.subplots(len(composes), draws + 1, squeeze=False)
+    axes: Any = fig.subplots(len(composes), draws + 1, squeeze=False)
     for row, compose in zip(axes, composes):
         views = compose(x.expand(draws, -1, -1, -1).contiguous(), generator)
         for col, (ax, img) in enumerate(zip(row, [x[0], *views])):

@@ -48,6 +48,10 @@ class DeviceBatcher:
         """Where the images live (and the epoch's generator must)."""
         return self.images.device
 
+    def sample(self, n: int) -> Tensor:
+        """The first n images (uint8, as stored), the same on every rank: a fixed batch for measurements."""
+        return self.images[:n]
+
     def __len__(self) -> int:
         n, b = len(self.images), self.batch_size
         return n // b if self.drop_last else -(-n // b)

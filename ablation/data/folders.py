@@ -1,8 +1,9 @@
 """Image folders: root/<split>/<class>/* scanned into (files, labels, classes), with class subsets.
 
 `data.classes` picks class folders by name (a list, a file with one name a line, or a shipped list
-such as `imagenet100`) and `data.per_class` keeps the first k images of each class (file-name
-order), so ImageNet-100 and smaller subsets read the ImageNet folder itself, with no copy.
+such as `imagenet100`) and `data.per_class` keeps the first k training images of each class
+(file-name order; the test split stays whole), so ImageNet-100 and smaller subsets read the
+ImageNet folder itself, with no copy.
 Every problem with a folder (unreadable, an empty class, a class list naming a missing class) is
 one line naming the path, raised before anything runs. No torch here: `ablate status` counts a
 folder's images for its cost estimate with it.
@@ -120,9 +121,10 @@ def scan(root: str | Path, split: str, classes: str | Sequence[str] | None = Non
 
 
 def check(root: str | Path, classes: str | Sequence[str] | None = None, per_class: int | None = None) -> None:
-    """Scan train and test once (one-line ValueError / FileNotFoundError on any problem)."""
-    for split in ("train", "test"):
-        scan(root, split, classes, per_class)
+    """Scan train (at most `per_class` images a class) and test (whole) once (one-line ValueError /
+    FileNotFoundError on any problem)."""
+    scan(root, "train", classes, per_class)
+    scan(root, "test", classes)
 
 
 @functools.lru_cache(maxsize=16)

@@ -66,25 +66,31 @@ def load_folder(data) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(root: str, size: int, stored_size: int | None, serve: str, classes: tuple | str | None,
+def _load(root: str, size: int, stored_size: int | None, serve: str, key: tuple | str | None,
           per_class: int | None, workers: int) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
-    classes = list(classes) if isinstance(classes, tuple) else classes
-    splits = [scan(root, s, classes, per_class) for s in ("train", "test")]  # one-line errors first
+    classes = list(key) if isinstance(key, tuple) else key
+    train, test = scan(root, "train", classes, per_class), scan(root, "test", classes)  # one-line errors first
     side = stored_size or size
-    if serving(serve, side, sum(len(s.files) for s in splits)) == "stream":
-        return tuple(FolderSet(LazyImages(s.files, size, size / side, workers),
-                               torch.tensor(s.labels, dtype=torch.int64), list(s.classes), split=s)
-                     for s in splits)
-    sets = load_dataset("folder", root, side, limit_per_class=per_class, classes=classes, workers=workers)
+    if serving(serve, side, len(train.files) + len(test.files)) == "stream":
+        def streamed(s: Split) -> FolderSet:
+            return FolderSet(LazyImages(s.files, size, size / side, workers),
+                             torch.tensor(s.labels, dtype=torch.int64), list(s.classes), split=s)
+        return streamed(train), streamed(test)
+    sets = load_dataset("folder", root, side, per_class=per_class, classes=classes, workers=workers)
     if side == size:
         return sets
-    return tuple(FolderSet(CentreCrop(s.images, size), s.labels, s.classes, stored=s.images) for s in sets)
+
+    def stored(s: ImageSet) -> FolderSet:
+        return FolderSet(CentreCrop(s.images, size), s.labels, s.classes, stored=s.images)
+    return stored(sets[0]), stored(sets[1])
 
 
 def stream_batcher(data, augment, batch_size: int, train: FolderSet, device: torch.device,
                    shard: tuple[int, int]) -> StreamBatcher:
     """The streaming loader of a cell (data, augment: the cell's config sections)."""
     proto = P.protocol(augment.views, augment.base, augment.mode)
+    if train.split is None:
+        raise ValueError("stream_batcher: the training set is not streamed")
     return StreamBatcher(train.split, batch_size, shard, data.size, proto.crop, proto.crops, data.workers,
                          device, data.decode)
 

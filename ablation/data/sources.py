@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from ..errors import choices_error
-from .folders import FOLDER_LAYOUT, scan
+from ..names import DATASETS
+from ..store import atomic_write
+from .folders import FOLDER_LAYOUT, Split, scan
 
-DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "folder")
 CACHE_VERSION = 1
 MAX_RESIDENT_BYTES = 32 * 2**30  # beyond this a folder is streamed (data.serve=auto), not held in memory
 
@@ -50,13 +50,15 @@ def default_cache_dir() -> Path:
 
 
 def load_dataset(name: str, root: str | Path | None = None, size: int = 32, download: bool = False,
-                 cache_dir: str | Path | None = None, *, limit_per_class: int | None = None,
+                 cache_dir: str | Path | None = None, *, per_class: int | None = None,
                  classes: str | list[str] | None = None, workers: int | None = None,
                  **embedded_kw) -> tuple[ImageSet, ImageSet]:
     """(train, test) splits of `name` at size x size, decoded once and cached under `cache_dir`.
 
     `embedded_kw` (n_train, n_test, seed) go to make_embedded and are ignored for other sets.
-    `limit_per_class` keeps the first k images of each class per split (quick tests).
+    `per_class` keeps the first k training images of each class (a smaller study on the same
+    classes; in a folder the first in file-name order); the test split stays whole, so accuracies
+    stay comparable across caps.
     Folders only: `classes` picks class folders (see folders.class_names); `workers` decode them
     (default: up to 8 for sets above 2,000 images).
     """
@@ -69,18 +71,17 @@ def load_dataset(name: str, root: str | Path | None = None, size: int = 32, down
     if name == "folder":
         if root is None:
             raise ValueError(f"dataset 'folder' needs data.root; {FOLDER_LAYOUT}")
-        splits = {s: scan(root, s, classes, limit_per_class) for s in ("train", "test")}
+        splits = {"train": scan(root, "train", classes, per_class), "test": scan(root, "test", classes)}
         stamp = [[(p, *_stat(p)) for p in split.files] for split in splits.values()]
-        key = _cache_key(name, Path(root).resolve(), size, limit_per_class, stamp)
+        key = _cache_key(name, Path(root).resolve(), size, per_class, stamp)
         return _cached(cache_dir / f"folder-{size}-{key}.pt",
-                       lambda: tuple(_decode_all(list(splits[s].files), list(splits[s].labels),
-                                                 list(splits[s].classes), size, workers)
-                                     for s in ("train", "test")))
+                       lambda: (_decode_all(splits["train"], size, workers),
+                                _decode_all(splits["test"], size, workers)))
     root = Path(root) if root is not None else cache_dir / "datasets"
-    key = _cache_key(name, root.resolve(), size, limit_per_class)
+    key = _cache_key(name, root.resolve(), size, per_class)
     return _cached(cache_dir / f"{name}-{size}-{key}.pt",
-                   lambda: tuple(_torchvision(name, root, train, size, download, limit_per_class)
-                                 for train in (True, False)))
+                   lambda: (_torchvision(name, root, True, size, download, per_class),
+                            _torchvision(name, root, False, size, download)))
 
 
 # ---- cache -------------------------------------------------------------------------------------
@@ -99,21 +100,15 @@ def _cached(path: Path, build) -> tuple[ImageSet, ImageSet]:
     if path.exists():
         try:
             blob = torch.load(path, weights_only=True)
-            return tuple(ImageSet(blob[f"{s}_images"], blob[f"{s}_labels"], blob["classes"])
-                         for s in ("train", "test"))
+            train, test = (ImageSet(blob[f"{s}_images"], blob[f"{s}_labels"], blob["classes"])
+                           for s in ("train", "test"))
+            return train, test
         except Exception as e:  # a truncated or foreign file: rebuild it
-            warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it")
+            warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it", stacklevel=2)
     train, test = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"classes": train.classes, "train_images": train.images, "train_labels": train.labels,
             "test_images": test.images, "test_labels": test.labels}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-        tmp = Path(f.name)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(blob, f), mode="wb")  # readable as the umask allows (a shared cache)
     return train, test
 
 
@@ -136,7 +131,7 @@ def _fit(image: Tensor, size: int) -> Tensor:
 # ---- torchvision sets --------------------------------------------------------------------------
 
 def _torchvision(name: str, root: Path, train: bool, size: int, download: bool,
-                 limit: int | None) -> ImageSet:
+                 limit: int | None = None) -> ImageSet:
     from torchvision import datasets
 
     try:
@@ -180,12 +175,12 @@ class ImageFiles(Dataset):
         return _fit(image, self.size), self.labels[i]
 
 
-def _decode_all(files: list[str], labels: list[int], classes: list[str], size: int,
-                workers: int | None = None) -> ImageSet:
+def _decode_all(split: Split, size: int, workers: int | None = None) -> ImageSet:
+    files, classes = list(split.files), list(split.classes)
     if len(files) * 3 * size * size > MAX_RESIDENT_BYTES:
         raise ValueError(f"{len(files)} images at {size}x{size} under {Path(files[0]).parents[1]} do not fit in "
                          f"{MAX_RESIDENT_BYTES / 2**30:.0f} GiB of memory; stream them (data.serve=stream)")
-    ds = ImageFiles(files, labels, classes, size)
+    ds = ImageFiles(files, list(split.labels), classes, size)
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     workers = workers if len(ds) > 2000 else 0  # worker start-up beats tiny sets

@@ -41,6 +41,7 @@ try:  # region decoding (setup.py builds it where libjpeg's headers are); else w
 except ImportError:
     _jpegcrop = None
 
+SAMPLE_SEED = 0  # the source crops of StreamBatcher.sample
 SCALES = (8, 4, 2)  # DCT scale factors with fast (SIMD) paths in libjpeg-turbo; 3/4, 5/8 ... are slower than 1
 
 
@@ -272,6 +273,15 @@ class StreamBatcher:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def sample(self, n: int, seed: int = SAMPLE_SEED) -> Tensor:
+        """The first n training images (file order) with their source crops drawn from `seed`: uint8
+        (n, crops, 3, S, S), the input the views take, the same on every rank and every call: a fixed
+        batch for measurements (decoded here, on this CPU)."""
+        files = self.dataset.files[:n]
+        u = P.draw(len(files) * self.crops, torch.Generator().manual_seed(seed)).view(len(files), self.crops, P.DRAWS)
+        crops = [decode_crops(path, self.dataset.crop, u[j], self.size) for j, path in enumerate(files)]
+        return torch.stack(crops) if crops else torch.empty(0, self.crops, 3, self.size, self.size, dtype=torch.uint8)
 
     def epoch(self, generator: torch.Generator | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         if not 0 <= start <= len(self):

@@ -1,0 +1,100 @@
+"""What a cell means: the canonical form of its config, its id, and the named settings analysis reads.
+
+The cell id is a hash of the canonical meaning of the resolved config and the schema version:
+- augmentation specs count by their canonical form, so `crop+color`, `crop + color` and
+  `crop+color(s=1.0)` are one cell;
+- fields declared `identity=False` in config.py cannot change a result (data.workers,
+  data.download, train.checkpoint_every, eval.batch_size) and are left out;
+- the folder-only keys (data.serve, data.stored_size, data.decode, data.classes) count where they
+  are set away from their defaults (`identity=NON_DEFAULT`): at the defaults a folder is a resident
+  set at data.size with every class, read as a config without these keys reads it, and other data
+  sets never read them (validation keeps them at their defaults there).
+
+`settings` flattens the same meaning into dotted keys (loss.temperature) and spells out the ops of
+spec-valued keys (augment.views.color.s, augment.views.blur), so analysis is told what a cell is
+instead of guessing it from labels or spec strings.
+
+Torch-free for specs without parameters (what `ablate status` needs to find cells fast); a spec
+with parameters needs the registry's defaults and types, which imports torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import typing
+from typing import Any
+
+from .config import NON_DEFAULT, SCHEMA_VERSION, CellConfig
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_spec(spec: str) -> str:
+    """The canonical string of an augmentation spec: the form `format_spec(parse_ops(spec))` gives.
+
+    Without parentheses a spec is only op names joined by '+', whose canonical form is the names
+    without spaces; that needs no registry, and so no torch.
+    """
+    if "(" not in spec:
+        ops = [token.strip() for token in spec.split("+")]
+        return "none" if spec.strip().lower() in ("", "none") else "+".join(ops)
+    from .augment.spec import format_spec, parse_ops
+    return format_spec(parse_ops(spec))
+
+
+def meaning(section: Any) -> dict[str, Any]:
+    """The nested dict of a config (section) that can change a result, specs in canonical form."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = meaning(value)
+        elif _counts(f, value):
+            out[f.name] = canonical_spec(value) if f.metadata.get("spec") else value
+    return out
+
+
+def _counts(f: dataclasses.Field, value: Any) -> bool:
+    """Whether a field with this value is part of the meaning (see config.opt's `identity`)."""
+    identity = f.metadata.get("identity", True)
+    return value != f.default if identity == NON_DEFAULT else bool(identity)
+
+
+def signature(cfg: CellConfig) -> str:
+    """Short, stable hash of the config's meaning and the schema version: the cell's id."""
+    blob = json.dumps({"schema": SCHEMA_VERSION, "config": meaning(cfg)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def spec_keys(cls: type = CellConfig, prefix: str = "") -> list[str]:
+    """Dotted keys whose values are augmentation specs (augment.views, augment.base)."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            keys += spec_keys(typing.cast(type, f.default_factory), f"{prefix}{f.name}.")
+        elif f.metadata.get("spec"):
+            keys.append(prefix + f.name)
+    return keys
+
+
+def settings(cfg: CellConfig, expand: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """The config's meaning as {dotted key: value}; each spec key in `expand` is spelled out as
+    `<key>.<op>: true|false` for every registered op and `<key>.<op>.<param>: value` for every
+    parameter of the ops it has (so a missing blur reads `augment.views.blur: false`)."""
+    flat = _flatten(meaning(cfg))
+    if expand:
+        from .augment import REGISTRY, parse_spec
+    for key in expand:
+        ops = parse_spec(flat[key]).ops
+        flat.update({f"{key}.{name}": any(op.name == name for op in ops) for name in REGISTRY})
+        for op in ops:
+            flat.update({f"{key}.{op.name}.{f.name}": getattr(op, f.name) for f in dataclasses.fields(op)})
+    return flat
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out

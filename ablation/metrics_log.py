@@ -1,0 +1,134 @@
+"""Per-epoch metrics of a training cell: rows in its metrics.jsonl and, when tensorboard is
+installed, TensorBoard scalars.
+
+Nothing here runs per step. The training loop sums its loss on the device as before and calls
+`EpochLog.epoch` once per epoch, after its own read of that sum; the embedding measurement and
+the optional probes then cost one more device read per epoch. A resumed run first drops the rows
+after its checkpoint's epoch and then writes them again, so the file holds exactly one row per
+trained epoch whatever interrupted it. The measurements leave the weights, the BatchNorm running
+statistics and every random stream of training untouched, so a resumed cell still equals an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from . import store
+
+# Images of the fixed batch whose two views measure the embeddings after every epoch: the same
+# images and the same augmentation draws each epoch, so the curve follows the model only.
+EMBED_IMAGES = 128
+EMBED_SEED = 20_200_213
+
+
+class Batcher(Protocol):
+    """What the log needs of a cell's batcher (DeviceBatcher, StreamBatcher)."""
+
+    def sample(self, n: int) -> torch.Tensor:
+        """The first n training images, uint8, the same at every call."""
+        ...
+
+
+@torch.no_grad()
+def embedding_stats(z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Of l2-normalised projections of two views (rows pair up), as 0-d tensors on their device:
+    pos_sim, the mean cosine similarity of positive pairs; align, their mean squared distance;
+    uniform, log E exp(-2 |z - z'|^2) over pairs of images of one view, averaged over both views
+    (Wang & Isola 2020, alpha = t = 2). Collapse shows as uniform -> 0, a trivial task as pos_sim -> 1."""
+    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    uniform = torch.stack([torch.pdist(z).square().mul(-2).exp().mean().log() for z in (z1, z2)]).mean()
+    return {"pos_sim": (z1 * z2).sum(1).mean(), "align": (z1 - z2).square().sum(1).mean(), "uniform": uniform}
+
+
+def _number(value: float) -> float | None:
+    """A JSON-safe float: non-finite values (a diverged epoch) become null."""
+    return value if math.isfinite(value) else None
+
+
+def _tensorboard(cell_dir: Path, first_epoch: int):
+    """A SummaryWriter for this cell's run, or None without tensorboard. `purge_step` hides the
+    events a previous attempt logged after the checkpoint this run resumes from."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(store.tensorboard_dir(cell_dir)), purge_step=first_epoch)
+
+
+class EpochLog:
+    """metrics.jsonl rows (epoch, step, loss, lr, images_per_s, wall_s, time, pos_sim, align, uniform,
+    and every `log_every` epochs the probes' linear_top1, linear_top5 and knn_top1) of one cell.
+
+    `source` (the cell's batcher) gives the fixed batch in the form `views` takes: resident images, or
+    a streamed folder's first images with their source crops (see the batchers' `sample`).
+    `probe` evaluates the frozen encoder (the cell's final evaluation, run early); `state` is the
+    cell's TrainState, read for its position, images and training seconds.
+
+    Under DDP every rank keeps one and calls `epoch`: the embedding forward runs in training mode,
+    where global batch norm is a collective that every rank must join (one rank alone waits
+    forever). Only the `writes` rank (the main one) probes and writes; the others measure only.
+    """
+
+    def __init__(self, cell_dir: Path, model: torch.nn.Module, views: Callable, source: Batcher,
+                 steps: int, epochs: int, log_every: int, state, probe: Callable[[], dict],
+                 writes: bool = True):
+        self.cell_dir, self.model, self.views, self.probe = Path(cell_dir), model, views, probe
+        self.steps, self.epochs, self.log_every, self.writes = steps, epochs, log_every, writes
+        self.rows = [r for r in store.read_metrics(cell_dir) if r["epoch"] <= state.epoch] if writes else []
+        if writes:
+            store.write_metrics(cell_dir, self.rows)
+        device = next(model.parameters()).device
+        self.batch = source.sample(EMBED_IMAGES).to(device).float().div_(255)
+        self.generator = torch.Generator(device=device)
+        self.images, self.train_s = state.images, state.train_s
+        self.writer = _tensorboard(cell_dir, state.epoch + 1) if writes else None
+        if self.writer is not None:  # closed at the last epoch, or when the run ends otherwise
+            self._closer = weakref.finalize(self, self.writer.close)
+
+    @torch.no_grad()
+    def measure(self) -> dict[str, float | None]:
+        """Embedding statistics of the fixed batch's two views as the loss sees them (training mode,
+        batch statistics); the BatchNorm running statistics that this forward moves are put back."""
+        saved = [b.clone() for b in self.model.buffers()]
+        v1, v2 = self.views(self.batch, self.generator.manual_seed(EMBED_SEED))
+        z1, z2 = self.model(torch.cat([v1, v2])).chunk(2)
+        for buffer, value in zip(self.model.buffers(), saved):
+            buffer.copy_(value)
+        stats = embedding_stats(z1, z2)
+        return dict(zip(stats, map(_number, torch.stack(list(stats.values())).tolist())))  # one device read
+
+    def epoch(self, state, loss: float, lr: float, wall_s: float) -> dict:
+        """Log the epoch that just ended (state.epoch epochs done); returns the row written (empty
+        where this rank does not write)."""
+        embedding = self.measure()
+        if not self.writes:
+            return {}
+        images, seconds = state.images - self.images, state.train_s - self.train_s
+        self.images, self.train_s = state.images, state.train_s
+        parts = {
+            "train": {"loss": _number(loss), "lr": _number(lr),
+                      "images_per_s": round(images / seconds, 1) if seconds > 0 else None},
+            "embedding": embedding,
+            "probe": ({k: v for k, v in self.probe().items() if isinstance(v, float)}
+                      if self.log_every and state.epoch % self.log_every == 0 else {}),
+        }
+        row = {"epoch": state.epoch, "step": state.epoch * self.steps, "wall_s": round(wall_s, 3),
+               "time": round(time.time(), 3), **parts["train"], **parts["embedding"], **parts["probe"]}
+        self.rows.append(row)
+        store.write_metrics(self.cell_dir, self.rows)
+        if self.writer is not None:
+            for group, values in parts.items():
+                for key, value in values.items():
+                    if value is not None:
+                        self.writer.add_scalar(f"{group}/{key}", value, state.epoch)
+            self.writer.flush()
+            if state.epoch == self.epochs:
+                self._closer()
+        return row

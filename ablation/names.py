@@ -1,0 +1,46 @@
+"""Every name that is a choice somewhere, defined once: config validation, the modules that implement
+the choices, the CLI, the launcher and analysis all import them from here.
+
+Torch-free and dependency-free, so anything can import it (`ablate status` and analysis included).
+Adding a choice (a data set, an encoder, a loss, a method, a metric, a cell state) starts here;
+tests/test_names.py checks that each implementing module covers exactly these names.
+"""
+from __future__ import annotations
+
+# ---- cell config choices (ablation/config.py validates against these)
+DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "folder")
+RESIDENT = ("auto", "always", "never")
+SERVE_MODES = ("auto", "resident", "stream")  # image folders: held in memory or streamed
+DECODERS = ("workers", "device")  # streamed folders: where JPEGs are decoded
+VIEW_MODES = ("asymmetric", "symmetric")
+ENCODERS = ("small_cnn", "resnet18", "resnet50")
+HEADS = ("none", "linear", "nonlinear")
+LOSSES = ("nt_xent", "nt_logistic", "margin")
+OPTIMIZERS = ("lars", "sgd", "adamw")
+LR_SCALINGS = ("linear", "sqrt")
+PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("auto", "always", "never")
+
+# ---- experiments and launching
+GRID_KINDS = ("pairwise", "product")
+EXECUTORS = ("auto", "slurm", "local")
+# The paper's tables and figures an experiment can reproduce, and how the paper names them.
+PAPER_TABLES = {"figure5": "Figure 5", "table1": "Table 1", "table4": "Table 4", "table5": "Table 5",
+                "figure8": "Figure 8", "tableB1": "Table B.1"}
+
+# ---- result.json "status": written by the cell (corrupt: a file of the cell cannot be read)
+FINISHED, FAILED, CORRUPT = "finished", "failed", "corrupt"
+
+# ---- cell states shown by `ablate status`, in display order
+DONE, RUNNING, QUEUED, UNKNOWN, TODO, CANCELLED, TIMEOUT = (
+    "done", "running", "queued", "unknown", "todo", "cancelled", "timeout")
+STATES = (DONE, RUNNING, QUEUED, UNKNOWN, TODO, FAILED, CORRUPT, CANCELLED, TIMEOUT)
+RETRYABLE = (FAILED, CORRUPT, CANCELLED, TIMEOUT)  # rerun by `ablate grid --retry`
+
+# ---- metrics in result.json
+LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1, RANDOM_INIT_TOP1, FINAL_LOSS = (
+    "linear_top1", "linear_top5", "knn_top1", "random_init_top1", "final_loss")
+ACCURACIES = (LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1, RANDOM_INIT_TOP1)  # fractions in [0, 1]
+METRICS = (*ACCURACIES, FINAL_LOSS)
+PRIMARY_METRIC = LINEAR_TOP1  # what status tables, logs and figures show
+PER_CLASS = "linear_top1_per_class"  # {class name: linear top-1 on that class's test images}

@@ -1,0 +1,79 @@
+"""The cell id is the canonical meaning of a config: spellings of one spec are one cell, keys that
+cannot change a result are not part of it, anything that can change a result is."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ablation.augment import parse_spec
+from ablation.config import build_config
+from ablation.identity import canonical_spec, settings, signature
+
+
+def cell_id(*overrides: str) -> str:
+    return signature(build_config({}, list(overrides)))
+
+
+def test_spellings_of_one_spec_are_one_cell():
+    ids = {cell_id(f"augment.views={spec}") for spec in
+           ("crop+color", "crop + color", "crop+color(s=1.0)", "crop+color(s=1)", " crop()+color(s=1.0, p=1.0) ")}
+    assert len(ids) == 1
+    assert cell_id("augment.views=crop+color(s=0.5)") not in ids
+    assert cell_id("augment.views=color+crop") not in ids
+    assert cell_id("augment.base=none") == cell_id("augment.base=") == cell_id("augment.base= none ")
+
+
+@pytest.mark.parametrize("override", ["data.workers=0", "data.download=true", "train.checkpoint_every=1",
+                                      "eval.batch_size=64"])
+def test_keys_that_cannot_change_a_result_do_not_change_the_id(override):
+    assert cell_id(override) == cell_id()
+
+
+@pytest.mark.parametrize("override", ["train.seed=1", "loss.temperature=0.2", "model.sync_bn=false",
+                                      "train.device=cpu", "data.resident=never", "eval.knn_k=20"])
+def test_keys_that_can_change_a_result_change_the_id(override):
+    assert cell_id(override) != cell_id()
+
+
+@pytest.mark.parametrize("spec", ["crop", "crop+color", " crop + color + blur ", "none", "", "rotate+noise+sobel"])
+def test_the_torch_free_form_of_a_spec_without_parameters_is_the_canonical_one(spec):
+    assert canonical_spec(spec) == parse_spec(spec).spec
+
+
+def test_a_spec_without_parameters_is_canonical_without_torch():
+    code = ("import sys; from ablation.identity import canonical_spec; "
+            "assert canonical_spec('crop + color') == 'crop+color'; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_settings_spell_out_the_ops_of_a_spec():
+    cfg = build_config({}, ["augment.views=crop+color(s=0.5)+blur"])
+    flat = settings(cfg, ["augment.views"])
+    assert flat["augment.views"] == "crop+color(s=0.5)+blur" and flat["loss.temperature"] == 0.5
+    assert flat["augment.views.color.s"] == 0.5 and flat["augment.views.blur"] is True
+    assert flat["augment.views.rotate"] is False and "augment.views.rotate.p" not in flat
+    assert "data.workers" not in flat and "augment.views.color" not in settings(cfg)
+
+
+FOLDER = ("data.name=folder", "data.root=photos")
+
+
+@pytest.mark.parametrize("override", ["data.serve=stream", "data.serve=resident", "data.stored_size=64",
+                                      "data.decode=device", "data.classes=[a,b]", "data.classes=imagenet100",
+                                      "data.per_class=10"])
+def test_folder_keys_set_change_a_folder_cells_id(override):
+    assert cell_id(*FOLDER, override) != cell_id(*FOLDER)
+
+
+def test_folder_keys_at_their_defaults_are_not_part_of_the_id():
+    """At the defaults a folder is a resident set at data.size with every class: the id of a config
+    without these keys."""
+    assert cell_id(*FOLDER, "data.serve=auto", "data.stored_size=null", "data.decode=workers",
+                   "data.classes=null") == cell_id(*FOLDER)
+    keys = {"data.serve", "data.stored_size", "data.decode", "data.classes"}
+    assert not keys & set(settings(build_config({}, list(FOLDER))))
+    assert not keys & set(settings(build_config({}, [])))
+    assert settings(build_config({}, [*FOLDER, "data.serve=stream"]))["data.serve"] == "stream"
+    assert cell_id(*FOLDER, "data.workers=16") == cell_id(*FOLDER)
