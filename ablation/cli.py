@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import store
+from .grid import preset_names
 from .names import DONE, EXECUTORS, FINISHED, METRICS
 
 EPILOG = """examples:
@@ -25,7 +26,7 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", nargs="?", default=None,
                    help="experiment name in experiments/ (pairwise, color_strength, ...) or a YAML path "
                         "(default: pairwise)")
-    p.add_argument("--preset", help="embedded | cifar10 | imagenet (default: the file's preset)")
+    p.add_argument("--preset", help=f"{' | '.join(preset_names())} (default: the file's preset)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a cell key (train.epochs=5) or a slurm key (slurm.partition=gpu); repeatable")
     p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results/)")

@@ -23,22 +23,17 @@ from .errors import did_you_mean
 
 # Bump when a default or the meaning of a field changes: old results must not be reused.
 # 2: cell ids hash the canonical meaning (ablation/identity.py); model.sync_bn.
-SCHEMA_VERSION = 2
-
-
-NON_DEFAULT = "non-default"  # identity: part of the cell id where the value is not the field's default
+# 3: cell ids hash only the departures from the defaults, so new options keep old ids.
+SCHEMA_VERSION = 3
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
-        high: float | None = None, identity: bool | str = True, spec: bool = False) -> Any:
+        high: float | None = None, identity: bool = True, spec: bool = False) -> Any:
     """A config field with its documentation and allowed values.
 
     identity=False: the field cannot change a result (how many workers decode, how often to
-    checkpoint), so it is not part of the cell id. identity=NON_DEFAULT: part of the id where it is
-    set away from its default; at the default it reads data as a config without the key does (the
-    folder-only keys: a resident folder at data.size, every class), so such cells keep that id. A
-    changed default bumps SCHEMA_VERSION, which changes every id. spec=True: the value is an
-    augmentation spec, compared by its canonical form.
+    checkpoint), so it is not part of the cell id. spec=True: the value is an augmentation spec,
+    compared by its canonical form.
     """
     return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high,
                                             "identity": identity, "spec": spec})
@@ -62,16 +57,15 @@ class DataConfig:
     serve: str = opt("auto", "folder: resident (decoded once at data.stored_size, uint8 in memory) or stream "
                      "(loader workers decode every image each epoch and crop it from the full image); "
                      "auto: resident when the stored set fits in 32 GiB, else stream",
-                     choices=names.SERVE_MODES, identity=NON_DEFAULT)
+                     choices=names.SERVE_MODES)
     stored_size: Optional[int] = opt(None, "folder, resident: side of the stored images (shorter side resized, "
                                      "centre crop); the first crop is drawn from them and resized to data.size "
-                                     "(none: data.size, as for CIFAR)", low=8, high=4096, identity=NON_DEFAULT)
+                                     "(none: data.size, as for CIFAR)", low=8, high=4096)
     decode: str = opt("workers", "stream: decode JPEGs in the loader workers (CPU, at reduced scale where the "
                       "crop allows) or on the training device in batches (torchvision decode_jpeg; nvJPEG on a GPU)",
-                      choices=names.DECODERS, identity=NON_DEFAULT)
+                      choices=names.DECODERS)
     classes: Optional[Union[list, str]] = opt(None, "folder: class folders to use, a list or a file of names "
-                                              "(one a line) or a shipped list: imagenet100 (none: all)",
-                                              identity=NON_DEFAULT)
+                                              "(one a line) or a shipped list: imagenet100 (none: all)")
 
 
 @dataclass
@@ -326,7 +320,6 @@ def describe(cls: type = CellConfig, prefix: str = "") -> list[tuple[str, Any, s
         else:
             allowed = f.metadata.get("choices")
             doc = f.metadata["doc"] + (f" [{' | '.join(allowed)}]" if allowed else "")
-            doc += {False: " (not part of the cell id)", NON_DEFAULT: " (part of the cell id when set)"}.get(
-                f.metadata["identity"], "")
+            doc += "" if f.metadata["identity"] else " (not part of the cell id)"
             rows.append((prefix + f.name, f.default, doc))
     return rows

@@ -3,10 +3,9 @@
 An experiment file holds
     name, title, paper      what it is (paper: figure5 | table1 | table4 | table5 | figure8 | tableB1)
     cell                    the base cell config (see `ablate run --help` for every key)
-    presets                 named overrides of `cell`: embedded | cifar10 | imagenet | imagenet100 |
-                            photos-cpu (one is chosen); they extend presets.yaml beside the file; a
-                            preset may also override keys of the grid section (e.g. its ops) and of
-                            the slurm section
+    presets                 named overrides of `cell` (one is chosen): presets.yaml's names;
+                            they extend presets.yaml beside the file; a preset may also
+                            override keys of the grid section (e.g. its ops) and of the slurm section
     preset                  the default preset
     grid                    kind: pairwise (ops: [...]) or product (axes: {key: [values]}), seeds: [...]
     figure                  optional: how analysis draws a product grid (kind: budget, see FIGURE_KEYS);
@@ -271,6 +270,11 @@ def _check_figure(figure: dict | None, axes: list) -> None:
     for role in ("x", "hue", "facet"):
         if figure[role] not in axes:
             raise ValueError(f"figure.{role}: '{figure[role]}' is not a swept key; swept: {', '.join(axes)}")
+
+
+def preset_names() -> list[str]:
+    """The project's shared presets (experiments/presets.yaml), for help texts."""
+    return list(_shared_presets(EXPERIMENTS_DIR / "presets.yaml"))
 
 
 def _shared_presets(path: Path) -> dict:

@@ -5,10 +5,11 @@ The cell id is a hash of the canonical meaning of the resolved config and the sc
   `crop+color(s=1.0)` are one cell;
 - fields declared `identity=False` in config.py cannot change a result (data.workers,
   data.download, train.checkpoint_every, eval.batch_size) and are left out;
-- the folder-only keys (data.serve, data.stored_size, data.decode, data.classes) count where they
-  are set away from their defaults (`identity=NON_DEFAULT`): at the defaults a folder is a resident
-  set at data.size with every class, read as a config without these keys reads it, and other data
-  sets never read them (validation keeps them at their defaults there).
+- only values that depart from the defaults count (as in dora's signatures): a new option whose
+  default keeps the old behaviour leaves every finished cell's id, so a relaunch after an upgrade
+  skips them. Changing a default's meaning bumps SCHEMA_VERSION instead. The folder-only keys
+  (data.serve, data.stored_size, data.decode, data.classes) are such options: at their defaults a
+  folder is a resident set at data.size with every class, and other data sets never read them.
 
 `settings` flattens the same meaning into dotted keys (loss.temperature) and spells out the ops of
 spec-valued keys (augment.views.color.s, augment.views.blur), so analysis is told what a cell is
@@ -26,7 +27,7 @@ import json
 import typing
 from typing import Any
 
-from .config import NON_DEFAULT, SCHEMA_VERSION, CellConfig
+from .config import SCHEMA_VERSION, CellConfig
 
 
 @functools.lru_cache(maxsize=4096)
@@ -50,20 +51,36 @@ def meaning(section: Any) -> dict[str, Any]:
         value = getattr(section, f.name)
         if dataclasses.is_dataclass(value):
             out[f.name] = meaning(value)
-        elif _counts(f, value):
+        elif f.metadata.get("identity", True):
             out[f.name] = canonical_spec(value) if f.metadata.get("spec") else value
     return out
 
 
-def _counts(f: dataclasses.Field, value: Any) -> bool:
-    """Whether a field with this value is part of the meaning (see config.opt's `identity`)."""
-    identity = f.metadata.get("identity", True)
-    return value != f.default if identity == NON_DEFAULT else bool(identity)
+def departures(cfg: CellConfig) -> dict[str, Any]:
+    """The part of the config's meaning that departs from the defaults, nested as the config."""
+    return _departures(meaning(cfg), _default_meaning())
+
+
+@functools.lru_cache(maxsize=1)
+def _default_meaning() -> dict[str, Any]:
+    return meaning(CellConfig())
+
+
+def _departures(tree: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            if nested := _departures(value, defaults.get(key, {})):
+                out[key] = nested
+        elif key not in defaults or value != defaults[key]:
+            out[key] = value
+    return out
 
 
 def signature(cfg: CellConfig) -> str:
-    """Short, stable hash of the config's meaning and the schema version: the cell's id."""
-    blob = json.dumps({"schema": SCHEMA_VERSION, "config": meaning(cfg)}, sort_keys=True)
+    """Short, stable hash of the config's departures from the defaults and the schema version: the
+    cell's id."""
+    blob = json.dumps({"schema": SCHEMA_VERSION, "config": departures(cfg)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -112,11 +112,11 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
     folder = store.experiment_dir(root, exp.name)
     outcome: dict[str, str] = {}
     interrupt = Interrupt()
-    total = sum(r.state == TODO for r in statuses(root, exp))
     with interrupt_on_signals(interrupt):
         while not interrupt.requested and (cell := claim(root, exp)) is not None:
             d = folder / cell.id
-            log(f"[{len(outcome) + 1}/{total}] {exp.name}: running {cell.label} ({cell.id})")
+            started = sum(r.state != TODO for r in statuses(root, exp))  # this one included, by any worker
+            log(f"[{started}/{len(exp.cells)}] {exp.name}: running {cell.label} ({cell.id})")
             try:
                 result = run_cell(cell.config, d, interrupt, show_progress=False)
                 outcome[cell.id] = result["status"]

@@ -9,7 +9,7 @@ import pytest
 
 from ablation.augment import parse_spec
 from ablation.config import build_config
-from ablation.identity import canonical_spec, settings, signature
+from ablation.identity import canonical_spec, departures, settings, signature
 
 
 def cell_id(*overrides: str) -> str:
@@ -35,6 +35,13 @@ def test_keys_that_cannot_change_a_result_do_not_change_the_id(override):
                                       "train.device=cpu", "data.resident=never", "eval.knn_k=20"])
 def test_keys_that_can_change_a_result_change_the_id(override):
     assert cell_id(override) != cell_id()
+
+
+def test_only_departures_from_the_defaults_are_hashed_so_a_new_option_keeps_old_ids():
+    assert departures(build_config()) == {}
+    assert departures(build_config({}, ["train.seed=1", "augment.views=crop + color(s=0.5)", "data.workers=3"])) \
+        == {"train": {"seed": 1}, "augment": {"views": "crop+color(s=0.5)"}}
+    assert cell_id("train.seed=0") == cell_id()  # a value set to its default is no departure
 
 
 @pytest.mark.parametrize("spec", ["crop", "crop+color", " crop + color + blur ", "none", "", "rotate+noise+sobel"])
@@ -67,13 +74,11 @@ def test_folder_keys_set_change_a_folder_cells_id(override):
     assert cell_id(*FOLDER, override) != cell_id(*FOLDER)
 
 
-def test_folder_keys_at_their_defaults_are_not_part_of_the_id():
+def test_folder_keys_at_their_defaults_are_no_departure():
     """At the defaults a folder is a resident set at data.size with every class: the id of a config
-    without these keys."""
+    without these keys; other data sets never read them."""
     assert cell_id(*FOLDER, "data.serve=auto", "data.stored_size=null", "data.decode=workers",
                    "data.classes=null") == cell_id(*FOLDER)
-    keys = {"data.serve", "data.stored_size", "data.decode", "data.classes"}
-    assert not keys & set(settings(build_config({}, list(FOLDER))))
-    assert not keys & set(settings(build_config({}, [])))
-    assert settings(build_config({}, [*FOLDER, "data.serve=stream"]))["data.serve"] == "stream"
+    assert departures(build_config({}, list(FOLDER))) == {"data": {"name": "folder", "root": "photos"}}
+    assert departures(build_config({}, [*FOLDER, "data.serve=stream"]))["data"]["serve"] == "stream"
     assert cell_id(*FOLDER, "data.workers=16") == cell_id(*FOLDER)

@@ -49,6 +49,8 @@ def test_local_grid_runs_every_cell_once_then_skips_finished(tmp_path, capsys):
     exp = load_experiment(str(pairwise(tmp_path)))
     root = tmp_path / "results"
     first = launch.launch(root, exp, "local")
+    started = [line.split("]")[0] + "]" for line in capsys.readouterr().out.splitlines() if "running" in line]
+    assert started == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]  # the k-th cell of the grid to start
     assert sorted(first["ran"]) == sorted(c.id for c in exp.cells)
     assert set(first["ran"].values()) == {"finished"}
     assert all(r["status"] == "finished" for r in results(root, exp).values())
