@@ -5,7 +5,7 @@ An experiment file holds
     cell                    the base cell config (see `ablate run --help` for every key)
     presets                 named overrides of `cell` (one is chosen): presets.yaml's names;
                             they extend presets.yaml beside the file; a preset may also
-                            override keys of the grid section (e.g. its ops)
+                            override keys of the grid section (e.g. its ops) and of the slurm section
     preset                  the default preset
     grid                    kind: pairwise (ops: [...]) or product (axes: {key: [values]}), seeds: [...]
     figure                  optional: how analysis draws a product grid (kind: budget, see FIGURE_KEYS);
@@ -213,11 +213,13 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
         raise ValueError(f"paper: '{paper}' is not allowed{did_you_mean(paper, PAPER_TABLES)}; "
                          f"choose from: {', '.join(PAPER_TABLES)}")
     # precedence: shared preset < the experiment's cell < the experiment's own preset < --set
-    chosen = dict(own.get(preset) or {})
+    chosen, shared_chosen = dict(own.get(preset) or {}), dict(shared.get(preset) or {})
     grid = merge(spec.get("grid") or {}, chosen.pop("grid", None) or {})
+    slurm_tree = merge(merge(shared_chosen.pop("slurm", None) or {}, spec.get("slurm") or {}),
+                       chosen.pop("slurm", None) or {})
     figure = merge(spec.get("figure") or {}, chosen.pop("figure", None) or {}) or None
-    base = merge(merge(shared.get(preset) or {}, spec.get("cell") or {}), chosen)
-    slurm_tree, cell_tree = dict(spec.get("slurm") or {}), dict[str, Any]()
+    base = merge(merge(shared_chosen, spec.get("cell") or {}), chosen)
+    cell_tree = dict[str, Any]()
     for assignment in overrides:  # parsed once, not once per cell
         if assignment.startswith("slurm."):
             set_dotted(slurm_tree, assignment.removeprefix("slurm."))
