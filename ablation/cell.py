@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -27,7 +28,16 @@ from torch.nn.parallel import DistributedDataParallel
 from . import accel, dist, store
 from .augment import TwoViews
 from .config import CellConfig
-from .data import DeviceBatcher, ImageSet, fits_on_device, load_dataset
+from .data import (
+    DeviceBatcher,
+    FolderSet,
+    ImageSet,
+    fits_on_device,
+    load_dataset,
+    load_folder,
+    source_views,
+    stream_batcher,
+)
 from .identity import signature
 from .methods import Method, build_method
 from .metrics_log import EpochLog
@@ -46,6 +56,10 @@ from .names import (
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probe import extract_features, knn_probe, linear_probe
 from .progress import Progress
+
+if TYPE_CHECKING:  # the streaming modules load on first use (simplejpeg)
+    from .data.protocol import SourceViews
+    from .data.stream import StreamBatcher
 
 INTERRUPT_POLL_STEPS = 8  # under DDP, steps between two checks of the ranks' interrupt flags
 
@@ -103,6 +117,8 @@ def _cached_dataset(data_key: tuple) -> tuple[ImageSet, ImageSet]:
 
 def load_data(cfg: CellConfig) -> tuple[ImageSet, ImageSet]:
     d = cfg.data
+    if d.name == "folder":
+        return load_folder(d)  # resident (ImageSet, or FolderSet at a larger stored size) or streamed
     return _cached_dataset((d.name, d.root, d.size, d.download, d.per_class, d.n_train, d.n_test, d.data_seed))
 
 
@@ -211,8 +227,9 @@ def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, sho
             raise
 
 
-def train_step(net: torch.nn.Module, method: Method, views: TwoViews, x: torch.Tensor, y: torch.Tensor,
-               g: torch.Generator, optimizer, scheduler, cfg: CellConfig, progress: tuple[int, int]) -> torch.Tensor:
+def train_step(net: torch.nn.Module, method: Method, views: TwoViews | SourceViews, x: torch.Tensor,
+               y: torch.Tensor, g: torch.Generator, optimizer, scheduler, cfg: CellConfig,
+               progress: tuple[int, int]) -> torch.Tensor:
     """One step of the cell's method: its views of the batch, its networks in one forward pass (`net`:
     the method as DDP and torch.compile wrap it), its loss, the update, then the method's own update
     at `progress` = (steps done, total steps). Returns the loss as a tensor on the device: nothing
@@ -230,11 +247,15 @@ def train_step(net: torch.nn.Module, method: Method, views: TwoViews, x: torch.T
     return loss.detach()
 
 
-def _batcher(cfg: CellConfig, train: ImageSet, device: torch.device) -> DeviceBatcher:
-    """The training set on the device when it fits (airbench-style), else batches moved per step."""
+def _batcher(cfg: CellConfig, train: ImageSet | FolderSet, device: torch.device) -> DeviceBatcher | StreamBatcher:
+    """The training set on the device when it fits (airbench-style), else batches moved per step;
+    a streamed folder's loader."""
+    if isinstance(train, FolderSet) and train.stored is None:
+        return stream_batcher(cfg.data, cfg.augment, cfg.train.batch_size, train, device, (dist.rank(), dist.world()))
+    images = train.stored if isinstance(train, FolderSet) else train.images
     resident = cfg.data.resident == "always" or (
-        cfg.data.resident == "auto" and fits_on_device(train.images.numel(), device))
-    images = train.images.to(device) if resident else train.images
+        cfg.data.resident == "auto" and fits_on_device(images.numel(), device))
+    images = images.to(device) if resident else images
     return DeviceBatcher(images, train.labels, cfg.train.batch_size, drop_last=True,
                          shard=(dist.rank(), dist.world()))
 
@@ -286,10 +307,11 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     prior_wall = state.wall_s
     net = accel.CompiledStep(model, DistributedDataParallel(model) if dist.active() else model,
                              accel.uses_compile(cfg.train.compile, device))
-    views = TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode)
+    views = (source_views(cfg.data, cfg.augment, train) if isinstance(train, FolderSet)
+             else TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode))
     rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
-    log = EpochLog(out, model, views, batcher.images, steps, epochs, cfg.train.log_every, state,
+    log = EpochLog(out, model, views, batcher, steps, epochs, cfg.train.log_every, state,
                    probe=lambda: evaluate(cfg, model.encoder, train, test, device), writes=dist.is_main())
 
     def save() -> None:
@@ -301,7 +323,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         epoch, t0 = state.epoch, time.monotonic()
         loss_sum = torch.tensor(state.loss_sum, device=device)
         model.train()
-        for x, y in batcher.epoch(generator(batcher.images.device, seed, epoch), start=state.step):
+        for x, y in batcher.epoch(generator(batcher.device, seed, epoch), start=state.step):
             x, y, step = x.to(device, non_blocking=True), y.to(device, non_blocking=True), state.step
             key, progress = (seed, epoch, step, *rank_key), (epoch * steps + step + 1, steps * epochs)
             # the generator is made in the step: an eager retry after a failed compilation draws the same views

@@ -14,7 +14,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
@@ -61,12 +61,24 @@ class DataConfig:
     n_train: int = opt(5000, "embedded only: training images", low=10, high=1_000_000)
     n_test: int = opt(1000, "embedded only: test images", low=10, high=1_000_000)
     data_seed: int = opt(0, "embedded only: seed that generates the images (fixed across replicates)", low=0)
-    per_class: Optional[int] = opt(None, "keep the first k training images of each class (null: all); "
-                                   "the test split stays whole", low=1)
+    per_class: Optional[int] = opt(None, "keep the first k training images of each class (null: all; folders: "
+                                   "the first in file-name order); the test split stays whole", low=1)
     resident: str = opt("auto", "keep the uint8 set on the device (auto: when it fits)",
                         choices=names.RESIDENT)
     workers: int = opt(4, "decoding workers for the streaming loader and folder decoding", low=0, high=256,
                        identity=False)
+    serve: str = opt("auto", "folder: resident (decoded once at data.stored_size, uint8 in memory) or stream "
+                     "(loader workers decode every image each epoch and crop it from the full image); "
+                     "auto: resident when the stored set fits in 32 GiB, else stream",
+                     choices=names.SERVE_MODES)
+    stored_size: Optional[int] = opt(None, "folder, resident: side of the stored images (shorter side resized, "
+                                     "centre crop); the first crop is drawn from them and resized to data.size "
+                                     "(none: data.size, as for CIFAR)", low=8, high=4096)
+    decode: str = opt("workers", "stream: decode JPEGs in the loader workers (CPU, at reduced scale where the "
+                      "crop allows) or on the training device in batches (torchvision decode_jpeg; nvJPEG on a GPU)",
+                      choices=names.DECODERS)
+    classes: Optional[Union[list, str]] = opt(None, "folder: class folders to use, a list or a file of names "
+                                              "(one a line) or a shipped list: imagenet100 (none: all)")
 
 
 @dataclass
@@ -163,13 +175,15 @@ def _as_float(value: int | str) -> float | str:
 def _check_value(key: str, value: Any, hint: Any, meta: typing.Mapping) -> Any:
     """Type-check and range-check one leaf value; return it (ints widen to floats)."""
     optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    kinds = tuple(a for a in typing.get_args(hint) if a is not type(None)) if optional else (hint,)
+    base = kinds[0] if len(kinds) == 1 else kinds
     if value is None and optional:
         return None
     if base is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         value = _as_float(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        raise ValueError(f"{key}: expected {base.__name__}{' or null' if optional else ''}, got {value!r}")
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise ValueError(f"{key}: expected {expected}{' or null' if optional else ''}, got {value!r}")
     if base is float and not math.isfinite(value):
         raise ValueError(f"{key}: expected a finite number, got {value!r}")
     if meta.get("choices") and value not in meta["choices"]:
@@ -263,9 +277,32 @@ def validate(cfg: CellConfig) -> CellConfig:
         raise ValueError("data.per_class: the embedded set is generated; set data.n_train instead")
     if cfg.data.name == "folder" and not cfg.data.root:
         raise ValueError("data.root: required when data.name is 'folder' (root/train/<class>/*)")
+    _validate_folder_keys(cfg.data)
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ValueError(f"train.device: '{cfg.train.device}' is not allowed; choose from: auto, cpu, cuda, cuda:N")
     return cfg
+
+
+FOLDER_KEYS = ("serve", "stored_size", "decode", "classes")  # the data keys that only image folders read
+
+
+def _validate_folder_keys(data: DataConfig) -> None:
+    """The folder-only keys: set only for folders, a readable class list, a stored size >= data.size."""
+    from .data.folders import class_names
+
+    if data.name != "folder":
+        for key in FOLDER_KEYS:
+            default = next(f.default for f in dataclasses.fields(DataConfig) if f.name == key)
+            if getattr(data, key) != default:
+                raise ValueError(f"data.{key}: only for data.name=folder (data.name is '{data.name}')")
+        return
+    chosen = data.classes
+    if isinstance(chosen, list) and (not chosen or not all(isinstance(c, (str, int)) for c in chosen)):
+        raise ValueError(f"data.classes: expected a non-empty list of class folder names, got {data.classes!r}")
+    class_names(data.classes)
+    if data.stored_size is not None and data.stored_size < data.size:
+        raise ValueError(f"data.stored_size: {data.stored_size} is below data.size {data.size}; "
+                         f"stored images are cropped down to data.size")
 
 
 def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ()) -> CellConfig:

@@ -5,7 +5,7 @@ An experiment file holds
     cell                    the base cell config (see `ablate run --help` for every key)
     presets                 named overrides of `cell` (one is chosen): presets.yaml's names;
                             they extend presets.yaml beside the file; a preset may also
-                            override keys of the grid section (e.g. its ops)
+                            override keys of the grid section (e.g. its ops) and of the slurm section
     preset                  the default preset
     grid                    kind: pairwise (ops: [...], optional axes: facets such as {method: [...]})
                             or product (axes: {key: [values]}), seeds: [...]
@@ -229,12 +229,14 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
                          f"choose from: {', '.join(PAPER_TABLES)}")
     # precedence: shared preset < the cell's method recipe < the experiment's cell < the experiment's
     # own preset < the grid point < --set
-    chosen = dict(own.get(preset) or {})
+    chosen, shared_chosen = dict(own.get(preset) or {}), dict(shared.get(preset) or {})
     grid = merge(spec.get("grid") or {}, chosen.pop("grid", None) or {})
+    slurm_tree = merge(merge(shared_chosen.pop("slurm", None) or {}, spec.get("slurm") or {}),
+                       chosen.pop("slurm", None) or {})
     figure = merge(spec.get("figure") or {}, chosen.pop("figure", None) or {}) or None
-    below, above = shared.get(preset) or {}, merge(spec.get("cell") or {}, chosen)
+    below, above = shared_chosen, merge(spec.get("cell") or {}, chosen)
     recipes = _shared(path, "methods")
-    slurm_tree, cell_tree = dict(spec.get("slurm") or {}), dict[str, Any]()
+    cell_tree = dict[str, Any]()
     for assignment in overrides:  # parsed once, not once per cell
         if assignment.startswith("slurm."):
             set_dotted(slurm_tree, assignment.removeprefix("slurm."))

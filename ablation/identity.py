@@ -7,7 +7,9 @@ The cell id is a hash of the canonical meaning of the resolved config and the sc
   data.download, train.checkpoint_every, eval.batch_size) and are left out;
 - only values that depart from the defaults count (as in dora's signatures): a new option whose
   default keeps the old behaviour leaves every finished cell's id, so a relaunch after an upgrade
-  skips them. Changing a default's meaning bumps SCHEMA_VERSION instead.
+  skips them. Changing a default's meaning bumps SCHEMA_VERSION instead. The folder-only keys
+  (data.serve, data.stored_size, data.decode, data.classes) are such options: at their defaults a
+  folder is a resident set at data.size with every class, and other data sets never read them.
 
 `settings` flattens the same meaning into dotted keys (loss.temperature) and spells out the ops of
 spec-valued keys (augment.views.color.s, augment.views.blur), so analysis is told what a cell is

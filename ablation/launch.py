@@ -30,6 +30,7 @@ import torch
 from . import pack, store
 from .cell import Interrupt, Preempted, run_cell
 from .config import CellConfig, from_dict
+from .data.folders import check as check_folder
 from .grid import Cell, Experiment, cell_identity, slurm_parameters
 from .names import EXECUTORS, FINISHED, PRIMARY_METRIC, RETRYABLE, TODO
 from .slurm_entry import command as slurm_command
@@ -217,6 +218,9 @@ class CellJob(submitit.helpers.Checkpointable):
                 if signal.SIGTERM in received:  # cancelled or preempted by Slurm itself: no requeue
                     sys.exit(f"rank {env.global_rank}: {stopped}")
                 if env.global_rank == 0 and callable(requeue):
+                    # scancel repeats a USR2 to every process of the step, and `scontrol requeue`
+                    # (a child of this one) dies of it: ignored here, it is ignored there too
+                    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
                     requeue(signal.SIGUSR2, None)  # exits the process once the job is requeued
                 if env.global_rank != 0:
                     sys.exit(f"rank {env.global_rank}: preempted; rank 0 requeues the job")
@@ -292,7 +296,11 @@ def pick_executor(name: str, log: Callable[[str], None] = print) -> str:
 
 def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = False, workers: int = 1,
            log: Callable[[str], None] = print) -> dict:
-    """Prepare the results folder and start every cell that needs to run; returns what happened."""
+    """Prepare the results folder and start every cell that needs to run; returns what happened.
+
+    Image folders are checked first (one-line error), so a bad data.root fails no cell."""
+    for root_dir, classes, per_class in {key for c in exp.cells if (key := _folder_key(c.config)) is not None}:
+        check_folder(root_dir, list(classes) if isinstance(classes, tuple) else classes, per_class)
     executor = pick_executor(executor, log)
     folder = store.experiment_dir(root, exp.name)
     with locked(folder):
@@ -310,3 +318,11 @@ def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = Fa
         if executor == "slurm":
             return {"executor": executor, "submitted": submit_slurm(root, exp, cells) if cells else []}
     return {"executor": executor, "ran": run_local(root, exp, workers, log)}
+
+
+def _folder_key(config: CellConfig) -> tuple | None:
+    """(root, classes, per_class) of a folder cell, hashable; None for other data sets."""
+    d = config.data
+    if d.name != "folder":
+        return None
+    return d.root, tuple(d.classes) if isinstance(d.classes, list) else d.classes, d.per_class

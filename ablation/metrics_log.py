@@ -15,7 +15,7 @@ import math
 import time
 import weakref
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,14 @@ from . import store
 # images and the same augmentation draws each epoch, so the curve follows the model only.
 EMBED_IMAGES = 128
 EMBED_SEED = 20_200_213
+
+
+class Batcher(Protocol):
+    """What the log needs of a cell's batcher (DeviceBatcher, StreamBatcher)."""
+
+    def sample(self, n: int) -> torch.Tensor:
+        """The first n training images, uint8, the same at every call."""
+        ...
 
 
 @torch.no_grad()
@@ -59,16 +67,18 @@ class EpochLog:
     and every `log_every` epochs the probes' linear_top1, linear_top5 and knn_top1) of one cell.
 
     `model` is the cell's method: the embedding statistics are of its projections (`project`); a
-    method without one (supervised) has no pos_sim, align and uniform columns. `probe` evaluates the
-    frozen encoder (the cell's final evaluation, run early); `state` is the cell's TrainState, read
-    for its position, images and training seconds.
+    method without one (supervised) has no pos_sim, align and uniform columns. `source` (the cell's
+    batcher) gives the fixed batch in the form `views` takes: resident images, or a streamed folder's
+    first images with their source crops (see the batchers' `sample`). `probe` evaluates the frozen
+    encoder (the cell's final evaluation, run early); `state` is the cell's TrainState, read for its
+    position, images and training seconds.
 
     Under DDP every rank keeps one and calls `epoch`: the embedding forward runs in training mode,
     where global batch norm is a collective that every rank must join (one rank alone waits
     forever). Only the `writes` rank (the main one) probes and writes; the others measure only.
     """
 
-    def __init__(self, cell_dir: Path, model: torch.nn.Module, views: Callable, images: torch.Tensor,
+    def __init__(self, cell_dir: Path, model: torch.nn.Module, views: Callable, source: Batcher,
                  steps: int, epochs: int, log_every: int, state, probe: Callable[[], dict],
                  writes: bool = True):
         self.cell_dir, self.model, self.views, self.probe = Path(cell_dir), model, views, probe
@@ -77,7 +87,7 @@ class EpochLog:
         if writes:
             store.write_metrics(cell_dir, self.rows)
         device = next(model.parameters()).device
-        self.batch = images[:EMBED_IMAGES].to(device).float().div_(255)
+        self.batch = source.sample(EMBED_IMAGES).to(device).float().div_(255)
         self.generator = torch.Generator(device=device)
         self.images, self.train_s = state.images, state.train_s
         self.writer = _tensorboard(cell_dir, state.epoch + 1) if writes else None

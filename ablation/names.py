@@ -13,6 +13,8 @@ from __future__ import annotations
 # ---- cell config choices (ablation/config.py validates against these)
 DATASETS = ("embedded", "cifar10", "cifar100", "stl10", "folder")
 RESIDENT = ("auto", "always", "never")
+SERVE_MODES = ("auto", "resident", "stream")  # image folders: held in memory or streamed
+DECODERS = ("workers", "device")  # streamed folders: where JPEGs are decoded
 VIEW_MODES = ("asymmetric", "symmetric")
 ENCODERS = ("small_cnn", "resnet18", "resnet50")
 HEADS = ("none", "linear", "nonlinear")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import store
+from .data.folders import train_size as folder_train_size
 from .grid import Cell, Experiment
 from .names import (
     CANCELLED,
@@ -46,6 +47,7 @@ SACCT = {"PENDING": QUEUED, "REQUEUED": QUEUED, "REQUEUE_HOLD": QUEUED, "REQUEUE
 LOST_AFTER_S = 600  # a submitted job that sacct never heard of after this long is treated as failed
 # Training images per epoch of the known data sets (folders are counted only when asked).
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "stl10": 5_000}
+TRAIN_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}  # balanced: data.per_class caps each
 
 
 @dataclass
@@ -236,9 +238,12 @@ def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
     todo = [r.cell for r in rows if r.state != DONE]
     sizes = [s for c in todo if (s := _train_size(c.config)) is not None]
     if len(sizes) < len(todo):
-        return f"cost: {len(todo)} cells to run (image count unknown for data.name=folder)"
-    images = sum(s * c.config.train.epochs for s, c in zip(sizes, todo))
-    line = f"cost: {len(todo)} cells x epochs x images = {images:,} training images"
+        return (f"cost: {len(todo)} cells to run (image count unknown for data.name=folder: "
+                f"data.root not found; set it to the folder)")
+    images = sum(s[0] * c.config.train.epochs for s, c in zip(sizes, todo))
+    sources = sorted({s[1] for s in sizes if s[1]})
+    line = (f"cost: {len(todo)} cells x epochs x images = {images:,} training images"
+            + (f" (images per epoch: {'; '.join(sources)})" if sources else ""))
     rate, source = measured_rate(rows), "measured"
     if rate is None and exp.slurm.images_per_s:
         rate, source = exp.slurm.images_per_s, "configured slurm.images_per_s"
@@ -250,7 +255,14 @@ def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
     return line
 
 
-def _train_size(config) -> int | None:
-    if config.data.name == "embedded":
-        return config.data.n_train
-    return TRAIN_SIZES.get(config.data.name)
+def _train_size(config) -> tuple[int, str] | None:
+    """(training images per epoch, where a folder's count comes from), or None when unknown."""
+    d = config.data
+    if d.name == "folder":
+        return folder_train_size(d.root, d.classes, d.per_class)
+    if d.name == "embedded":
+        return d.n_train, ""
+    if d.name not in TRAIN_SIZES:
+        return None
+    images = TRAIN_SIZES[d.name]
+    return (images if d.per_class is None else min(images, TRAIN_CLASSES[d.name] * d.per_class)), ""

@@ -73,7 +73,7 @@ def load_images(root: Path | None, n: int) -> tuple[ImageSet, str]:
         train, _ = load_dataset("embedded", size=32, n_train=n, n_test=10, seed=0)
         return train, "embedded"
     n_classes = sum(1 for d in os.scandir(root / "train") if d.is_dir())
-    train, _ = load_dataset("folder", root, size=32, limit_per_class=math.ceil(n / n_classes))
+    train, _ = load_dataset("folder", root, size=32, per_class=math.ceil(n / n_classes))
     return train, str(root)
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ablation.augment import TwoViews
-from ablation.data import DeviceBatcher, ImageSet, fits_on_device, load_dataset, make_embedded, streaming_loader
+from ablation.data import DeviceBatcher, ImageSet, fits_on_device, load_dataset, make_embedded
 from ablation.data.sources import ImageFiles
 
 # ---- embedded ----------------------------------------------------------------------------------
@@ -192,18 +192,6 @@ def test_missing_data_gives_one_clear_error(tmp_path: Path):
         load_dataset("folder", None, 32, False, tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match=r"cifar10 not found.*data.download=true"):
         load_dataset("cifar10", missing, 32, False, tmp_path / "cache")
-
-
-def test_streaming_loader_yields_uint8_batches_in_seeded_order(tiny_folder: Path):
-    loader = streaming_loader(tiny_folder, "train", 8, batch_size=2, workers=0, seed=5)
-    batches = list(loader)
-    assert len(batches) == 2  # 5 images, drop_last when shuffling
-    images, labels = batches[0]
-    assert images.shape == (2, 3, 8, 8) and images.dtype == torch.uint8 and labels.dtype == torch.int64
-    again = list(streaming_loader(tiny_folder, "train", 8, batch_size=2, workers=0, seed=5))
-    assert all(torch.equal(a[1], b[1]) and torch.equal(a[0], b[0]) for a, b in zip(batches, again))
-    test = list(streaming_loader(tiny_folder, "test", 8, batch_size=2, workers=0))  # falls back to val/
-    assert [b[1].tolist() for b in test] == [[0, 1]]
 
 
 # ---- batcher -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from ablation.cli import main
 from ablation.grid import EXPERIMENTS_DIR, SHARED_FILES, load_experiment
 
 SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem not in SHARED_FILES)
-PRESETS = ("embedded", "cifar10", "imagenet", "photos-cpu")
+PRESETS = ("embedded", "cifar10", "imagenet", "imagenet100", "photos-cpu")
 NEEDS = {"photos-cpu": ["data.root=photos"]}  # presets that need the user's data folder
 
 
@@ -166,3 +166,49 @@ def test_budget_experiment_tells_analysis_its_figure():
     assert {c.config.data.per_class for c in exp.cells} == {1000}
     cifar = load_experiment("budget", "cifar10").describe()["figure"]
     assert cifar["compositions"] == ["crop+color(s=0.5)", "color(s=0.5)+crop"]
+
+
+def _pairs(*ops: str) -> set[str]:
+    return {a if a == b else f"{a}+{b}" for a in ops for b in ops}
+
+
+SYMMETRIC = {"embedded": {"crop+color"}, "cifar10": {"crop+color(s=0.5)"}, "photos-cpu": {"crop+color"}}
+STRENGTHS = {"crop+color(s=0.125)", "crop+color(s=0.25)", "crop+color(s=0.5)", "crop+color(s=1.0)",
+             "crop+color(s=1.0)+blur", "crop+autoaugment"}
+TAKEN_AWAY = {"crop+color", "crop+color(gray_p=0.0)", "crop", "crop+grayscale(p=0.2)", "color"}
+BUDGET = {"crop", "color", "crop+color", "color+crop"}
+# (view modes, base, views) of every shipped experiment's cells on the small-image presets. The
+# ImageNet presets give Figure 5 its shared first crop (tests/test_folders.py); none of it reaches these.
+RESOLVED = {
+    "pairwise": {p: ({"asymmetric"}, "none", _pairs("crop", "cutout", "color", "sobel", "noise", "blur", "rotate"))
+                 for p in ("embedded", "photos-cpu")}
+    | {"cifar10": ({"asymmetric"}, "none",
+                   _pairs("crop", "cutout", "color(s=0.5)", "sobel", "noise", "blur", "rotate"))},
+    "pairwise_check": {p: ({"asymmetric"}, "none", _pairs("crop", "cutout", "color", "blur"))
+                       for p in ("embedded", "photos-cpu")}
+    | {"cifar10": ({"asymmetric"}, "none", _pairs("crop", "cutout", "color(s=0.5)", "blur"))},
+    "budget": {p: ({"asymmetric", "symmetric"}, "none", BUDGET) for p in ("embedded", "photos-cpu")}
+    | {"cifar10": ({"asymmetric", "symmetric"}, "none", {"crop", "color(s=0.5)", "crop+color(s=0.5)",
+                                                         "color(s=0.5)+crop"})},
+    "color_strength": {p: ({"symmetric"}, "none", STRENGTHS) for p in SYMMETRIC},
+    "method_sensitivity": {p: ({"symmetric"}, "none", TAKEN_AWAY) for p in ("embedded", "photos-cpu")}
+    | {"cifar10": ({"symmetric"}, "none", {"crop+color(s=0.5)", "crop+color(s=0.5,gray_p=0.0)", "crop",
+                                          "crop+grayscale(p=0.2)", "color(s=0.5)"})},
+    **{name: {p: ({"symmetric"}, "none", views) for p, views in SYMMETRIC.items()}
+       for name in ("temperature", "head", "loss", "batch_epochs")},
+}
+
+
+def test_every_shipped_experiment_is_listed_in_resolved():
+    assert sorted(RESOLVED) == SHIPPED
+
+
+@pytest.mark.parametrize("name, preset", [(n, p) for n in RESOLVED for p in RESOLVED[n]])
+def test_small_image_presets_resolve_each_experiments_base_and_views(name, preset):
+    from ablation.augment import parse_spec
+
+    modes, base, views = RESOLVED[name][preset]
+    exp = load_experiment(name, preset, NEEDS.get(preset, []))
+    augment = [c.config.augment for c in exp.cells]
+    assert {a.mode for a in augment} == modes and {a.base for a in augment} == {base}
+    assert {parse_spec(a.views).spec for a in augment} == {parse_spec(v).spec for v in views}

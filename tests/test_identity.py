@@ -68,3 +68,23 @@ def test_settings_spell_out_the_ops_of_a_spec():
     assert flat["augment.views.color.s"] == 0.5 and flat["augment.views.blur"] is True
     assert flat["augment.views.rotate"] is False and "augment.views.rotate.p" not in flat
     assert "data.workers" not in flat and "augment.views.color" not in settings(cfg)
+
+
+FOLDER = ("data.name=folder", "data.root=photos")
+
+
+@pytest.mark.parametrize("override", ["data.serve=stream", "data.serve=resident", "data.stored_size=64",
+                                      "data.decode=device", "data.classes=[a,b]", "data.classes=imagenet100",
+                                      "data.per_class=10"])
+def test_folder_keys_set_change_a_folder_cells_id(override):
+    assert cell_id(*FOLDER, override) != cell_id(*FOLDER)
+
+
+def test_folder_keys_at_their_defaults_are_no_departure():
+    """At the defaults a folder is a resident set at data.size with every class: the id of a config
+    without these keys; other data sets never read them."""
+    assert cell_id(*FOLDER, "data.serve=auto", "data.stored_size=null", "data.decode=workers",
+                   "data.classes=null") == cell_id(*FOLDER)
+    assert departures(build_config({}, list(FOLDER))) == {"data": {"name": "folder", "root": "photos"}}
+    assert departures(build_config({}, [*FOLDER, "data.serve=stream"]))["data"]["serve"] == "stream"
+    assert cell_id(*FOLDER, "data.workers=16") == cell_id(*FOLDER)

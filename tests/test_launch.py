@@ -23,8 +23,9 @@ from ablation.grid import Cell, load_experiment
 TINY = {"data": {"n_train": 256, "n_test": 128, "size": 16},
         "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
         "train": {"epochs": 1, "batch_size": 64}, "eval": {"knn_k": 20, "random_init": False}}
-# One cell fails while loading its data (the folder does not exist), the other trains.
-FAILING = {"data.name,data.root": [["folder", "/nonexistent/images"], ["embedded", None]]}
+# One cell fails while loading its data (no CIFAR-10 there), the other trains. (A missing image folder
+# would stop the whole launch before any cell: launches check folders first.)
+FAILING = {"data.name,data.root": [["cifar10", "/nonexistent/images"], ["embedded", None]]}
 
 
 def experiment(tmp_path: Path, grid: dict, name: str = "exp") -> Path:

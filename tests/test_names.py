@@ -8,7 +8,7 @@ import sys
 from ablation import config, launch, losses, names, optim, status
 from ablation.augment import TwoViews
 from ablation.cli import build_parser
-from ablation.data import sources
+from ablation.data import serve, sources
 from ablation.model import build_encoder, build_head
 
 
@@ -24,6 +24,8 @@ def test_config_choices_are_the_names():
     assert _choices(config.OptimConfig, "name") is names.OPTIMIZERS
     assert _choices(config.OptimConfig, "lr_scaling") is names.LR_SCALINGS
     assert _choices(config.AugmentConfig, "mode") is names.VIEW_MODES is TwoViews.MODES
+    assert _choices(config.DataConfig, "serve") is names.SERVE_MODES
+    assert _choices(config.DataConfig, "decode") is names.DECODERS
 
 
 def test_every_named_choice_is_implemented():
@@ -31,6 +33,7 @@ def test_every_named_choice_is_implemented():
     assert set(names.SEMI_HARD_LOSSES) < set(names.LOSSES)
     assert set(optim.BASE_LR) == set(names.LR_SCALINGS)
     assert sources.DATASETS is names.DATASETS
+    assert {serve.serving(mode, 32, 10) for mode in names.SERVE_MODES} == {"resident", "stream"}  # auto: one
     for encoder in names.ENCODERS:  # build_encoder raises for a name it does not build
         assert build_encoder(encoder)[1] > 0
     for head in names.HEADS:

@@ -1,9 +1,20 @@
-"""Data: whole splits as uint8 tensors (embedded shapes, CIFAR, STL-10, image folders), batched on the device."""
+"""Data: whole splits as uint8 tensors (embedded shapes, CIFAR, STL-10, image folders), batched on the device;
+image folders too big to hold streamed from disk (stream.py), either chosen by size (serve.py).
+
+Names load on first use, so `ablation.data.folders` (no torch) serves `ablate status` without importing torch.
+"""
 from __future__ import annotations
 
-from .batcher import DeviceBatcher, fits_on_device
-from .embedded import make_embedded
-from .sources import DATASETS, ImageFiles, ImageSet, default_cache_dir, load_dataset, streaming_loader
+import importlib
 
-__all__ = ["DATASETS", "DeviceBatcher", "ImageFiles", "ImageSet", "default_cache_dir", "fits_on_device",
-           "load_dataset", "make_embedded", "streaming_loader"]
+_WHERE = {"DeviceBatcher": "batcher", "fits_on_device": "batcher", "make_embedded": "embedded",
+          "FolderSet": "serve", "load_folder": "serve", "source_views": "serve", "stream_batcher": "serve",
+          "DATASETS": "sources", "ImageFiles": "sources", "ImageSet": "sources", "default_cache_dir": "sources",
+          "load_dataset": "sources"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -43,6 +43,15 @@ class DeviceBatcher:
         self.images, self.labels = images, labels.to(images.device)
         self.batch_size, self.drop_last, self.shard = batch_size, drop_last, shard
 
+    @property
+    def device(self) -> torch.device:
+        """Where the images live (and the epoch's generator must)."""
+        return self.images.device
+
+    def sample(self, n: int) -> Tensor:
+        """The first n images (uint8, as stored), the same on every rank: a fixed batch for measurements."""
+        return self.images[:n]
+
     def __len__(self) -> int:
         n, b = len(self.images), self.batch_size
         return n // b if self.drop_last else -(-n // b)

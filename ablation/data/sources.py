@@ -1,4 +1,4 @@
-"""Where images come from: whole splits as uint8 tensors (small sets), or a streaming loader (large folders).
+"""Where images come from: whole splits as uint8 tensors (small sets; large folders stream, see stream.py).
 
 Small sets are decoded once and cached as one tensor file, so the next run starts in seconds; the
 augmentations then run batched on the device (see batcher.py).
@@ -20,11 +20,10 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from ..errors import choices_error
 from ..names import DATASETS
 from ..store import atomic_write
+from .folders import FOLDER_LAYOUT, Split, scan
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 CACHE_VERSION = 1
-MAX_RESIDENT_BYTES = 32 * 2**30  # beyond this a folder is streamed (streaming_loader), not held in memory
-FOLDER_LAYOUT = "expected <root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg (or val/ for test)"
+MAX_RESIDENT_BYTES = 32 * 2**30  # beyond this a folder is streamed (data.serve=auto), not held in memory
 
 
 @dataclass
@@ -52,12 +51,16 @@ def default_cache_dir() -> Path:
 
 def load_dataset(name: str, root: str | Path | None = None, size: int = 32, download: bool = False,
                  cache_dir: str | Path | None = None, *, per_class: int | None = None,
+                 classes: str | list[str] | None = None, workers: int | None = None,
                  **embedded_kw) -> tuple[ImageSet, ImageSet]:
     """(train, test) splits of `name` at size x size, decoded once and cached under `cache_dir`.
 
     `embedded_kw` (n_train, n_test, seed) go to make_embedded and are ignored for other sets.
     `per_class` keeps the first k training images of each class (a smaller study on the same
-    classes); the test split stays whole, so accuracies stay comparable across caps.
+    classes; in a folder the first in file-name order); the test split stays whole, so accuracies
+    stay comparable across caps.
+    Folders only: `classes` picks class folders (see folders.class_names); `workers` decode them
+    (default: up to 8 for sets above 2,000 images).
     """
     if name not in DATASETS:
         raise choices_error("dataset", name, DATASETS)
@@ -68,11 +71,12 @@ def load_dataset(name: str, root: str | Path | None = None, size: int = 32, down
     if name == "folder":
         if root is None:
             raise ValueError(f"dataset 'folder' needs data.root; {FOLDER_LAYOUT}")
-        splits = {s: _scan(Path(root), s) for s in ("train", "test")}
-        stamp = [[(p, *_stat(p)) for p in files] for files, _, _ in splits.values()]
+        splits = {"train": scan(root, "train", classes, per_class), "test": scan(root, "test", classes)}
+        stamp = [[(p, *_stat(p)) for p in split.files] for split in splits.values()]
         key = _cache_key(name, Path(root).resolve(), size, per_class, stamp)
         return _cached(cache_dir / f"folder-{size}-{key}.pt",
-                       lambda: (_decode_all(*splits["train"], size, per_class), _decode_all(*splits["test"], size)))
+                       lambda: (_decode_all(splits["train"], size, workers),
+                                _decode_all(splits["test"], size, workers)))
     root = Path(root) if root is not None else cache_dir / "datasets"
     key = _cache_key(name, root.resolve(), size, per_class)
     return _cached(cache_dir / f"{name}-{size}-{key}.pt",
@@ -152,31 +156,6 @@ def _torchvision(name: str, root: Path, train: bool, size: int, download: bool,
 
 # ---- image folders -----------------------------------------------------------------------------
 
-def _split_dir(root: Path, split: str) -> Path:
-    names = ("test", "val") if split in ("test", "val") else (split,)
-    for name in names:
-        if (root / name).is_dir():
-            return root / name
-    raise FileNotFoundError(f"no image folder at {root / names[0]} (looked for {', '.join(names)} under "
-                            f"{root.resolve()}); {FOLDER_LAYOUT}")
-
-
-def _scan(root: Path, split: str) -> tuple[list[str], list[int], list[str]]:
-    """Image files of a split, their labels, and the class names (from train/, sorted)."""
-    classes = sorted(e.name for e in os.scandir(_split_dir(root, "train")) if e.is_dir())
-    files, labels = [], []
-    for d in sorted((e for e in os.scandir(_split_dir(root, split)) if e.is_dir()), key=lambda e: e.name):
-        if d.name not in classes:
-            raise ValueError(f"class folder {d.path} is not in {root / 'train'}; classes there: {', '.join(classes)}")
-        found = sorted(e.path for e in os.scandir(d) if e.name.lower().endswith(IMAGE_EXTENSIONS))
-        files += found
-        labels += [classes.index(d.name)] * len(found)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {_split_dir(root, split)}; "
-                                f"{FOLDER_LAYOUT}")
-    return files, labels, classes
-
-
 class ImageFiles(Dataset):
     """(path, label) pairs decoded to uint8 (3, size, size): shorter side resized, center crop."""
 
@@ -196,27 +175,14 @@ class ImageFiles(Dataset):
         return _fit(image, self.size), self.labels[i]
 
 
-def _decode_all(files: list[str], labels: list[int], classes: list[str], size: int,
-                limit: int | None = None) -> ImageSet:
-    keep = _first_per_class(torch.tensor(labels), limit).tolist()
-    if len(keep) * 3 * size * size > MAX_RESIDENT_BYTES:
-        raise ValueError(f"{len(keep)} images at {size}x{size} under {Path(files[0]).parents[1]} do not fit in "
-                         f"{MAX_RESIDENT_BYTES / 2**30:.0f} GiB of memory; use streaming_loader for this folder")
-    ds = ImageFiles([files[i] for i in keep], [labels[i] for i in keep], classes, size)
-    workers = min(8, os.cpu_count() or 1) if len(ds) > 2000 else 0  # worker start-up beats tiny sets
+def _decode_all(split: Split, size: int, workers: int | None = None) -> ImageSet:
+    files, classes = list(split.files), list(split.classes)
+    if len(files) * 3 * size * size > MAX_RESIDENT_BYTES:
+        raise ValueError(f"{len(files)} images at {size}x{size} under {Path(files[0]).parents[1]} do not fit in "
+                         f"{MAX_RESIDENT_BYTES / 2**30:.0f} GiB of memory; stream them (data.serve=stream)")
+    ds = ImageFiles(files, list(split.labels), classes, size)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    workers = workers if len(ds) > 2000 else 0  # worker start-up beats tiny sets
     batches = list(DataLoader(ds, batch_size=512, num_workers=workers))
     return ImageSet(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]), classes)
-
-
-def streaming_loader(root: str | Path, split: str, size: int, batch_size: int, workers: int = 4,
-                     seed: int = 0, shuffle: bool | None = None) -> DataLoader:
-    """Batches of uint8 (B,3,size,size) images and int64 labels from a folder too big to hold in memory.
-
-    Shuffles (seeded) and drops the last partial batch for the train split unless `shuffle` says
-    otherwise; `.dataset.classes` names the classes.
-    """
-    shuffle = split == "train" if shuffle is None else shuffle
-    ds = ImageFiles(*_scan(Path(root), split), size)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
-                      persistent_workers=workers > 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,9 @@ from ..augment.registry import allowed, coerce
 from ..config import CellConfig
 from ..errors import choices_error
 from ..model import build_encoder
+
+if TYPE_CHECKING:
+    from ..data.protocol import SourceViews
 
 __all__ = ["REGISTRY", "Method", "build_method", "check_method", "describe_methods", "param", "register"]
 
@@ -54,8 +57,9 @@ class Method(nn.Module):
         m = cfg.model
         self.encoder, self.dim = build_encoder(m.encoder, cifar_stem=m.cifar_stem, width=m.width)
 
-    def views(self, pair: TwoViews, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
-        """The augmented inputs of one step (default: the cell's two views)."""
+    def views(self, pair: TwoViews | SourceViews, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
+        """The augmented inputs of one step (default: the cell's two views; `pair` is a folder's
+        SourceViews when its first crop is taken at the source)."""
         return pair(x, generator)
 
     def features(self, x: Tensor) -> Tensor:

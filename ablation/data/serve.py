@@ -1,0 +1,101 @@
+"""Serving an image folder to a cell: resident or streamed, chosen by its size (data.serve).
+
+- resident: decoded once (and cached) at data.stored_size, kept as uint8 on the device or in host
+  memory (data.resident); with a stored size above data.size the first crop is drawn there on the
+  device (protocol.py). At stored size = data.size this is exactly the path of CIFAR and the
+  embedded set, and the cell gets a plain ImageSet.
+- stream: loader workers read, decode and crop every image each epoch from the full image (stream.py).
+auto: resident when train + test at the stored size fit in MAX_RESIDENT_BYTES, else stream.
+Either way every draw is seeded by (seed, epoch, step), and a resumed run replays the same batches.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import protocol as P
+from .folders import Split, scan
+from .sources import MAX_RESIDENT_BYTES, ImageSet, load_dataset
+from .stream import LazyImages, StreamBatcher
+
+
+@dataclass
+class FolderSet:
+    """A split served with its first crop at the source. `images[i:j]` gives evaluation images (uint8
+    at data.size, centre crop); `stored` holds the resident stored images, `split` the streamed files."""
+    images: Any
+    labels: Tensor
+    classes: list[str]
+    stored: Tensor | None = None
+    split: Split | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class CentreCrop:
+    """Slices of stored images (N,3,R,R) cut to their centre S x S (ImageNet's resize 256, crop 224)."""
+
+    def __init__(self, images: Tensor, size: int):
+        self.stored, self.size = images, size
+        self.offset = (images.shape[-1] - size) // 2
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def __getitem__(self, index: slice) -> Tensor:
+        o, s = self.offset, self.size
+        return self.stored[index][..., o:o + s, o:o + s]
+
+
+def serving(serve: str, side: int, n_images: int) -> str:
+    """'resident' or 'stream' for data.serve; auto counts the bytes of n_images stored at side x side."""
+    if serve != "auto":
+        return serve
+    return "resident" if n_images * 3 * side * side <= MAX_RESIDENT_BYTES else "stream"
+
+
+def load_folder(data) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
+    """(train, test) of a folder (data: the cell's DataConfig); kept in memory across a local grid's cells."""
+    classes = tuple(data.classes) if isinstance(data.classes, list) else data.classes
+    return _load(data.root, data.size, data.stored_size, data.serve, classes, data.per_class, data.workers)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(root: str, size: int, stored_size: int | None, serve: str, key: tuple | str | None,
+          per_class: int | None, workers: int) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
+    classes = list(key) if isinstance(key, tuple) else key
+    train, test = scan(root, "train", classes, per_class), scan(root, "test", classes)  # one-line errors first
+    side = stored_size or size
+    if serving(serve, side, len(train.files) + len(test.files)) == "stream":
+        def streamed(s: Split) -> FolderSet:
+            return FolderSet(LazyImages(s.files, size, size / side, workers),
+                             torch.tensor(s.labels, dtype=torch.int64), list(s.classes), split=s)
+        return streamed(train), streamed(test)
+    sets = load_dataset("folder", root, side, per_class=per_class, classes=classes, workers=workers)
+    if side == size:
+        return sets
+
+    def stored(s: ImageSet) -> FolderSet:
+        return FolderSet(CentreCrop(s.images, size), s.labels, s.classes, stored=s.images)
+    return stored(sets[0]), stored(sets[1])
+
+
+def stream_batcher(data, augment, batch_size: int, train: FolderSet, device: torch.device,
+                   shard: tuple[int, int]) -> StreamBatcher:
+    """The streaming loader of a cell (data, augment: the cell's config sections)."""
+    proto = P.protocol(augment.views, augment.base, augment.mode)
+    if train.split is None:
+        raise ValueError("stream_batcher: the training set is not streamed")
+    return StreamBatcher(train.split, batch_size, shard, data.size, proto.crop, proto.crops, data.workers,
+                         device, data.decode)
+
+
+def source_views(data, augment, train: FolderSet) -> P.SourceViews:
+    """The cell's two views when the first crop is taken at the source (streamed or stored images)."""
+    return P.SourceViews(P.protocol(augment.views, augment.base, augment.mode), data.size,
+                         stored=train.stored is not None)
