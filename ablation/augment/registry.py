@@ -106,15 +106,22 @@ class Augmentation:
                 if getattr(self, f.name) != f.default}
 
 
-def register(cls: type) -> type:
-    """Class decorator: make ``cls`` a dataclass and record it under its unique ``name``."""
-    if not issubclass(cls, Augmentation):
-        raise TypeError(f"{cls.__name__} must subclass Augmentation to be registered")
+def registrable_name(cls: Any, base: type, registry: dict[str, type], what: str) -> str:
+    """The unique ``name`` of ``cls`` (a ``base`` subclass with its own ``name`` and one-line ``doc``)
+    about to enter ``registry``; the registries of augmentations and methods share these rules."""
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{getattr(cls, '__name__', cls)} must subclass {base.__name__} to be registered")
     name = cls.__dict__.get("name")
     if not isinstance(name, str) or not name or not isinstance(cls.__dict__.get("doc"), str):
         raise ValueError(f"{cls.__name__} needs a class attribute 'name' and a one-line 'doc'")
-    if name in REGISTRY:
-        raise ValueError(f"augmentation '{name}' is already registered by {REGISTRY[name].__name__}")
+    if name in registry:
+        raise ValueError(f"{what} '{name}' is already registered by {registry[name].__name__}")
+    return name
+
+
+def register(cls: type) -> type:
+    """Class decorator: make ``cls`` a dataclass and record it under its unique ``name``."""
+    name = registrable_name(cls, Augmentation, REGISTRY, "augmentation")
     annotated = inspect.get_annotations(cls)
     unannotated = [k for k, v in vars(cls).items() if isinstance(v, dataclasses.Field) and k not in annotated]
     if unannotated:

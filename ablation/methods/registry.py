@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..augment import TwoViews, param
-from ..augment.registry import allowed, coerce
+from ..augment.registry import allowed, coerce, registrable_name
 from ..config import CellConfig
 from ..errors import choices_error
 from ..model import build_encoder
@@ -85,13 +85,8 @@ class Method(nn.Module):
 
 def register(cls: type) -> type:
     """Class decorator: record a Method subclass under its unique ``name``, with its declared parameters."""
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"{getattr(cls, '__name__', cls)} must subclass Method to be registered")
-    name = cls.__dict__.get("name")
-    if not isinstance(name, str) or not name or not isinstance(cls.__dict__.get("doc"), str):
-        raise ValueError(f"{cls.__name__} needs a class attribute 'name' and a one-line 'doc'")
-    if name in REGISTRY:
-        raise ValueError(f"method '{name}' is already registered by {REGISTRY[name].__name__}")
+    name = registrable_name(cls, Method, REGISTRY, "method")
+    method = cast(type[Method], cls)  # a Method subclass: registrable_name checked it
     annotated = inspect.get_annotations(cls)
     params = {}
     for key, value in vars(cls).items():
@@ -100,8 +95,8 @@ def register(cls: type) -> type:
                 raise ValueError(f"{name}: parameter '{key}' needs a type annotation, e.g. '{key}: float = param(...)'")
             value.name = key
             params[key] = value
-    cls.params = {**cls.params, **params}
-    REGISTRY[name] = cls
+    method.params = {**method.params, **params}
+    REGISTRY[name] = method
     return cls
 
 
