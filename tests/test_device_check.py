@@ -9,9 +9,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_device_check_smoke_runs_every_part_on_the_cpu(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # its scratch folders go here
     argv = [sys.executable, "benchmarks/device_check.py", "--smoke", "--wheels", str(tmp_path)]  # no wheels

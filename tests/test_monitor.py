@@ -95,6 +95,7 @@ def test_status_of_an_ended_grid_has_no_eta(tmp_path, capsys):
     assert list(table_rows("\n".join(lines)).values())[0]["epoch"] == "1/1"
 
 
+@pytest.mark.slow
 def test_watch_ends_by_itself_when_the_local_grid_is_done(tmp_path):
     path, root = experiment(tmp_path, ["crop", "color"], epochs=3), tmp_path / "results"
     exp = load_experiment(str(path))

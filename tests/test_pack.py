@@ -65,6 +65,7 @@ def _same(a: dict, b: dict) -> bool:
     return a["metrics"] == b["metrics"] and a["losses"] == b["losses"]
 
 
+@pytest.mark.slow
 def test_cells_sharing_the_device_end_as_when_run_one_at_a_time(tmp_path):
     """Three cells, two at a time; the third fails (its folder does not exist) without stopping the others."""
     configs = [build_config({}, TINY + ["train.epochs=2", f"augment.views={v}"]) for v in ("crop", "crop+color")]
@@ -84,6 +85,7 @@ def test_cells_sharing_the_device_end_as_when_run_one_at_a_time(tmp_path):
     assert stamps == [Path(f, "result.json").stat().st_mtime_ns for f in folders[:2]]
 
 
+@pytest.mark.slow
 def test_an_interrupted_pack_checkpoints_every_cell_and_resumes_bit_exactly(tmp_path):
     configs = [build_config({}, TINY + ["train.epochs=16", "train.checkpoint_every=1", f"train.seed={s}"])
                for s in (0, 1)]
