@@ -7,7 +7,7 @@ magnitudes and conventions: signed magnitudes get a random sign, rotate and shea
 sampling and black fill, solarize thresholds on 8-bit levels.
 
 Batched without a loop over samples: each step computes every operation kind once on the whole
-batch and keeps, per sample, the one its sub-policy names (a loop over the 9 kinds; rotate and
+batch and keeps, per sample, the one its sub-policy names (a loop over the 10 kinds; rotate and
 shear share one ``grid_sample``). A step that does not fire leaves its samples exact.
 """
 from __future__ import annotations
@@ -112,10 +112,16 @@ def _posterize(x: Tensor, bits: Tensor) -> Tensor:
 _SMOOTH = (1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0, 1.0)  # PIL's SMOOTH filter, weights / 13
 
 
+@functools.lru_cache(maxsize=8)
+def _smooth_kernel(device: torch.device, dtype: torch.dtype, channels: int) -> Tensor:
+    """Made once per device: a host-to-device copy in every step would wait for the device."""
+    return torch.tensor(_SMOOTH, dtype=dtype).div(13).view(1, 1, 3, 3).expand(channels, 1, 3, 3).to(device)
+
+
 def _sharpness(x: Tensor, factor: Tensor) -> Tensor:
     """PIL's Sharpness: blend with the smoothed image, whose one-pixel border is the image itself."""
     c = x.shape[1]
-    kernel = torch.tensor(_SMOOTH, dtype=x.dtype).div(13).view(1, 1, 3, 3).expand(c, 1, 3, 3).to(x.device)
+    kernel = _smooth_kernel(x.device, x.dtype, c)
     smooth = F.pad(F.conv2d(x, kernel, groups=c), (1, 1, 1, 1))
     border = torch.ones_like(smooth[:1, :1])
     border[..., 1:-1, 1:-1] = 0
@@ -148,7 +154,8 @@ def _colour_ops(x: Tensor, mag: Tensor) -> dict[str, Tensor]:
 
 def apply_step(x: Tensor, kind: Tensor, mag: Tensor) -> Tensor:
     """One policy step: sample i gets KINDS[kind[i]] with signed magnitude mag[i]; kind -1 keeps it."""
-    out = torch.where(_per_sample((kind == 0) | (kind == 1)), _affine(x, kind, mag), x)
+    geometric = (kind == KINDS.index(GEOMETRIC[0])) | (kind == KINDS.index(GEOMETRIC[1]))
+    out = torch.where(_per_sample(geometric), _affine(x, kind, mag), x)
     for name, y in _colour_ops(x, mag).items():
         out = torch.where(_per_sample(kind == KINDS.index(name)), y, out)
     return out
