@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_cell import StopAfter
 
 from ablation import launch, store
 from ablation.cell import Preempted, load_data, run_cell
@@ -34,19 +35,6 @@ def tiny(*extra: str):
 
 def deterministic(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
-
-
-class StopAfter:
-    """An interrupt that fires after `steps` training steps (what a signal handler would set)."""
-    reason = "test interrupt"
-
-    def __init__(self, steps: int):
-        self.left = steps
-
-    @property
-    def requested(self) -> bool:
-        self.left -= 1
-        return self.left <= 0
 
 
 @pytest.fixture(scope="module")
