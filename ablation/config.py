@@ -29,16 +29,19 @@ SCHEMA_VERSION = 3
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
         high: float | None = None, identity: bool = True, spec: bool = False,
-        registry: Callable[[], tuple] | None = None) -> Any:
+        registry: Callable[[], tuple] | None = None, args_of: str | None = None) -> Any:
     """A config field with its documentation and allowed values.
 
     identity=False: the field cannot change a result (how many workers decode, how often to
     checkpoint), so it is not part of the cell id. spec=True: the value is an augmentation spec,
     compared by its canonical form. registry: the allowed values are the names of a registry (it
     imports torch, so they are asked for only when needed), checked in `validate` instead of `choices`.
+    args_of: the value is the parameters of the registered method named by that sibling field,
+    compared as the method takes them (coerced, defaults left out).
     """
     return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high,
-                                            "identity": identity, "spec": spec, "registry": registry})
+                                            "identity": identity, "spec": spec, "registry": registry,
+                                            "args_of": args_of})
 
 
 def allowed(meta: typing.Mapping) -> tuple | None:
@@ -158,7 +161,8 @@ class CellConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     method: str = opt("simclr", "training method; `ablate methods` lists each one's parameters",
                       registry=_method_names)
-    method_args: Optional[dict] = opt(None, "parameters of the method, e.g. {momentum: 0.99} for byol")
+    method_args: Optional[dict] = opt(None, "parameters of the method, e.g. {momentum: 0.99} for byol",
+                                      args_of="method")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -44,15 +44,33 @@ def canonical_spec(spec: str) -> str:
     return format_spec(parse_ops(spec))
 
 
+def canonical_method_args(method: str, args: dict[str, Any] | None) -> dict[str, Any]:
+    """Method parameters as the method takes them, without its defaults: `{momentum: 0.996}` (BYOL's
+    default) and no parameters are one cell, `{lambd: 1}` and `{lambd: 1.0}` too. Torch-free when
+    there are none."""
+    if not args:
+        return {}
+    from .methods.registry import method_class, resolve_args
+    cls = method_class(method)
+    return {k: v for k, v in resolve_args(cls, args).items() if v != cls.params[k].default}
+
+
 def meaning(section: Any) -> dict[str, Any]:
-    """The nested dict of a config (section) that can change a result, specs in canonical form."""
+    """The nested dict of a config (section) that can change a result, specs and method parameters
+    in canonical form."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         if dataclasses.is_dataclass(value):
             out[f.name] = meaning(value)
-        elif f.metadata.get("identity", True):
-            out[f.name] = canonical_spec(value) if f.metadata.get("spec") else value
+        elif not f.metadata.get("identity", True):
+            continue
+        elif f.metadata.get("spec"):
+            out[f.name] = canonical_spec(value)
+        elif f.metadata.get("args_of"):
+            out[f.name] = canonical_method_args(getattr(section, f.metadata["args_of"]), value)
+        else:
+            out[f.name] = value
     return out
 
 

@@ -50,6 +50,14 @@ def test_only_departures_from_the_defaults_are_hashed_so_a_new_option_keeps_old_
     assert cell_id("loss.name=margin", "loss.semi_hard=true") != cell_id("loss.name=margin")
 
 
+def test_method_parameters_count_as_the_method_takes_them():
+    byol = cell_id("method=byol")
+    assert cell_id("method=byol", "method_args={momentum: 0.996}") == byol  # BYOL's default, spelled out
+    assert cell_id("method=byol", "method_args={momentum: 0.99}") != byol
+    assert cell_id("method=barlow_twins", "method_args={lambd: 1}") \
+        == cell_id("method=barlow_twins", "method_args={lambd: 1.0}")
+
+
 @pytest.mark.parametrize("spec", ["crop", "crop+color", " crop + color + blur ", "none", "", "rotate+noise+sobel"])
 def test_the_torch_free_form_of_a_spec_without_parameters_is_the_canonical_one(spec):
     assert canonical_spec(spec) == parse_spec(spec).spec

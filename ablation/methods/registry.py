@@ -100,7 +100,7 @@ def register(cls: type) -> type:
     return cls
 
 
-def _method_class(name: str) -> type[Method]:
+def method_class(name: str) -> type[Method]:
     if name not in REGISTRY:
         raise choices_error("method", name, REGISTRY)
     return REGISTRY[name]
@@ -118,12 +118,12 @@ def resolve_args(cls: type[Method], args: dict[str, Any]) -> dict[str, Any]:
 
 def check_method(name: str, args: dict[str, Any] | None) -> None:
     """Raise ValueError naming the problem when ``name`` is not registered or ``args`` do not fit it."""
-    resolve_args(_method_class(name), args or {})
+    resolve_args(method_class(name), args or {})
 
 
 def build_method(cfg: CellConfig, n_classes: int) -> Method:
     """The cell's method (``cfg.method`` with ``cfg.method_args``), freshly initialised from the global RNG."""
-    return _method_class(cfg.method)(cfg, n_classes, **(cfg.method_args or {}))
+    return method_class(cfg.method)(cfg, n_classes, **(cfg.method_args or {}))
 
 
 def describe_methods() -> list[dict[str, Any]]:
