@@ -35,6 +35,7 @@ from .grid import Cell, Experiment, cell_identity, slurm_parameters
 from .names import EXECUTORS, FINISHED, PRIMARY_METRIC, RETRYABLE, TODO
 from .slurm_entry import command as slurm_command
 from .slurm_entry import release as release_usr2
+from .slurm_entry import requeue as requeue_job
 from .status import CellStatus, process_start, statuses, totals
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -218,10 +219,7 @@ class CellJob(submitit.helpers.Checkpointable):
                 if signal.SIGTERM in received:  # cancelled or preempted by Slurm itself: no requeue
                     sys.exit(f"rank {env.global_rank}: {stopped}")
                 if env.global_rank == 0 and callable(requeue):
-                    # scancel repeats a USR2 to every process of the step, and `scontrol requeue`
-                    # (a child of this one) dies of it: ignored here, it is ignored there too
-                    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-                    requeue(signal.SIGUSR2, None)  # exits the process once the job is requeued
+                    requeue_job(requeue)  # exits the process once the job is requeued
                 if env.global_rank != 0:
                     sys.exit(f"rank {env.global_rank}: preempted; rank 0 requeues the job")
                 raise

@@ -31,6 +31,7 @@ import torch
 from . import store
 from .config import CellConfig, from_dict
 from .slurm_entry import release as release_usr2
+from .slurm_entry import requeue as requeue_job
 from .status import TRAIN_SIZES
 
 AUTO_MAX = 8             # cells per GPU at most when K is automatic
@@ -265,7 +266,7 @@ class PackJob(submitit.helpers.Checkpointable):
         _log(f"pack of {len(configs)} cells, {at_once} at once on {gpus or 'no'} GPU(s)")
         outcome = run_pack(configs, folders, at_once, interrupt, gpus, _threads_each(at_once), _log)
         if interrupt.requested and "interrupted" in outcome.values() and callable(requeue):
-            requeue(signal.SIGUSR2, None)  # exits the process once the job is requeued
+            requeue_job(requeue)  # exits the process once the job is requeued
         failed = {Path(f).name: why for f, why in outcome.items() if why != store.FINISHED}
         if failed:
             raise RuntimeError(f"cells did not finish: {failed}")

@@ -35,6 +35,19 @@ def release() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
 
 
+def requeue(handler) -> None:
+    """Call submitit's USR2 handler (checkpoint, `scontrol requeue`, exit) with USR2 and TERM ignored.
+
+    `scontrol requeue` is a child of this process, and on a requeue Slurm sends SIGTERM to every
+    process of the job, scontrol included, while a USR2 that scancel repeats reaches it too: either
+    killed it mid-call, and the requeue that Slurm had done counted as a failed run. A signal
+    ignored here is ignored in the child as well; this process exits right after anyway.
+    """
+    for signum in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    handler(signal.SIGUSR2, None)
+
+
 def main(argv: list[str]) -> int:
     """Run the submitit job in folder argv[-1]; the exit code (what Slurm records)."""
     from submitit.core.submission import process_job
