@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import math
 import platform
 import sys
@@ -56,6 +55,7 @@ from .names import (
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probe import extract_features, knn_probe, linear_probe
 from .progress import Progress
+from .seeding import stable_seed
 
 if TYPE_CHECKING:  # the streaming modules load on first use (simplejpeg)
     from .data.protocol import SourceViews
@@ -103,8 +103,7 @@ def resolve_device(name: str) -> torch.device:
 
 def generator(device: torch.device, *keys: int) -> torch.Generator:
     """A generator whose seed is a stable hash of `keys` (seed, epoch[, step])."""
-    digest = hashlib.blake2b("/".join(map(str, keys)).encode(), digest_size=8).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") >> 1)
+    return torch.Generator(device=device).manual_seed(stable_seed(*keys))
 
 
 @functools.lru_cache(maxsize=4)

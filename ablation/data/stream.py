@@ -19,7 +19,6 @@ cell with its path.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from ..seeding import stable_seed
 from . import protocol as P
 from .folders import Split
 
@@ -47,11 +47,6 @@ SCALES = (8, 4, 2)  # DCT scale factors with fast (SIMD) paths in libjpeg-turbo;
 
 class UnreadableImage(ValueError):
     """A file of the folder that does not decode; the message names it."""
-
-
-def step_seed(epoch_seed: int, step: int) -> int:
-    digest = hashlib.blake2b(f"{epoch_seed}/{step}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass
@@ -206,7 +201,7 @@ class StepBatches(Dataset):
         rank, world = self.shard
         b, n = self.batch_size, self.crops
         idx = self.order(epoch_seed)[step * b:(step + 1) * b].tensor_split(world)[rank]
-        u = P.draw(b * n, torch.Generator().manual_seed(step_seed(epoch_seed, step)))
+        u = P.draw(b * n, torch.Generator().manual_seed(stable_seed(epoch_seed, step)))
         u = u.view(b, n, P.DRAWS).tensor_split(world)[rank]
         items = [_read(self.files[i]) for i in idx.tolist()]
         box, flip = _boxes(items, self.crop, u)
