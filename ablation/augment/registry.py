@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -146,10 +146,15 @@ def apply_all(ops: Sequence[Augmentation], x: Tensor, params: Params) -> Tensor:
     return x
 
 
-def describe_registry() -> list[dict[str, Any]]:
-    """Every registered op with its doc and parameters (name, type, default, range, doc)."""
+def describe(registry: dict[str, type], fields: Callable[[type], Iterable[dataclasses.Field]]) -> list[dict[str, Any]]:
+    """Every entry of a registry of `param`-declared classes (`fields` lists a class's parameters) with
+    its doc and parameters (name, type, default, range, doc): what `ablate augs` and `ablate methods` print."""
     return [{"name": name, "doc": cls.doc,
              "params": [{"name": f.name, "type": f.metadata["type"].__name__, "default": f.default,
-                         "range": allowed(f), "doc": f.metadata["doc"]}
-                        for f in dataclasses.fields(cls)]}
-            for name, cls in REGISTRY.items()]
+                         "range": allowed(f), "doc": f.metadata["doc"]} for f in fields(cls)]}
+            for name, cls in registry.items()]
+
+
+def describe_registry() -> list[dict[str, Any]]:
+    """Every registered op with its doc and parameters."""
+    return describe(REGISTRY, dataclasses.fields)

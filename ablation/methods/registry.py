@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..augment import TwoViews, param
-from ..augment.registry import allowed, coerce, registrable_name
+from ..augment.registry import coerce, describe, registrable_name
 from ..config import CellConfig
 from ..errors import choices_error
 from ..model import build_encoder
@@ -127,8 +127,5 @@ def build_method(cfg: CellConfig, n_classes: int) -> Method:
 
 
 def describe_methods() -> list[dict[str, Any]]:
-    """Every registered method with its doc and parameters (name, type, default, range, doc)."""
-    return [{"name": name, "doc": cls.doc,
-             "params": [{"name": f.name, "type": f.metadata["type"].__name__, "default": f.default,
-                         "range": allowed(f), "doc": f.metadata["doc"]} for f in cls.params.values()]}
-            for name, cls in REGISTRY.items()]
+    """Every registered method with its doc and parameters."""
+    return describe(REGISTRY, lambda cls: cls.params.values())
