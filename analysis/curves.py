@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 
 from ablation.store import read_metrics
 
-from .table import axes_of, setup_line
+from .table import axes_of, facet_label, setup_line
 
 # metrics.jsonl fields drawn, in column order, with their axis labels; probes only where logged
 CURVES = {"loss": "training loss", "pos_sim": "positive-pair cosine", "uniform": "uniformity",
@@ -59,7 +59,7 @@ def groups(exp: dict[str, Any], curves: pd.DataFrame) -> Grouping:
         facets = [a for a in exp.get("axes") or [] if a in curves]
         if not facets:
             return Grouping(data, "first", ops, ops, "1st", "2nd")
-        facet = curves[facets].apply(lambda r: ",".join(f"{k.split('.')[-1]}={v}" for k, v in r.items()), axis=1)
+        facet = curves[facets].apply(lambda r: facet_label(facets, r), axis=1)
         data = data.assign(**{ROW: facet + ", " + curves["first"].astype(str)})
         return Grouping(data, ROW, [f"{f}, {op}" for f in dict.fromkeys(facet) for op in ops], ops, "1st", "2nd")
     axes = list(exp.get("axes") or [])

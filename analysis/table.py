@@ -44,7 +44,12 @@ def facet_groups(summary: pd.DataFrame, exp: dict[str, Any]) -> list[tuple[str, 
     if exp.get("kind") != "pairwise" or not facets:
         return [("", summary)]
     groups = summary.groupby(facets, sort=False, dropna=False)
-    return [(",".join(f"{f.split('.')[-1]}={v}" for f, v in zip(facets, key)), part) for key, part in groups]
+    return [(facet_label(facets, key), part) for key, part in groups]
+
+
+def facet_label(facets: list[str], values) -> str:
+    """How a facet's cells are titled: "method=byol" ("a=1,b=2" for several axes; last key part only)."""
+    return ",".join(f"{f.split('.')[-1]}={v}" for f, v in zip(facets, values))
 
 
 def _cell_ids(exp_dir: Path, exp: dict[str, Any]) -> list[str]:
