@@ -31,6 +31,7 @@ from . import pack, store
 from .cell import Interrupt, Preempted, run_cell
 from .config import CellConfig, from_dict
 from .data.folders import check as check_folder
+from .data.folders import classes_key
 from .grid import Cell, Experiment, cell_identity, slurm_parameters
 from .names import EXECUTORS, FINISHED, PRIMARY_METRIC, RETRYABLE, TODO
 from .slurm_entry import command as slurm_command
@@ -298,7 +299,7 @@ def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = Fa
 
     Image folders are checked first (one-line error), so a bad data.root fails no cell."""
     for root_dir, classes, per_class in {key for c in exp.cells if (key := _folder_key(c.config)) is not None}:
-        check_folder(root_dir, list(classes) if isinstance(classes, tuple) else classes, per_class)
+        check_folder(root_dir, classes, per_class)
     executor = pick_executor(executor, log)
     folder = store.experiment_dir(root, exp.name)
     with locked(folder):
@@ -323,4 +324,4 @@ def _folder_key(config: CellConfig) -> tuple | None:
     d = config.data
     if d.name != "folder":
         return None
-    return d.root, tuple(d.classes) if isinstance(d.classes, list) else d.classes, d.per_class
+    return d.root, classes_key(d.classes), d.per_class

@@ -51,6 +51,12 @@ def class_names(spec: str | Sequence[str] | None) -> list[str] | None:
     return [n for n in names if n and not n.startswith("#")]
 
 
+def classes_key(spec: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    """`data.classes` in a hashable form (a list becomes a tuple), for caches and sets of folders;
+    every function here takes it as it takes the list."""
+    return spec if spec is None or isinstance(spec, str) else tuple(spec)
+
+
 def split_dir(root: Path, split: str) -> Path:
     """root/train, or root/test (root/val when there is no test/)."""
     names = ("test", "val") if split in ("test", "val") else (split,)
@@ -129,7 +135,7 @@ def check(root: str | Path, classes: str | Sequence[str] | None = None, per_clas
 
 @functools.lru_cache(maxsize=16)
 def _count(root: str, classes: tuple | str | None, per_class: int | None) -> int:
-    return len(scan(root, "train", list(classes) if isinstance(classes, tuple) else classes, per_class).files)
+    return len(scan(root, "train", classes, per_class).files)
 
 
 def train_size(root: str | None, classes: str | Sequence[str] | None, per_class: int | None) -> tuple[int, str] | None:
@@ -138,8 +144,7 @@ def train_size(root: str | None, classes: str | Sequence[str] | None, per_class:
     Counted when the folder is there; else the known size of a shipped class list on ILSVRC-2012.
     """
     if root and Path(root, "train").is_dir():
-        key = tuple(classes) if isinstance(classes, (list, tuple)) else classes
-        return _count(str(root), key, per_class), f"counted in {root}"
+        return _count(str(root), classes_key(classes), per_class), f"counted in {root}"
     if isinstance(classes, str) and per_class is None and classes.removesuffix(".txt") in KNOWN_TRAIN_SIZES:
         name = classes.removesuffix(".txt")
         return KNOWN_TRAIN_SIZES[name], f"the {name} classes of ILSVRC-2012; {root} not found"

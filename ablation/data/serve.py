@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import protocol as P
-from .folders import Split, scan
+from .folders import Split, classes_key, scan
 from .sources import MAX_RESIDENT_BYTES, ImageSet, load_dataset
 from .stream import LazyImages, StreamBatcher
 
@@ -61,14 +61,13 @@ def serving(serve: str, side: int, n_images: int) -> str:
 
 def load_folder(data) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
     """(train, test) of a folder (data: the cell's DataConfig); kept in memory across a local grid's cells."""
-    classes = tuple(data.classes) if isinstance(data.classes, list) else data.classes
-    return _load(data.root, data.size, data.stored_size, data.serve, classes, data.per_class, data.workers)
+    return _load(data.root, data.size, data.stored_size, data.serve, classes_key(data.classes), data.per_class,
+                 data.workers)
 
 
 @functools.lru_cache(maxsize=2)
-def _load(root: str, size: int, stored_size: int | None, serve: str, key: tuple | str | None,
+def _load(root: str, size: int, stored_size: int | None, serve: str, classes: tuple | str | None,
           per_class: int | None, workers: int) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
-    classes = list(key) if isinstance(key, tuple) else key
     train, test = scan(root, "train", classes, per_class), scan(root, "test", classes)  # one-line errors first
     side = stored_size or size
     if serving(serve, side, len(train.files) + len(test.files)) == "stream":
