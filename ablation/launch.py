@@ -11,6 +11,7 @@ next step boundary and requeues itself; the new run resumes bit-exactly. SIGTERM
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import multiprocessing
 import os
@@ -40,6 +41,10 @@ from .slurm_entry import requeue as requeue_job
 from .status import CellStatus, process_start, statuses, totals
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+# How long a rank waits at a collective: rank 0 alone runs the probes (every `train.log_every` epochs
+# and at the end) while the others wait; on a streamed ImageNet-size folder that outlasts NCCL's
+# 10-minute default, and a timed-out collective kills the job.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 INTERRUPTED = "interrupted"  # a local cell stopped by a signal, with a checkpoint
 
 
@@ -238,7 +243,8 @@ def _distributed(env: submitit.JobEnvironment) -> Iterator[None]:
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
-    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                         timeout=COLLECTIVE_TIMEOUT)
     try:
         yield
     finally:
