@@ -32,7 +32,7 @@ class Batcher(Protocol):
     """What the log needs of a cell's batcher (DeviceBatcher, StreamBatcher)."""
 
     def sample(self, n: int) -> torch.Tensor:
-        """The first n training images, uint8, the same at every call."""
+        """n training images spread over the set, uint8, the same at every call."""
         ...
 
 
@@ -69,7 +69,7 @@ class EpochLog:
     `model` is the cell's method: the embedding statistics are of its projections (`project`); a
     method without one (supervised) has no pos_sim, align and uniform columns. `source` (the cell's
     batcher) gives the fixed batch in the form `views` takes: resident images, or a streamed folder's
-    first images with their source crops (see the batchers' `sample`). `probe` evaluates the frozen
+    images with their source crops (see the batchers' `sample`). `probe` evaluates the frozen
     encoder (the cell's final evaluation, run early); `state` is the cell's TrainState, read for its
     position, images and training seconds.
 

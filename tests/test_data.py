@@ -12,6 +12,7 @@ from PIL import Image
 
 from ablation.augment import TwoViews
 from ablation.data import DeviceBatcher, ImageSet, fits_on_device, load_dataset, make_embedded
+from ablation.data.batcher import spread
 from ablation.data.sources import ImageFiles
 
 # ---- embedded ----------------------------------------------------------------------------------
@@ -238,6 +239,16 @@ def test_batcher_shards_partition_each_global_batch():
         assert [len(p) for p in parts] == [3] * 4 and torch.equal(torch.cat(parts), batch)
     with pytest.raises(ValueError, match="shard"):
         DeviceBatcher(images, labels, 12, shard=(4, 4))
+
+
+def test_measurement_sample_spreads_over_the_set_and_repeats():
+    """The per-epoch measurement batch: evenly strided, so a set stored class by class gives every class."""
+    assert spread(10, 4).tolist() == [0, 2, 5, 7] and spread(3, 5).tolist() == [0, 1, 2] and spread(0, 5).numel() == 0
+    labels = torch.arange(6).repeat_interleave(20)  # six classes in blocks, as folders store them
+    batcher = DeviceBatcher(labels.view(-1, 1, 1, 1).expand(-1, 3, 2, 2).to(torch.uint8).contiguous(), labels, 8)
+    sample = batcher.sample(12)
+    assert sample.shape == (12, 3, 2, 2) and torch.equal(sample, batcher.sample(12))
+    assert set(sample[:, 0, 0, 0].tolist()) == set(range(6))
 
 
 def test_fits_on_device_cpu():

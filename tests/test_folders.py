@@ -273,8 +273,8 @@ def _embedding_rows(cell_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_streaming_cell_logs_embeddings_of_a_fixed_streamed_batch(streamed_cell):
-    """No resident images: the per-epoch measurement takes the batcher's first images, cropped at the
-    source from fixed draws."""
+    """No resident images: the per-epoch measurement takes images spread over the batcher's files,
+    cropped at the source from fixed draws."""
     _embedding_rows(streamed_cell[0])
 
 
@@ -296,15 +296,17 @@ def test_other_methods_train_on_folders_served_at_the_source(photos, tmp_path, m
         assert not any("uniform" in r for r in store.read_metrics(tmp_path / "cell"))
 
 
-def test_stream_sample_is_the_first_images_with_fixed_source_crops(photos):
+def test_stream_sample_spreads_over_the_classes_with_fixed_source_crops(photos):
     split = scan(photos, "train", per_class=12)
     crop = parse_spec("crop").ops[0]
     batcher = StreamBatcher(split, 16, (0, 1), 24, crop, 2, 0, torch.device("cpu"))
     sample = batcher.sample(5)
     assert sample.shape == (5, 2, 3, 24, 24) and sample.dtype == torch.uint8
-    assert torch.equal(sample, batcher.sample(5)) and torch.equal(batcher.sample(3), sample[:3])
+    assert torch.equal(sample, batcher.sample(5))
+    picked = [i * len(split.files) // 5 for i in range(5)]
+    assert {split.labels[i] for i in picked} == set(split.labels)  # files are class by class; all are in
     u = P.draw(10, torch.Generator().manual_seed(stream.SAMPLE_SEED)).view(5, 2, P.DRAWS)
-    assert torch.equal(sample[1], decode_crops(split.files[1], crop, u[1], 24))
+    assert torch.equal(sample[1], decode_crops(split.files[picked[1]], crop, u[1], 24))
 
 
 @pytest.mark.slow

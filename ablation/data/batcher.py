@@ -21,6 +21,13 @@ def fits_on_device(n_bytes: int, device: torch.device | str, fraction: float = 0
     return n_bytes <= fraction * free
 
 
+def spread(total: int, n: int) -> Tensor:
+    """min(n, total) indices spread evenly over range(total): a measurement batch drawn from the whole
+    set, which covers every class of a folder (folders list their images class by class)."""
+    k = min(n, total)
+    return torch.arange(k) * total // max(k, 1)
+
+
 class DeviceBatcher:
     """Float batches in [0, 1] (B,3,H,W) with labels, from uint8 images already on their device.
 
@@ -49,8 +56,9 @@ class DeviceBatcher:
         return self.images.device
 
     def sample(self, n: int) -> Tensor:
-        """The first n images (uint8, as stored), the same on every rank: a fixed batch for measurements."""
-        return self.images[:n]
+        """n images spread over the set (uint8, as stored), the same on every rank: a fixed batch for
+        measurements."""
+        return self.images[spread(len(self.images), n).to(self.images.device)]
 
     def __len__(self) -> int:
         n, b = len(self.images), self.batch_size

@@ -34,6 +34,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from ..seeding import stable_seed
 from . import protocol as P
+from .batcher import spread
 from .folders import Split
 
 try:  # region decoding (setup.py builds it where libjpeg's headers are); else whole images
@@ -270,10 +271,10 @@ class StreamBatcher:
         return len(self.dataset)
 
     def sample(self, n: int, seed: int = SAMPLE_SEED) -> Tensor:
-        """The first n training images (file order) with their source crops drawn from `seed`: uint8
-        (n, crops, 3, S, S), the input the views take, the same on every rank and every call: a fixed
-        batch for measurements (decoded here, on this CPU)."""
-        files = self.dataset.files[:n]
+        """n training images spread over the files (see `spread`) with their source crops drawn from
+        `seed`: uint8 (n, crops, 3, S, S), the input the views take, the same on every rank and every
+        call: a fixed batch for measurements (decoded here, on this CPU)."""
+        files = [self.dataset.files[i] for i in spread(len(self.dataset.files), n).tolist()]
         u = P.draw(len(files) * self.crops, torch.Generator().manual_seed(seed)).view(len(files), self.crops, P.DRAWS)
         crops = [decode_crops(path, self.dataset.crop, u[j], self.size) for j, path in enumerate(files)]
         return torch.stack(crops) if crops else torch.empty(0, self.crops, 3, self.size, self.size, dtype=torch.uint8)
