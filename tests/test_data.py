@@ -13,7 +13,7 @@ from PIL import Image
 from ablation.augment import TwoViews
 from ablation.data import DeviceBatcher, ImageSet, fits_on_device, load_dataset, make_embedded
 from ablation.data.batcher import spread
-from ablation.data.sources import ImageFiles
+from ablation.data.sources import ImageFiles, loader_workers
 
 # ---- embedded ----------------------------------------------------------------------------------
 
@@ -249,6 +249,11 @@ def test_measurement_sample_spreads_over_the_set_and_repeats():
     sample = batcher.sample(12)
     assert sample.shape == (12, 3, 2, 2) and torch.equal(sample, batcher.sample(12))
     assert set(sample[:, 0, 0, 0].tolist()) == set(range(6))
+
+
+def test_loader_workers_stay_within_the_cpus_this_process_may_use():
+    cpus = len(os.sched_getaffinity(0))
+    assert loader_workers(1) == 1 and loader_workers(0) == 0 and loader_workers(cpus + 7) == cpus
 
 
 def test_fits_on_device_cpu():

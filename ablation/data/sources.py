@@ -175,14 +175,19 @@ class ImageFiles(Dataset):
         return _fit(image, self.size), self.labels[i]
 
 
+def loader_workers(asked: int) -> int:
+    """`asked` loader workers, at most one per CPU this process may run on (its affinity: a Slurm
+    allocation, taskset): more decode no faster, and torch warns about them."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(asked, cpus)
+
+
 def _decode_all(split: Split, size: int, workers: int | None = None) -> ImageSet:
     files, classes = list(split.files), list(split.classes)
     if len(files) * 3 * size * size > MAX_RESIDENT_BYTES:
         raise ValueError(f"{len(files)} images at {size}x{size} under {Path(files[0]).parents[1]} do not fit in "
                          f"{MAX_RESIDENT_BYTES / 2**30:.0f} GiB of memory; stream them (data.serve=stream)")
     ds = ImageFiles(files, list(split.labels), classes, size)
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
-    workers = workers if len(ds) > 2000 else 0  # worker start-up beats tiny sets
+    workers = loader_workers(8 if workers is None else workers) if len(ds) > 2000 else 0  # start-up beats tiny sets
     batches = list(DataLoader(ds, batch_size=512, num_workers=workers))
     return ImageSet(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]), classes)

@@ -36,6 +36,7 @@ from ..seeding import stable_seed
 from . import protocol as P
 from .batcher import spread
 from .folders import Split
+from .sources import loader_workers
 
 try:  # region decoding (setup.py builds it where libjpeg's headers are); else whole images
     from . import _jpegcrop
@@ -262,6 +263,7 @@ class StreamBatcher:
         self.dataset = StepBatches(split, batch_size, shard, size, crop, crops, decode)
         self.sampler = StepSampler(len(self.dataset))
         self.decode_device, self.crops, self.size = device if decode == "device" else None, crops, size
+        workers = loader_workers(workers)
         self.loader = DataLoader(self.dataset, batch_size=None, sampler=self.sampler, num_workers=workers,
                                  pin_memory=device.type == "cuda" and decode == "workers",
                                  persistent_workers=workers > 0, collate_fn=_keep)
