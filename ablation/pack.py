@@ -30,9 +30,10 @@ import torch
 
 from . import store
 from .config import CellConfig, from_dict
+from .data.serve import serving
 from .slurm_entry import release as release_usr2
 from .slurm_entry import requeue as requeue_job
-from .status import TRAIN_SIZES
+from .status import train_size
 
 AUTO_MAX = 8             # cells per GPU at most when K is automatic
 SATURATING_FLOP = 1e12   # a training step this costly (several ms of an H100-class GPU) keeps a GPU busy alone
@@ -58,8 +59,8 @@ def step_cost(cfg: CellConfig) -> tuple[float, int]:
     share one count.
     """
     m, d, t = cfg.model, cfg.data, cfg.train
-    key = (tuple(vars(m).values()), cfg.method, json.dumps(cfg.method_args, sort_keys=True), d.name, d.size,
-           d.n_train, t.batch_size, t.precision)
+    key = (tuple(vars(m).values()), cfg.method, json.dumps(cfg.method_args, sort_keys=True),
+           json.dumps(vars(d), sort_keys=True), t.batch_size, t.precision)
     if key not in _COSTS:
         _COSTS[key] = _count(cfg)
     return _COSTS[key]
@@ -86,11 +87,23 @@ def _count(cfg: CellConfig) -> tuple[float, int]:
         sum(o.float().sum() for o in (outputs if isinstance(outputs, tuple) else (outputs,))
             if o.requires_grad).backward()
     bf16 = uses_bf16(cfg.train.precision, torch.device("cuda"))
-    n_train = cfg.data.n_train if cfg.data.name == "embedded" else TRAIN_SIZES.get(cfg.data.name, 0)
     weights = sum(p.numel() for p in model.parameters()) * 4
     views = model.n_views * b * 3 * s * s * 4
-    nbytes = sum(kept) // (2 if bf16 else 1) + 4 * weights + 8 * views + n_train * 3 * s * s
+    nbytes = sum(kept) // (2 if bf16 else 1) + 4 * weights + 8 * views + resident_bytes(cfg.data)
     return float(flops.get_total_flops()), nbytes
+
+
+def resident_bytes(data) -> int:
+    """The uint8 training set that a cell keeps on its device (data: the cell's DataConfig): its known
+    size (data.per_class counted, a folder's files counted) at the stored side; none when the cell
+    keeps it off the device (data.resident=never) or streams a folder; none when the size is unknown."""
+    size = train_size(data)
+    if size is None or data.resident == "never":
+        return 0
+    side = data.stored_size or data.size if data.name == "folder" else data.size
+    if data.name == "folder" and serving(data.serve, side, size[0]) == "stream":
+        return 0
+    return size[0] * 3 * side * side
 
 
 def auto_cells_per_gpu(cfg: CellConfig, device_bytes: int | None = None) -> int:

@@ -236,7 +236,7 @@ def measured_rate(rows: list[CellStatus]) -> float | None:
 def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
     """Cells x epochs x images still to train, and GPU-hours at a measured or configured rate."""
     todo = [r.cell for r in rows if r.state != DONE]
-    sizes = [s for c in todo if (s := _train_size(c.config)) is not None]
+    sizes = [s for c in todo if (s := train_size(c.config.data)) is not None]
     if len(sizes) < len(todo):
         return (f"cost: {len(todo)} cells to run (image count unknown for data.name=folder: "
                 f"data.root not found; set it to the folder)")
@@ -255,9 +255,9 @@ def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
     return line
 
 
-def _train_size(config) -> tuple[int, str] | None:
-    """(training images per epoch, where a folder's count comes from), or None when unknown."""
-    d = config.data
+def train_size(d) -> tuple[int, str] | None:
+    """(training images per epoch, where a folder's count comes from) of a cell's DataConfig, or None
+    when unknown."""
     if d.name == "folder":
         return folder_train_size(d.root, d.classes, d.per_class)
     if d.name == "embedded":

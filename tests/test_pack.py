@@ -38,6 +38,27 @@ def test_auto_k_fills_a_gpu_with_small_cells_and_leaves_a_costly_one_alone():
     assert pack.auto_cells_per_gpu(smaller_batch) == 2  # a quarter of the batch: about a quarter of the FLOPs
 
 
+def test_memory_estimate_counts_the_training_set_as_the_cell_holds_it(tmp_path):
+    """The resident uint8 set in a cell's bytes: capped by data.per_class, a folder's files counted at
+    its stored side, nothing when kept off the device or streamed."""
+    def data(*overrides: str):
+        return build_config({}, list(overrides)).data
+    assert pack.resident_bytes(data("data.name=cifar10")) == 50_000 * 3 * 32 * 32
+    assert pack.resident_bytes(data("data.name=cifar10", "data.per_class=100")) == 1_000 * 3 * 32 * 32
+    assert pack.resident_bytes(data("data.name=cifar10", "data.resident=never")) == 0
+    for split, n in (("train", 5), ("test", 1)):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(n):
+                (tmp_path / split / name / f"{i}.jpg").touch()  # counted, never decoded
+    folder = ["data.name=folder", f"data.root={tmp_path}", "data.stored_size=48"]
+    assert pack.resident_bytes(data(*folder)) == 10 * 3 * 48 * 48
+    assert pack.resident_bytes(data(*folder, "data.per_class=2")) == 4 * 3 * 48 * 48
+    assert pack.resident_bytes(data(*folder, "data.serve=stream")) == 0
+    full, capped = (build_config({}, ["data.name=cifar10", *extra]) for extra in ([], ["data.per_class=10"]))
+    assert pack.step_cost(full)[1] - pack.step_cost(capped)[1] == (50_000 - 100) * 3 * 32 * 32
+
+
 def test_packs_hold_every_cell_once_in_near_equal_jobs():
     small, big = build_config({}, TINY), build_config({}, ["model.encoder=resnet18", "train.batch_size=512"])
     cells = [Cell(f"s{i}", small) for i in range(6)] + [Cell("b0", big), Cell("b1", big)]
