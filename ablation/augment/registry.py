@@ -146,7 +146,7 @@ def apply_all(ops: Sequence[Augmentation], x: Tensor, params: Params) -> Tensor:
     return x
 
 
-def describe(registry: dict[str, type], fields: Callable[[type], Iterable[dataclasses.Field]]) -> list[dict[str, Any]]:
+def describe(registry: dict[str, Any], fields: Callable[[Any], Iterable[dataclasses.Field]]) -> list[dict[str, Any]]:
     """Every entry of a registry of `param`-declared classes (`fields` lists a class's parameters) with
     its doc and parameters (name, type, default, range, doc): what `ablate augs` and `ablate methods` print."""
     return [{"name": name, "doc": cls.doc,

@@ -10,6 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -51,7 +52,7 @@ def default_cache_dir() -> Path:
 
 def load_dataset(name: str, root: str | Path | None = None, size: int = 32, download: bool = False,
                  cache_dir: str | Path | None = None, *, per_class: int | None = None,
-                 classes: str | list[str] | None = None, workers: int | None = None,
+                 classes: str | Sequence[str] | None = None, workers: int | None = None,
                  **embedded_kw) -> tuple[ImageSet, ImageSet]:
     """(train, test) splits of `name` at size x size, decoded once and cached under `cache_dir`.
 
