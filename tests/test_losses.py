@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+import two_processes as two
 
 from ablation.losses import LOSSES, SEMI_HARD_LOSSES, contrastive_loss, gather_with_grad
 
@@ -148,56 +146,30 @@ def test_gather_is_identity_without_distributed():
 
 # ---- two processes (gloo) against one process on the same total batch ----
 
-WORLD = 2
 CASES = [(name, normalize, False) for name in LOSSES for normalize in (True, False)] + [
     (name, True, True) for name in SEMI_HARD_LOSSES]
 
 
-def _batch() -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
-    """The same tiny projection layer and 8-image batch in every process."""
-    g = torch.Generator().manual_seed(123)
-    layer = torch.nn.Linear(5, 4, dtype=torch.float64)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(4, 5, generator=g, dtype=torch.float64))
-        layer.bias.copy_(torch.randn(4, generator=g, dtype=torch.float64))
-    x1 = torch.randn(8, 5, generator=g, dtype=torch.float64)
-    x2 = x1 + 0.3 * torch.randn(8, 5, generator=g, dtype=torch.float64)
-    return layer, x1, x2
-
-
 def _loss_and_grads(name: str, normalize: bool, semi_hard: bool,
                     rows: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    layer, x1, x2 = _batch()
-    loss = contrastive_loss(name, layer(x1[rows]), layer(x2[rows]), temperature=0.2, normalize=normalize, margin=0.5,
-                            semi_hard=semi_hard)
-    loss.backward()
-    return loss.detach(), [p.grad for p in layer.parameters()]
+    def loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(name, z1, z2, temperature=0.2, normalize=normalize, margin=0.5, semi_hard=semi_hard)
+    return two.loss_and_grads(loss, rows, seed=123, out_dim=4, noise=0.3)
 
 
 def _worker(rank: int, init_file: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    two.join(rank, init_file)
     results = {}
     for case in CASES:
-        half = 8 // WORLD
-        loss, grads = _loss_and_grads(*case, slice(rank * half, (rank + 1) * half))
-        for t in [loss, *grads]:  # DDP-style mean over ranks
-            dist.all_reduce(t)
-            t /= WORLD
+        loss, grads = _loss_and_grads(*case, two.shard(rank))
+        two.rank_mean([loss, *grads])
         results[case] = (loss, grads)
-    if rank == 0:
-        torch.save(results, out)
-    # Both ranks wait until the results are saved, then leave without running torch's C++ static
-    # destructors: at interpreter exit they sometimes abort ("terminate called without an active
-    # exception", SIGABRT) after all the work is done, which would fail the test for no reason.
-    dist.barrier()
-    os._exit(0)
+    two.finish(rank, results, out)
 
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path: Path):
-    out = tmp_path / "dist.pt"
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)
-    results = torch.load(out)
+    results = two.spawn(_worker, tmp_path)
     for case in CASES:
         loss, grads = _loss_and_grads(*case, slice(None))
         got_loss, got_grads = results[case]

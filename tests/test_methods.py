@@ -3,14 +3,13 @@ on the embedded data with an exact resume, the registry, and DDP (2 processes ag
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+import two_processes as two
 from test_cell import TINY, StopAfter
 from torch.nn.parallel import DistributedDataParallel
 
@@ -260,7 +259,6 @@ def test_help_lists_the_methods_and_ablate_methods_their_parameters(capsys):
 
 # ---- DDP: two processes against one ---------------------------------------------------------
 
-WORLD = 2
 LOSSES = {
     "byol": lambda a, b: byol_loss(a, b) + byol_loss(b, a),
     "simsiam": lambda a, b: (simsiam_loss(a, b) + simsiam_loss(b, a)) / 2,
@@ -268,26 +266,12 @@ LOSSES = {
 }
 
 
-def _loss_and_grads(name: str, rows_: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    g = torch.Generator().manual_seed(7)
-    layer = torch.nn.Linear(5, 3, dtype=torch.float64)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(3, 5, generator=g, dtype=torch.float64))
-        layer.bias.copy_(torch.randn(3, generator=g, dtype=torch.float64))
-    x1, x2 = torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randn(8, 5, generator=g, dtype=torch.float64)
-    loss = LOSSES[name](layer(x1[rows_]), layer(x2[rows_]))
-    loss.backward()
-    return loss.detach(), [p.grad for p in layer.parameters()]
-
-
 def _worker(rank: int, init_file: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    two.join(rank, init_file)
     results = {}
-    for name in LOSSES:
-        _, grads = _loss_and_grads(name, slice(rank * 4, rank * 4 + 4))
-        for t in grads:  # DDP's gradient mean over ranks
-            dist.all_reduce(t)
-            t /= WORLD
+    for name, loss in LOSSES.items():
+        _, grads = two.loss_and_grads(loss, two.shard(rank), seed=7, out_dim=3)
+        two.rank_mean(grads)
         results[name] = grads
     # BYOL under DDP with global batch norm (its target's too): after a few steps on different shards,
     # both ranks hold the same target
@@ -304,22 +288,17 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         optimizer.step()
         model.update(step + 1, 3)
     flat = torch.cat([p.detach().flatten() for p in model.target.parameters()])
-    gathered = [torch.empty_like(flat) for _ in range(WORLD)]
+    gathered = [torch.empty_like(flat) for _ in range(two.WORLD)]
     dist.all_gather(gathered, flat)
     results["byol_targets"] = gathered
-    if rank == 0:
-        torch.save(results, out)
-    dist.barrier()
-    os._exit(0)  # skip torch's exit-time destructors, which sometimes abort (see test_losses.py)
+    two.finish(rank, results, out)
 
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_and_targets_stay_in_sync(tmp_path: Path):
-    out = tmp_path / "dist.pt"
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)
-    results = torch.load(out)
-    for name in LOSSES:
-        _, grads = _loss_and_grads(name, slice(None))
+    results = two.spawn(_worker, tmp_path)
+    for name, loss in LOSSES.items():
+        _, grads = two.loss_and_grads(loss, slice(None), seed=7, out_dim=3)
         torch.testing.assert_close(results[name], grads, msg=name)
     first, second = results["byol_targets"]
     assert torch.equal(first, second)
