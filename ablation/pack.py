@@ -100,7 +100,7 @@ def resident_bytes(data) -> int:
     size = train_size(data)
     if size is None or data.resident == "never":
         return 0
-    side = data.stored_size or data.size if data.name == "folder" else data.size
+    side = (data.stored_size or data.size) if data.name == "folder" else data.size
     if data.name == "folder" and serving(data.serve, side, size[0]) == "stream":
         return 0
     return size[0] * 3 * side * side
