@@ -11,13 +11,12 @@ first follows the paper's protocol for the experiment:
   independently from the full image; the rest of the views runs on the device;
 - otherwise no crop at the source: the centre square of the image, resized (as for evaluation).
 
-The draws are fractions (area, log aspect ratio, position, flip, apply) turned into pixel boxes per
-image, with the same definition and clipping as the `crop` op, so a rank needs only its own images'
-sizes and the draw of a global batch does not depend on how it is sharded.
+The draws are fractions (areas and log aspect ratios of the tries, position, flip, apply) turned
+into pixel boxes per image by the `crop` op's own redraw (ops.fitting_sides), so a rank needs only
+its own images' sizes and the draw of a global batch does not depend on how it is sharded.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..augment import Compose, TwoViews, parse_spec
-from ..augment.ops import Crop
+from ..augment.ops import Crop, fitting_sides
 
-DRAWS = 6  # uniforms per crop: area, log aspect ratio, x, y, flip, apply
+TRIES = Crop.tries
+DRAWS = 2 * TRIES + 4  # uniforms per crop: TRIES areas, TRIES log aspect ratios, x, y, flip, apply
+AREAS, RATIOS = slice(0, TRIES), slice(TRIES, 2 * TRIES)
+X, Y, FLIP, APPLY = range(2 * TRIES, DRAWS)
 
 
 @dataclass(frozen=True)
@@ -71,14 +73,11 @@ def boxes(crop: Crop | None, u: Tensor, heights: Tensor, widths: Tensor, centre:
     fit = torch.stack([((w - side) / 2).floor(), ((h - side) / 2).floor(), side, side], 1)
     if crop is None:
         return fit, torch.zeros(len(u), dtype=torch.bool, device=u.device)
-    area = (crop.scale_min + (crop.scale_max - crop.scale_min) * u[:, 0]) * h * w
-    lo, hi = math.log(crop.ratio_min), math.log(crop.ratio_max)
-    ratio = torch.exp(lo + (hi - lo) * u[:, 1])
-    bw = torch.minimum(torch.sqrt(area * ratio).round(), w).clamp_min(1)
-    bh = torch.minimum(torch.sqrt(area / ratio).round(), h).clamp_min(1)
-    box = torch.stack([torch.floor(u[:, 2] * (w - bw + 1)), torch.floor(u[:, 3] * (h - bh + 1)), bw, bh], 1)
-    applied = u[:, 5] < crop.p
-    flip = (u[:, 4] < (0.5 if crop.flip else 0.0)) & applied
+    bw, bh = fitting_sides(u[:, AREAS], u[:, RATIOS], h, w, (crop.scale_min, crop.scale_max),
+                           (crop.ratio_min, crop.ratio_max)).unbind(1)
+    box = torch.stack([torch.floor(u[:, X] * (w - bw + 1)), torch.floor(u[:, Y] * (h - bh + 1)), bw, bh], 1)
+    applied = u[:, APPLY] < crop.p
+    flip = (u[:, FLIP] < (0.5 if crop.flip else 0.0)) & applied
     return torch.where(applied[:, None], box, fit), flip
 
 
