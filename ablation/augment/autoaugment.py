@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ops import _per_sample
 from .registry import Augmentation, Params, register
 
 POLICY = (
@@ -78,10 +79,6 @@ def _tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     mag = torch.tensor([[magnitude(k, b) for k, _, b in sub] for sub in POLICY], device=device)
     signed = torch.tensor([k in SIGNED for k in KINDS], device=device)
     return kind, prob, mag, signed
-
-
-def _per_sample(v: Tensor) -> Tensor:
-    return v.view(-1, 1, 1, 1)
 
 
 def _affine(x: Tensor, kind: Tensor, mag: Tensor) -> Tensor:

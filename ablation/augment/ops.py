@@ -74,9 +74,9 @@ class Crop(Augmentation):
     def transform(self, x: Tensor, params: Params) -> Tensor:
         b, _, h, w = x.shape
         x0, y0, bw, bh = params["box"].unbind(1)
-        gx = _source_grid(x0, bw, w)
+        gx = source_grid(x0, bw, w)
         gx = torch.where(params["flip"].view(-1, 1), gx.flip(1), gx)
-        gy = _source_grid(y0, bh, h)
+        gy = source_grid(y0, bh, h)
         grid = torch.stack([gx.view(b, 1, w).expand(b, h, w), gy.view(b, h, 1).expand(b, h, w)], -1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -113,14 +113,16 @@ def _fallback_sides(h: Tensor, w: Tensor, ratio: tuple[float, float]) -> Tensor:
     return torch.stack([fb_w, fb_h], 1)
 
 
-def _source_grid(start: Tensor, length: Tensor, size: int) -> Tensor:
-    """Normalised sample positions (B, size) that resize each box [start, start+length) to ``size``.
+def source_grid(start: Tensor, length: Tensor, size: int, out: int | None = None) -> Tensor:
+    """Normalised sample positions (B, out) that resize each box [start, start+length) of ``size``
+    pixels to ``out`` (default: ``size``).
 
     Same sampling as a bilinear ``interpolate`` of the cropped box (half-pixel centres, clamped to
     the box), so one ``grid_sample`` over the batch equals a per-sample crop-then-resize.
     """
-    centres = torch.arange(size, device=start.device, dtype=start.dtype) + 0.5
-    src = start[:, None] + centres * (length / size)[:, None] - 0.5
+    out = size if out is None else out
+    centres = torch.arange(out, device=start.device, dtype=start.dtype) + 0.5
+    src = start[:, None] + centres * (length / out)[:, None] - 0.5
     src = torch.minimum(torch.maximum(src, start[:, None]), (start + length - 1)[:, None])
     return (2 * src + 1) / size - 1
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..augment import Compose, TwoViews, parse_spec
-from ..augment.ops import Crop, fitting_sides
+from ..augment.ops import Crop, fitting_sides, source_grid
 
 TRIES = Crop.tries
 DRAWS = 2 * TRIES + 4  # uniforms per crop: TRIES areas, TRIES log aspect ratios, x, y, flip, apply
@@ -81,21 +81,12 @@ def boxes(crop: Crop | None, u: Tensor, heights: Tensor, widths: Tensor, centre:
     return torch.where(applied[:, None], box, fit), flip
 
 
-def _grid(start: Tensor, length: Tensor, size: int, out: int) -> Tensor:
-    """Normalised sample positions (B, out) resizing each box [start, start+length) of `size` pixels
-    to `out` (half-pixel centres, clamped to the box), as a bilinear resize of the cropped box."""
-    centres = torch.arange(out, device=start.device, dtype=start.dtype) + 0.5
-    src = start[:, None] + centres * (length / out)[:, None] - 0.5
-    src = torch.minimum(torch.maximum(src, start[:, None]), (start + length - 1)[:, None])
-    return (2 * src + 1) / size - 1
-
-
 def crop_resize(x: Tensor, box: Tensor, flip: Tensor, out: int) -> Tensor:
     """Each float image (B,C,H,W) cropped to its box, flipped where asked, resized to out x out (one grid_sample)."""
     b, _, h, w = x.shape
-    gx = _grid(box[:, 0], box[:, 2], w, out)
+    gx = source_grid(box[:, 0], box[:, 2], w, out)
     gx = torch.where(flip[:, None], gx.flip(1), gx)
-    gy = _grid(box[:, 1], box[:, 3], h, out)
+    gy = source_grid(box[:, 1], box[:, 3], h, out)
     grid = torch.stack([gx[:, None, :].expand(b, out, out), gy[:, :, None].expand(b, out, out)], -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -136,10 +127,7 @@ class SourceViews:
     def one(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """A single view, for methods that train on one (supervised): the first source crop, then the
         base and the views on the device, as the first view of `__call__` draws them."""
-        x = self._source_crops(x, generator)
-        if self.proto.crops == 1:
-            return self.two.one(x[:, 0], generator)
-        return self.proto.views(x[:, 0], generator)
+        return self.two.one(self._source_crops(x, generator)[:, 0], generator)  # two crops: no base
 
     def __repr__(self) -> str:
         return f"SourceViews({self.proto.describe()}, size={self.size}, stored={self.stored})"
