@@ -139,8 +139,8 @@ def _grid_points(grid: dict, where: str) -> tuple[str, list, list, list[tuple[st
         ops = [str(op) for op in grid.get("ops") or []]
         if not ops:
             raise ValueError(f"{where}.ops: a pairwise grid needs a non-empty list of augmentation specs")
-        pairs = [(a if a == b else f"{a}+{b}", {"first": a, "second": b},
-                  {"augment": {"views": a if a == b else f"{a}+{b}"}}) for a in ops for b in ops]
+        pairs = [(pair_spec(a, b), {"first": a, "second": b}, {"augment": {"views": pair_spec(a, b)}})
+                 for a in ops for b in ops]
         if not grid.get("axes"):
             return kind, ops, [], pairs
         facets, points = _product(where, grid["axes"]), []
@@ -289,6 +289,12 @@ def _check_figure(figure: dict | None, axes: list) -> None:
     for role in ("x", "hue", "facet"):
         if figure[role] not in axes:
             raise ValueError(f"figure.{role}: '{figure[role]}' is not a swept key; swept: {', '.join(axes)}")
+
+
+def pair_spec(first: str, second: str) -> str:
+    """A pairwise cell's views and label: the op alone on the diagonal (Figure 5's single
+    transformations), else the composition first+second."""
+    return first if first == second else f"{first}+{second}"
 
 
 def preset_names() -> list[str]:

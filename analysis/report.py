@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ablation import store
+from ablation.grid import pair_spec
 from ablation.names import ACCURACIES, FINAL_LOSS, FINISHED, RANDOM_INIT_TOP1
 from ablation.names import PAPER_TABLES as SOURCES
 
@@ -45,10 +46,6 @@ class Finding:
         return f"- ({self.key}) {self.claim}: **{self.verdict}**; {self.detail}"
 
 
-def _label(first: str, second: str) -> str:
-    return first if first == second else f"{first}+{second}"
-
-
 def _verdict(ok: bool) -> str:
     return HOLDS if ok else FAILS
 
@@ -58,7 +55,7 @@ def _best_is_crop_color(cells: pd.DataFrame, pair: dict[str, float]) -> Finding:
     known = cells.stack().dropna()
     if all(math.isnan(v) for v in pair.values()):
         return Finding("a", claim, UNKNOWN, "no crop+color or color+crop result")
-    best = _label(*known.idxmax())
+    best = pair_spec(*known.idxmax())
     return Finding("a", claim, _verdict(best in pair),
                    f"best: {best} at {known.max():.1f}% ({len(known)} of {cells.size} cells)")
 
@@ -107,8 +104,8 @@ def pairwise_findings(summary: pd.DataFrame, ops: list[str]) -> list[Finding]:
     def get(first: str | None, second: str | None) -> float:
         return math.nan if first is None or second is None else cells.loc[first, second]
 
-    pair = {_label(crop or "crop", color or "color"): get(crop, color),
-            _label(color or "color", crop or "crop"): get(color, crop)}
+    pair = {pair_spec(crop or "crop", color or "color"): get(crop, color),
+            pair_spec(color or "color", crop or "crop"): get(color, crop)}
     alone = {crop or "crop": get(crop, crop), color or "color": get(color, color)}
     random_init = 100 * summary.loc[summary["status"] == FINISHED, RANDOM_INIT_TOP1].mean()
     return [_best_is_crop_color(cells, pair), _diagonal_below_off(cells),

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import analysis
+from ablation.grid import pair_spec
 from analysis.paper import compare_with_paper, paper_table, spearman
 from analysis.report import pairwise_findings
 from analysis.table import markdown_table
@@ -55,13 +56,9 @@ def write_experiment(root: Path, name: str, cells: list[dict], **fields) -> Path
     return exp_dir
 
 
-def pair_label(a: str, b: str) -> str:
-    return a if a == b else f"{a}+{b}"
-
-
 def pairwise_cells(value, seeds=(0, 1), skip=(), extra: dict | None = None) -> list[dict]:
     """One cell per (first, second, seed); value(i, j, seed) -> linear top-1 fraction."""
-    return [{"label": pair_label(a, b), "coords": {"first": a, "second": b}, "seed": s,
+    return [{"label": pair_spec(a, b), "coords": {"first": a, "second": b}, "seed": s,
              "top1": None if (a, b) in skip else value(i, j, s), **(extra or {}).get((a, b), {})}
             for i, a in enumerate(OPS) for j, b in enumerate(OPS) for s in seeds]
 
@@ -84,7 +81,7 @@ def test_summary_reads_back_one_row_per_cell(full_grid: Path) -> None:
     assert [p.name for p in paths] == ["summary.csv", "summary_agg.csv"]
     summary = pd.read_csv(full_grid / "summary.csv")
     assert len(summary) == 18
-    assert set(summary["label"]) == {pair_label(a, b) for a in OPS for b in OPS}
+    assert set(summary["label"]) == {pair_spec(a, b) for a in OPS for b in OPS}
     assert summary.loc[(summary["first"] == "crop") & (summary["second"] == "color"), "label"].iloc[0] \
         == "crop+color"
     for col in ["id", "first", "second", "seed", "status", "linear_top1", "linear_top5", "knn_top1",
@@ -127,7 +124,7 @@ def test_missing_and_failed_cells_are_nan_never_zero(tmp_path: Path) -> None:
     m = analysis.heatmap_matrix(summary, OPS)
     for first, second in missing:
         assert math.isnan(m.loc[first, second])
-        assert agg.set_index("label").loc[pair_label(first, second), "n"] == 0
+        assert agg.set_index("label").loc[pair_spec(first, second), "n"] == 0
     crop_row = [100 * (base_value(0, j, 0) + 0.005) for j in (0, 2)]
     assert m.loc["crop", "Average"] == pytest.approx(np.mean(crop_row))
     assert not (m.fillna(-1) == 0).any().any()
@@ -191,7 +188,7 @@ def test_findings_that_need_missing_cells_say_so(tmp_path: Path) -> None:
 
 def test_findings_find_ops_given_with_parameters(tmp_path: Path) -> None:
     ops = ["crop", "color(s=0.5)", "blur"]
-    cells = [{"label": pair_label(a, b), "coords": {"first": a, "second": b}, "seed": 0,
+    cells = [{"label": pair_spec(a, b), "coords": {"first": a, "second": b}, "seed": 0,
               "top1": 0.6 if {a, b} == {"crop", "color(s=0.5)"} else 0.3 + 0.01 * (a != b)}
              for a in ops for b in ops]
     exp_dir = write_experiment(tmp_path, "cifar", cells, kind="pairwise", ops=ops, paper="figure5")

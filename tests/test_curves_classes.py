@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import analysis
+from ablation.grid import pair_spec
 from ablation.names import PER_CLASS
 from ablation.store import write_metrics
 from analysis.classes import TOP1, class_change
@@ -103,7 +104,7 @@ def test_curves_are_grouped_by_the_rows_of_the_pairwise_grid(tmp_path):
 
 
 def test_curves_of_a_pairwise_grid_with_a_method_facet_have_a_row_per_method_and_first_op(tmp_path):
-    cells = [{"label": f"{a if a == b else f'{a}+{b}'},method={m}", "coords": {"first": a, "second": b, "method": m},
+    cells = [{"label": f"{pair_spec(a, b)},method={m}", "coords": {"first": a, "second": b, "method": m},
               "seed": 0, "i": 3 * i + j}
              for m in ("simclr", "byol") for i, a in enumerate(OPS) for j, b in enumerate(OPS)]
     exp_dir = write(tmp_path / "facets", cells, kind="pairwise", ops=OPS, paper="figure5", axes=["method"])

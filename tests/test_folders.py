@@ -21,6 +21,7 @@ import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from test_cell import StopAfter
+from test_grid import SHIPPED
 
 from ablation import dist, store
 from ablation.augment import parse_spec
@@ -31,7 +32,7 @@ from ablation.data import folders, stream
 from ablation.data import protocol as P
 from ablation.data.folders import Split, scan
 from ablation.data.stream import StreamBatcher, UnreadableImage, decode_crops
-from ablation.grid import EXPERIMENTS_DIR, SHARED_FILES, load_experiment
+from ablation.grid import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("amber", "blue", "cyan", "dusk")
@@ -370,9 +371,6 @@ def test_corrupt_jpeg_fails_the_cell_with_its_path_and_no_hang(tmp_path):
 
 # ---- the protocol per experiment on ImageNet-like presets ----------------------------------------
 
-SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem not in SHARED_FILES)
-
-
 @pytest.mark.parametrize("preset", ["imagenet", "imagenet100"])
 @pytest.mark.parametrize("name", SHIPPED)
 def test_imagenet_presets_crop_once_per_view_from_the_full_image(name, preset):
@@ -393,12 +391,6 @@ def test_imagenet_presets_crop_once_per_view_from_the_full_image(name, preset):
             assert a.base == "none" and got["first_crop"] == "crop" and got["crops_per_image"] == 2, cell.label
             rest = a.views.split("+", 1)[1] if "+" in a.views else "none"
             assert got["views"] == parse_spec(rest).spec and got["base"] == "none"
-
-
-@pytest.mark.parametrize("preset", ["embedded", "cifar10"])
-@pytest.mark.parametrize("name", SHIPPED)
-def test_small_image_presets_have_no_base(name, preset):
-    assert all(c.config.augment.base == "none" for c in load_experiment(name, preset).cells)
 
 
 def test_imagenet100_dry_run_prints_gpu_hours(tmp_path, capsys):

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from ablation.cli import main
-from ablation.grid import EXPERIMENTS_DIR, SHARED_FILES, load_experiment
+from ablation.grid import EXPERIMENTS_DIR, SHARED_FILES, load_experiment, pair_spec, preset_names
 
 SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem not in SHARED_FILES)
-PRESETS = ("embedded", "cifar10", "imagenet", "imagenet100", "photos-cpu")
+PRESETS = tuple(preset_names())
 NEEDS = {"photos-cpu": ["data.root=photos"]}  # presets that need the user's data folder
 
 
@@ -169,7 +169,7 @@ def test_budget_experiment_tells_analysis_its_figure():
 
 
 def _pairs(*ops: str) -> set[str]:
-    return {a if a == b else f"{a}+{b}" for a in ops for b in ops}
+    return {pair_spec(a, b) for a in ops for b in ops}
 
 
 SYMMETRIC = {"embedded": {"crop+color"}, "cifar10": {"crop+color(s=0.5)"}, "photos-cpu": {"crop+color"}}

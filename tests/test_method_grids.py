@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 from matplotlib.collections import QuadMesh
-from test_analysis import OPS, assert_figures, base_value, pair_label, write_experiment
+from test_analysis import OPS, assert_figures, base_value, write_experiment
 from test_grid import NEEDS, PRESETS, write
 
 import analysis
-from ablation.grid import EXPERIMENTS_DIR, load_experiment
+from ablation.grid import EXPERIMENTS_DIR, load_experiment, pair_spec
 from ablation.methods import REGISTRY
 from analysis.figures import plot_heatmap
 from analysis.paper import compare_with_paper, paper_table
@@ -150,7 +150,7 @@ def test_drop_is_paired_by_seed_against_the_first_views_value(tmp_path):
 
 
 def test_pairwise_heatmap_one_panel_per_method_on_one_colour_scale(tmp_path):
-    cells = [{"label": f"{pair_label(a, b)},method={m}", "coords": {"first": a, "second": b, "method": m},
+    cells = [{"label": f"{pair_spec(a, b)},method={m}", "coords": {"first": a, "second": b, "method": m},
               "seed": 0, "top1": base_value(i, j, 0) + (0.3 if m == "byol" else 0.0)}
              for m in ("simclr", "byol") for i, a in enumerate(OPS) for j, b in enumerate(OPS)]
     exp_dir = write_experiment(tmp_path, "facets", cells, kind="pairwise", ops=OPS, paper="figure5",
