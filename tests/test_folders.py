@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
+import two_processes as two
 from PIL import Image
 from test_cell import StopAfter
 from test_grid import SHIPPED
@@ -258,20 +257,14 @@ def test_stream_batches_are_seeded_resumable_and_independent_of_workers(photos, 
     assert all((a.float() - b.float()).abs().mean() < 0.5 for a, b in zip(device_decoded, full))
 
 
-def _rank(rank: int, init_file: str, root: str, out: str) -> None:
-    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    parts = _batches(scan(root, "train", per_class=12), shard=(dist.rank(), dist.world()), workers=1)
-    torch.save(parts, f"{out}.{rank}")
-    tdist.barrier()
-    os._exit(0)  # skip torch's exit-time destructors (see test_losses)
+def _rank(rank: int, init_file: str, out: str, root: str) -> None:
+    two.join(rank, init_file)
+    two.finish(rank, _batches(scan(root, "train", per_class=12), shard=(dist.rank(), dist.world()), workers=1), out)
 
 
 @pytest.mark.slow
 def test_two_ddp_processes_see_disjoint_shards_that_make_the_global_batch(photos, tmp_path):
-    out = tmp_path / "parts"
-    mp.start_processes(_rank, args=(str(tmp_path / "init"), str(photos), str(out)), nprocs=2, join=True,
-                       start_method="fork")  # no re-import of torch in the children
-    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
+    ranks = two.spawn(_rank, tmp_path, str(photos), start_method="fork")  # no re-import of torch in the children
     for step, whole in enumerate(_batches(scan(photos, "train", per_class=12))):
         a, b = ranks[0][step], ranks[1][step]
         assert len(a) == len(b) == 8 and torch.equal(torch.cat([a, b]), whole)

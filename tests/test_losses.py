@@ -169,7 +169,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path: Path):
-    results = two.spawn(_worker, tmp_path)
+    results = two.spawn(_worker, tmp_path)[0]
     for case in CASES:
         loss, grads = _loss_and_grads(*case, slice(None))
         got_loss, got_grads = results[case]

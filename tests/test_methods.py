@@ -296,7 +296,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_and_targets_stay_in_sync(tmp_path: Path):
-    results = two.spawn(_worker, tmp_path)
+    results = two.spawn(_worker, tmp_path)[0]
     for name, loss in LOSSES.items():
         _, grads = two.loss_and_grads(loss, slice(None), seed=7, out_dim=3)
         torch.testing.assert_close(results[name], grads, msg=name)

@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+import two_processes as two
 from torch import nn
 
 from ablation.model import ENCODERS, GlobalBatchNorm, build_encoder, build_head, global_batch_norm
@@ -91,9 +88,6 @@ def test_bad_heads():
         build_head("nonlinear", 4, 4, 4, 1)
 
 
-WORLD = 2
-
-
 def _bn_net() -> nn.Sequential:
     torch.manual_seed(7)
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 6),
@@ -114,23 +108,16 @@ def _bn_step(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.
 
 
 def _bn_worker(rank: int, init_file: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    two.join(rank, init_file)
     net = global_batch_norm(_bn_net())
-    half = 8 // WORLD
-    y, grads, stats = _bn_step(net, _bn_batch()[rank * half:(rank + 1) * half])
-    for g in grads:  # what DDP does with the gradients
-        dist.all_reduce(g)
-        g /= WORLD
-    torch.save((y, grads, stats), f"{out}.{rank}")
-    dist.barrier()
-    os._exit(0)  # skip torch's exit-time destructors (see test_losses)
+    y, grads, stats = _bn_step(net, _bn_batch()[two.shard(rank)])
+    two.rank_mean(grads)  # what DDP does with the gradients
+    two.finish(rank, (y, grads, stats), out)
 
 
 @pytest.mark.slow
 def test_global_batch_norm_over_two_processes_equals_batch_norm_over_the_whole_batch(tmp_path):
-    out = str(tmp_path / "bn")
-    mp.spawn(_bn_worker, args=(str(tmp_path / "init"), out), nprocs=WORLD, join=True)
-    parts = [torch.load(f"{out}.{rank}") for rank in range(WORLD)]
+    parts = two.spawn(_bn_worker, tmp_path)
     y, grads, stats = _bn_step(_bn_net(), _bn_batch())
     torch.testing.assert_close(torch.cat([p[0] for p in parts]), y)
     for got_grads, got_stats in ((p[1], p[2]) for p in parts):

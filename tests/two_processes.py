@@ -1,9 +1,9 @@
 """Two gloo processes against one: the harness of the DDP equality tests (losses, methods).
 
-A test's `worker(rank, init_file, out)` runs in each process (`spawn` starts them): it `join`s the
-group, computes on its rank's `shard` of the batch, averages over ranks with `rank_mean` as DDP
-does, and ends with `finish`, which saves rank 0's results; the test compares them with one process
-on the whole batch.
+A test's `worker(rank, init_file, out, *args)` runs in each process (`spawn` starts them): it
+`join`s the group, computes on its rank's `shard` of the batch, averages over ranks with
+`rank_mean` as DDP does, and ends with `finish`, which saves its results; the test compares the
+ranks' results with one process on the whole batch.
 """
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ WORLD = 2
 ROWS = 8  # the batch, split evenly over the ranks
 
 
-def spawn(worker: Callable, tmp_path: Path) -> dict:
-    """Run `worker` in WORLD processes; what rank 0 passed to `finish`."""
-    out = tmp_path / "dist.pt"
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)
-    return torch.load(out)
+def spawn(worker: Callable, tmp_path: Path, *args, start_method: str = "spawn") -> list:
+    """Run `worker` in WORLD processes ("fork": without re-importing torch); what each rank passed
+    to `finish`, by rank."""
+    out = tmp_path / "dist"
+    mp.start_processes(worker, args=(str(tmp_path / "init"), str(out), *args), nprocs=WORLD, join=True,
+                       start_method=start_method)
+    return [torch.load(f"{out}.{rank}") for rank in range(WORLD)]
 
 
 def join(rank: int, init_file: str) -> None:
@@ -41,12 +43,11 @@ def rank_mean(tensors: list[torch.Tensor]) -> None:
         t /= WORLD
 
 
-def finish(rank: int, results: dict, out: str) -> None:
-    """Rank 0 saves `results`; both ranks wait for it, then leave without running torch's C++ static
+def finish(rank: int, results: object, out: str) -> None:
+    """Save this rank's `results`; the ranks wait for each other, then leave without running torch's C++ static
     destructors: at interpreter exit they sometimes abort ("terminate called without an active
     exception", SIGABRT) after all the work is done, which would fail the test for no reason."""
-    if rank == 0:
-        torch.save(results, out)
+    torch.save(results, f"{out}.{rank}")
     dist.barrier()
     os._exit(0)
 
