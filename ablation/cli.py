@@ -119,8 +119,9 @@ def _config_help() -> str:
     return "\n".join(f"  {key} {default!r}: {doc}" for key, default, doc in describe())
 
 
-def _print_registry(entries: list[dict], width: int) -> None:
+def _print_registry(entries: list[dict]) -> None:
     """One line per entry: name, parameters with their defaults, doc."""
+    width = max(len(entry["name"]) for entry in entries)
     for entry in entries:
         params = ", ".join(f"{p['name']}={p['default']:g}" if isinstance(p["default"], float)
                            else f"{p['name']}={p['default']}" for p in entry["params"])
@@ -129,13 +130,13 @@ def _print_registry(entries: list[dict], width: int) -> None:
 
 def cmd_augs(args) -> int:
     from .augment import describe_registry
-    _print_registry(describe_registry(), 11)
+    _print_registry(describe_registry())
     return 0
 
 
 def cmd_methods(args) -> int:
     from .methods import describe_methods
-    _print_registry(describe_methods(), 12)
+    _print_registry(describe_methods())
     return 0
 
 

@@ -23,7 +23,7 @@ from ablation.names import PAPER_TABLES as SOURCES
 
 from .classes import class_change
 from .figures import heatmap_matrix, plot
-from .paper import compare_with_paper, spearman
+from .paper import SERIES, compare_with_paper, spearman
 from .sensitivity import report_lines as sensitivity_lines
 from .table import collect, facet_groups, load_experiment, load_summary, markdown_table, per_class, setup_line
 
@@ -189,7 +189,7 @@ def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -
     lines = [f"Paper numbers: {SOURCES[paper]}, ImageNet, ResNet-50, linear evaluation top-1 (%).", ""]
     shown = side.assign(ours=[_pct(a, b) for a, b in zip(side["ours"], side["ours_std"])])
     lines += [markdown_table(shown.drop(columns="ours_std").rename(columns={"ours": "ours (%)"})), ""]
-    series = list(side.columns[side.columns.get_loc("setting") + 1:side.columns.get_loc("ours")])
+    series = [c for c in SERIES[paper] if c in side.columns]  # swept ones; the others are fixed or paper columns
     for col in papers:
         for key, part in side.groupby(series, sort=False) if series else [((), side)]:
             rho, n = spearman(part["ours"], part[col])
