@@ -19,7 +19,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -37,6 +36,8 @@ from .data import (
     source_views,
     stream_batcher,
 )
+from .data.protocol import SourceViews
+from .data.stream import StreamBatcher
 from .identity import signature
 from .methods import Method, build_method
 from .metrics_log import EpochLog
@@ -56,10 +57,6 @@ from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probe import extract_features, knn_probe, linear_probe
 from .progress import Progress
 from .seeding import stable_seed
-
-if TYPE_CHECKING:  # the streaming modules load on first use (simplejpeg)
-    from .data.protocol import SourceViews
-    from .data.stream import StreamBatcher
 
 INTERRUPT_POLL_STEPS = 8  # under DDP, steps between two checks of the ranks' interrupt flags
 
