@@ -5,12 +5,13 @@ augmentations then run batched on the device (see batcher.py).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -157,6 +158,14 @@ def _torchvision(name: str, root: Path, train: bool, size: int, download: bool,
 
 # ---- image folders -----------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def quiet_decoders() -> Iterator[None]:
+    """Silence torchvision's (>= 0.29) notice that its image decoders move to TorchCodec: they still work."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 class ImageFiles(Dataset):
     """(path, label) pairs decoded to uint8 (3, size, size): shorter side resized, center crop."""
 
@@ -168,8 +177,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         try:
-            with warnings.catch_warnings():  # torchvision >= 0.29: decoders moving to TorchCodec; they still work
-                warnings.simplefilter("ignore", DeprecationWarning)
+            with quiet_decoders():
                 image = decode_image(read_file(self.files[i]), mode=ImageReadMode.RGB)
         except RuntimeError as e:
             raise ValueError(f"cannot decode image {self.files[i]}: {e}") from None

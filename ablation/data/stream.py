@@ -20,7 +20,6 @@ cell with its path.
 from __future__ import annotations
 
 import math
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -36,7 +35,7 @@ from ..seeding import stable_seed
 from . import protocol as P
 from .batcher import spread
 from .folders import Split
-from .sources import loader_workers
+from .sources import loader_workers, quiet_decoders
 
 try:  # region decoding (setup.py builds it where libjpeg's headers are); else whole images
     from . import _jpegcrop
@@ -49,6 +48,10 @@ SCALES = (8, 4, 2)  # DCT scale factors with fast (SIMD) paths in libjpeg-turbo;
 
 class UnreadableImage(ValueError):
     """A file of the folder that does not decode; the message names it."""
+
+
+def _unreadable(path: str, error: Exception) -> UnreadableImage:
+    return UnreadableImage(f"cannot decode image {path}: {str(error).strip().splitlines()[0]}")
 
 
 @dataclass
@@ -76,11 +79,10 @@ def _read(path: str) -> Encoded:
         except ValueError:
             pass
     try:
-        with warnings.catch_warnings():  # torchvision >= 0.29: decoders moving to TorchCodec; they still work
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with quiet_decoders():
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as e:
-        raise UnreadableImage(f"cannot decode image {path}: {str(e).strip().splitlines()[0]}") from None
+        raise _unreadable(path, e) from None
     return Encoded(path, data, image.shape[1], image.shape[2], image)
 
 
@@ -221,8 +223,7 @@ def _decode_jpegs(device: torch.device, jpegs: list[tuple]) -> list[Tensor]:
     data = [torch.frombuffer(bytearray(j[0]), dtype=torch.uint8) for j in jpegs]
     if not data:
         return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with quiet_decoders():
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
@@ -230,7 +231,7 @@ def _decode_jpegs(device: torch.device, jpegs: list[tuple]) -> list[Tensor]:
                 try:
                     decode_jpeg(one, mode=ImageReadMode.RGB, device=device)
                 except RuntimeError as e:
-                    raise UnreadableImage(f"cannot decode image {j[3]}: {str(e).strip().splitlines()[0]}") from None
+                    raise _unreadable(j[3], e) from None
             raise
 
 
