@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import protocol as P
 from .folders import Split, classes_key, scan
-from .sources import MAX_RESIDENT_BYTES, ImageSet, load_dataset
+from .sources import MAX_RESIDENT_BYTES, ImageSet, folder_sets
 from .stream import LazyImages, StreamBatcher
 
 
@@ -75,7 +75,7 @@ def _load(root: str, size: int, stored_size: int | None, serve: str, classes: tu
             return FolderSet(LazyImages(s.files, size, size / side, workers),
                              torch.tensor(s.labels, dtype=torch.int64), list(s.classes), split=s)
         return streamed(train), streamed(test)
-    sets = load_dataset("folder", root, side, per_class=per_class, classes=classes, workers=workers)
+    sets = folder_sets(root, (train, test), side, per_class, workers)  # scanned once, above
     if side == size:
         return sets
 

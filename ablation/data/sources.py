@@ -73,17 +73,24 @@ def load_dataset(name: str, root: str | Path | None = None, size: int = 32, down
     if name == "folder":
         if root is None:
             raise ValueError(f"dataset 'folder' needs data.root; {FOLDER_LAYOUT}")
-        splits = {"train": scan(root, "train", classes, per_class), "test": scan(root, "test", classes)}
-        stamp = [[(p, *_stat(p)) for p in split.files] for split in splits.values()]
-        key = _cache_key(name, Path(root).resolve(), size, per_class, stamp)
-        return _cached(cache_dir / f"folder-{size}-{key}.pt",
-                       lambda: (_decode_all(splits["train"], size, workers),
-                                _decode_all(splits["test"], size, workers)))
+        splits = scan(root, "train", classes, per_class), scan(root, "test", classes)
+        return folder_sets(root, splits, size, per_class, workers, cache_dir)
     root = Path(root) if root is not None else cache_dir / "datasets"
     key = _cache_key(name, root.resolve(), size, per_class)
     return _cached(cache_dir / f"{name}-{size}-{key}.pt",
                    lambda: (_torchvision(name, root, True, size, download, per_class),
                             _torchvision(name, root, False, size, download)))
+
+
+def folder_sets(root: str | Path, splits: tuple[Split, Split], size: int, per_class: int | None = None,
+                workers: int | None = None, cache_dir: str | Path | None = None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) of an image folder already scanned (folders.scan), decoded once at size x size and
+    cached; the cache key stamps every file's size and modification time, so a changed file is seen."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    stamp = [[(p, *_stat(p)) for p in split.files] for split in splits]
+    key = _cache_key("folder", Path(root).resolve(), size, per_class, stamp)
+    return _cached(cache_dir / f"folder-{size}-{key}.pt",
+                   lambda: (_decode_all(splits[0], size, workers), _decode_all(splits[1], size, workers)))
 
 
 # ---- cache -------------------------------------------------------------------------------------
