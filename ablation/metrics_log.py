@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import store
+from .methods import Method
 
 # Images of the fixed batch whose two views measure the embeddings after every epoch: the same
 # images and the same augmentation draws each epoch, so the curve follows the model only.
@@ -87,7 +88,8 @@ class EpochLog:
         if writes:
             store.write_metrics(cell_dir, self.rows)
         device = next(model.parameters()).device
-        self.batch = source.sample(EMBED_IMAGES).to(device).float().div_(255)
+        self.measures = type(model).project is not Method.project  # else no projection: nothing to run
+        self.batch = source.sample(EMBED_IMAGES).to(device).float().div_(255) if self.measures else None
         self.generator = torch.Generator(device=device)
         self.images, self.train_s = state.images, state.train_s
         self.writer = _tensorboard(cell_dir, state.epoch + 1) if writes else None
@@ -99,13 +101,13 @@ class EpochLog:
         """Embedding statistics of the fixed batch's two views as the loss sees them (training mode,
         batch statistics); the BatchNorm running statistics that this forward moves are put back.
         Empty for a method without projections."""
+        if not self.measures:
+            return {}
         saved = [b.clone() for b in self.model.buffers()]
         v1, v2 = self.views(self.batch, self.generator.manual_seed(EMBED_SEED))
         z = self.model.project(torch.cat([v1, v2]))
         for buffer, value in zip(self.model.buffers(), saved):
             buffer.copy_(value)
-        if z is None:
-            return {}
         z1, z2 = z.chunk(2)
         stats = embedding_stats(z1, z2)
         return dict(zip(stats, map(_number, torch.stack(list(stats.values())).tolist())))  # one device read
