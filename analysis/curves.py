@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 
 from ablation.store import read_metrics
 
-from .table import axes_of, facet_label, setup_line
+from .table import axes_of, facet_axes, facet_label, setup_line
 
 # metrics.jsonl fields drawn, in column order, with their axis labels; probes only where logged
 CURVES = {"loss": "training loss", "pos_sim": "positive-pair cosine", "uniform": "uniformity",
@@ -56,7 +56,7 @@ def groups(exp: dict[str, Any], curves: pd.DataFrame) -> Grouping:
     if exp.get("kind") == "pairwise":
         ops = [str(op) for op in exp["ops"]]
         data = curves.assign(**{LINE: curves["second"].astype(str)})
-        facets = [a for a in exp.get("axes") or [] if a in curves]
+        facets = facet_axes(exp, curves.columns)
         if not facets:
             return Grouping(data, "first", ops, ops, "1st", "2nd")
         facet = curves[facets].apply(lambda r: facet_label(facets, r), axis=1)

@@ -40,11 +40,16 @@ def axes_of(exp: dict[str, Any]) -> list[str]:
 
 def facet_groups(summary: pd.DataFrame, exp: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
     """A pairwise grid's cells per facet ("method=byol", in grid order); one untitled group without facets."""
-    facets = [a for a in exp.get("axes") or [] if a in summary.columns]
+    facets = facet_axes(exp, summary.columns)
     if exp.get("kind") != "pairwise" or not facets:
         return [("", summary)]
     groups = summary.groupby(facets, sort=False, dropna=False)
     return [(facet_label(facets, key), part) for key, part in groups]
+
+
+def facet_axes(exp: dict[str, Any], columns) -> list[str]:
+    """A pairwise grid's facet axes (e.g. method) that these columns hold."""
+    return [a for a in exp.get("axes") or [] if a in columns]
 
 
 def facet_label(facets: list[str], values) -> str:
