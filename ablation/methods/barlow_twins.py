@@ -5,7 +5,6 @@ import torch
 from torch import Tensor
 
 from ..losses import gather_with_grad
-from ..model import build_head
 from .registry import Method, param, register
 
 
@@ -35,8 +34,7 @@ class BarlowTwins(Method):
 
     def __init__(self, cfg, n_classes: int, **args) -> None:
         super().__init__(cfg, n_classes, **args)
-        m = cfg.model
-        self.projector = build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
+        self.projector = self.projection_head(cfg)
 
     def project(self, x: Tensor) -> Tensor:
         return self.projector(self.features(x))

@@ -33,8 +33,7 @@ class BYOL(Method):
 
     def __init__(self, cfg, n_classes: int, **args) -> None:
         super().__init__(cfg, n_classes, **args)
-        m = cfg.model
-        self.projector = build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
+        self.projector = self.projection_head(cfg)
         out = self.projector.out_dim
         self.predictor = build_head("nonlinear", out, self.predictor_hidden, out, 2)
         self.target = copy.deepcopy(nn.Sequential(self.encoder, self.projector)).requires_grad_(False)

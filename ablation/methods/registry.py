@@ -21,7 +21,7 @@ from ..augment import TwoViews, param
 from ..augment.registry import coerce, describe, registrable_name
 from ..config import CellConfig
 from ..errors import choices_error
-from ..model import build_encoder
+from ..model import build_encoder, build_head
 
 if TYPE_CHECKING:
     from ..data.protocol import SourceViews
@@ -56,6 +56,11 @@ class Method(nn.Module):
             setattr(self, key, value)
         m = cfg.model
         self.encoder, self.dim = build_encoder(m.encoder, cifar_stem=m.cifar_stem, width=m.width)
+
+    def projection_head(self, cfg: CellConfig) -> nn.Module:
+        """A new projection head on the encoder's features: model.head, its layers and widths."""
+        m = cfg.model
+        return build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
 
     def views(self, pair: TwoViews | SourceViews, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
         """The augmented inputs of one step (default: the cell's two views; `pair` is a folder's

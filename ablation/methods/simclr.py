@@ -5,7 +5,6 @@ import torch
 from torch import Tensor
 
 from ..losses import contrastive_loss
-from ..model import build_head
 from .registry import Method, register
 
 
@@ -17,8 +16,7 @@ class SimCLR(Method):
 
     def __init__(self, cfg, n_classes: int, **args) -> None:
         super().__init__(cfg, n_classes, **args)
-        m = cfg.model
-        self.head = build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
+        self.head = self.projection_head(cfg)
         self.loss_config = cfg.loss
 
     def project(self, x: Tensor) -> Tensor:

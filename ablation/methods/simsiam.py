@@ -23,8 +23,7 @@ class SimSiam(Method):
 
     def __init__(self, cfg, n_classes: int, **args) -> None:
         super().__init__(cfg, n_classes, **args)
-        m = cfg.model
-        head = build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
+        head = self.projection_head(cfg)
         self.projector = nn.Sequential(head, nn.BatchNorm1d(head.out_dim, affine=False))
         self.predictor = build_head("nonlinear", head.out_dim, self.predictor_hidden, head.out_dim, 2)
 
