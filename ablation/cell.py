@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import accel, dist, store
-from .augment import TwoViews
+from .augment import TwoViews, parse_spec
 from .config import CellConfig
 from .data import (
     DeviceBatcher,
@@ -44,21 +44,29 @@ from .metrics_log import EpochLog
 from .model import global_batch_norm
 from .names import (
     CORRUPT,
+    EVAL_RECORD,
     FAILED,
     FINAL_LOSS,
     FINISHED,
     KNN_TOP1,
+    LBFGS,
+    LINEAR_PROTOCOL,
+    LINEAR_PROTOCOLS,
     LINEAR_TOP1,
     LINEAR_TOP5,
+    ONLINE,
     PER_CLASS,
     RANDOM_INIT_TOP1,
+    SGD,
+    protocol_metric,
 )
 from .optim import build_optimizer, scaled_lr, warmup_cosine
-from .probe import extract_features, knn_probe, linear_probe
+from .probe import OnlineHead, capture_features, extract_features, knn_correct, linear_probe, sgd_probe
 from .progress import Progress
 from .seeding import stable_seed
 
 INTERRUPT_POLL_STEPS = 8  # under DDP, steps between two checks of the ranks' interrupt flags
+SGD_AUGMENT = "crop"  # the sgd protocol's views of the training images: Appendix B.6's random crop + flip
 
 
 class Preempted(Exception):
@@ -125,19 +133,22 @@ def build_model(cfg: CellConfig, device: torch.device, n_classes: int) -> Method
     return build_method(cfg, n_classes).to(device, memory_format=torch.channels_last)
 
 
-def _save(path: Path, model, optimizer, scheduler, state: TrainState) -> None:
+def _save(path: Path, model, optimizer, scheduler, state: TrainState, online: OnlineHead | None) -> None:
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "state": vars(state)}
+               "scheduler": scheduler.state_dict(), "state": vars(state),
+               **({"online": online.checkpoint()} if online else {})}
     store.atomic_write(path, lambda f: torch.save(payload, f), mode="wb")
 
 
-def _load(path: Path, model, optimizer, scheduler) -> TrainState:
+def _load(path: Path, model, optimizer, scheduler, online: OnlineHead | None) -> TrainState:
     """The training state of a checkpoint; `store.Corrupt` when it cannot be read or does not fit."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
+        if online:
+            online.restore(payload["online"])
         return TrainState(**payload["state"])
     except Exception as err:  # truncated, foreign or from another config: never silently restart
         raise store.Corrupt(path, f"cannot be loaded ({type(err).__name__}: {err})") from None
@@ -152,18 +163,65 @@ def _versions() -> dict:
             "kornia": kornia.__version__, "python": platform.python_version()}
 
 
-def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: ImageSet,
-             device: torch.device) -> dict:
-    """Linear (top-1, top-5) and kNN probes on features computed once from un-augmented images,
-    on the device (in bf16 where training used it)."""
-    bs, bf16 = cfg.eval.batch_size, accel.uses_bf16(cfg.train.precision, device)
-    f_train = extract_features(encoder, train.images, bs, device, bf16=bf16)
-    f_test = extract_features(encoder, test.images, bs, device, bf16=bf16)
-    n = len(train.classes)
-    linear = linear_probe(f_train, train.labels, f_test, test.labels, n)
-    knn = knn_probe(f_train, train.labels, f_test, test.labels, n, k=cfg.eval.knn_k, t=cfg.eval.knn_t)
-    return {LINEAR_TOP1: linear["top1"], LINEAR_TOP5: linear["top5"], KNN_TOP1: knn,
-            PER_CLASS: dict(zip(test.classes, linear["per_class"]))}
+def protocols(cfg: CellConfig) -> tuple[str, ...]:
+    """The linear protocols a cell scores: its own (eval.linear, the one behind linear_top1) first, then,
+    with eval.compare, the others."""
+    own = cfg.eval.linear
+    return (own, *[p for p in LINEAR_PROTOCOLS if p != own]) if cfg.eval.compare else (own,)
+
+
+def random_init_protocol(cfg: CellConfig) -> str:
+    """The protocol of the random-init floor: the cell's own, except online (a head trained alongside
+    pretraining has no counterpart for an encoder that never trained), which takes lbfgs."""
+    return LBFGS if cfg.eval.linear == ONLINE else cfg.eval.linear
+
+
+def sgd_epochs(cfg: CellConfig) -> int:
+    """eval.sgd_epochs, or Appendix B.6's: 100 on CIFAR, else 90."""
+    return cfg.eval.sgd_epochs or (100 if cfg.data.name in ("cifar10", "cifar100") else 90)
+
+
+def eval_record(cfg: CellConfig) -> dict:
+    """result.json's account of how the linear metrics were measured."""
+    used = protocols(cfg) + (random_init_protocol(cfg),) * cfg.eval.random_init
+    return {LINEAR_PROTOCOL: cfg.eval.linear, "compared": list(protocols(cfg)[1:]),
+            "random_init_protocol": random_init_protocol(cfg) if cfg.eval.random_init else None,
+            **({"sgd_epochs": sgd_epochs(cfg), "sgd_batch": cfg.eval.sgd_batch} if SGD in used else {})}
+
+
+def _linear(protocol: str, cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: ImageSet,
+            features: tuple[torch.Tensor, torch.Tensor], device: torch.device, online: OnlineHead | None) -> dict:
+    """One protocol's scores of the frozen encoder (probe.scores)."""
+    (f_train, f_test), n = features, len(train.classes)
+    if protocol == LBFGS:
+        return linear_probe(f_train, train.labels, f_test, test.labels, n)
+    if protocol == SGD:
+        return sgd_probe(encoder, train.images, train.labels, test.images, test.labels, n, parse_spec(SGD_AUGMENT),
+                         epochs=sgd_epochs(cfg), batch_size=cfg.eval.sgd_batch, seed=cfg.train.seed,
+                         extract_batch=cfg.eval.batch_size, device=device)
+    if online is None:
+        raise ValueError("eval.linear=online scores a head trained alongside pretraining; none was trained")
+    return online.evaluate(f_test, test.labels)
+
+
+def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: ImageSet, device: torch.device,
+             online: OnlineHead | None = None, only: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """The cell's metrics and per-test-image correctness ({probe: bool vector}): its linear protocols
+    (``only`` these, when given) and the kNN probe, on float32 features of un-augmented images computed once."""
+    bs = cfg.eval.batch_size
+    features = extract_features(encoder, train.images, bs, device), extract_features(encoder, test.images, bs, device)
+    chosen = only or protocols(cfg)
+    linear = {p: _linear(p, cfg, encoder, train, test, features, device, online) for p in chosen}
+    own = linear[chosen[0]]
+    knn = knn_correct(*features[:1], train.labels, features[1], test.labels, len(train.classes), k=cfg.eval.knn_k,
+                      t=cfg.eval.knn_t)
+    metrics = {LINEAR_TOP1: own["top1"], LINEAR_TOP5: own["top5"], KNN_TOP1: knn.float().mean().item(),
+               PER_CLASS: dict(zip(test.classes, own["per_class"]))}
+    correct = {"linear": own["correct"], "knn": knn}
+    if len(chosen) > 1:
+        metrics |= {protocol_metric(p): r["top1"] for p, r in linear.items()}
+        correct |= {protocol_metric(p): r["correct"] for p, r in linear.items()}
+    return metrics, correct
 
 
 def _identity(out: Path, cfg: CellConfig) -> dict:
@@ -176,6 +234,7 @@ def _identity(out: Path, cfg: CellConfig) -> dict:
 def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: torch.device,
             metrics: dict, reason: str | None = None, files: tuple[str, ...] = ()) -> dict:
     result = {**_identity(out, cfg), "status": status, "reason": reason, "metrics": metrics,
+              EVAL_RECORD: eval_record(cfg),
               "epochs_done": state.epoch, "images_seen": state.images, "resumed_at": state.resumed_at,
               "losses": state.losses,
               "wall_time_s": round(state.wall_s, 3), "train_time_s": round(state.train_s, 3),
@@ -266,13 +325,15 @@ def build_optimisation(cfg: CellConfig, model: torch.nn.Module, steps: int):
 
 
 def _probe_all(cfg: CellConfig, model: Method, train: ImageSet, test: ImageSet, device: torch.device,
-               final_loss: float) -> dict:
-    metrics = {**evaluate(cfg, model.encoder, train, test, device), FINAL_LOSS: final_loss,
-               RANDOM_INIT_TOP1: None}
+               final_loss: float, online: OnlineHead | None) -> tuple[dict, dict]:
+    """The final metrics and per-image correctness, the random-init floor's included."""
+    metrics, correct = evaluate(cfg, model.encoder, train, test, device, online)
+    metrics |= {FINAL_LOSS: final_loss, RANDOM_INIT_TOP1: None}
     if cfg.eval.random_init:
         baseline = build_model(cfg, device, len(train.classes)).encoder
-        metrics[RANDOM_INIT_TOP1] = evaluate(cfg, baseline, train, test, device)[LINEAR_TOP1]
-    return metrics
+        floor, floor_correct = evaluate(cfg, baseline, train, test, device, only=(random_init_protocol(cfg),))
+        metrics[RANDOM_INIT_TOP1], correct["random_init"] = floor[LINEAR_TOP1], floor_correct["linear"]
+    return metrics, correct
 
 
 def _stop_requested(interrupt: Interrupt, step: int, steps: int, device: torch.device) -> bool:
@@ -295,10 +356,13 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     batcher = _batcher(cfg, train, device)
     steps, epochs, seed = len(batcher), cfg.train.epochs, cfg.train.seed
     optimizer, scheduler = build_optimisation(cfg, model, steps)
+    online = (OnlineHead(model.dim, len(train.classes), cfg.train.batch_size, steps * epochs, device)
+              if ONLINE in protocols(cfg) else None)
+    seen = capture_features(model.encoder) if online else []
     ckpt = out / store.CHECKPOINT
     state = TrainState()
     if ckpt.exists():
-        state = _load(ckpt, model, optimizer, scheduler)
+        state = _load(ckpt, model, optimizer, scheduler, online)
         state.resumed_at.append({"epoch": state.epoch, "step": state.step})
     prior_wall = state.wall_s
     net = accel.CompiledStep(model, DistributedDataParallel(model) if dist.active() else model,
@@ -308,12 +372,22 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
     log = EpochLog(out, model, views, batcher, steps, epochs, cfg.train.log_every, state,
-                   probe=lambda: evaluate(cfg, model.encoder, train, test, device), writes=dist.is_main())
+                   probe=lambda: evaluate(cfg, model.encoder, train, test, device, only=(LBFGS,))[0],
+                   writes=dist.is_main())
 
     def save() -> None:
         state.wall_s = prior_wall + time.monotonic() - start
         if dist.is_main():
-            _save(ckpt, model, optimizer, scheduler, state)
+            _save(ckpt, model, optimizer, scheduler, state, online)
+
+    def run_step(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, key: tuple,
+                 progress: tuple[int, int]) -> torch.Tensor:
+        """The method's step, then the online head's on the features the step's views gave."""
+        seen.clear()  # features of anything since the last step (an embedding measurement, a failed compile)
+        loss = train_step(m, model, views, x, y, generator(device, *key), optimizer, scheduler, cfg, progress)
+        if online:
+            online.step(torch.cat(seen), y)
+        return loss
 
     while state.epoch < epochs:
         epoch, t0 = state.epoch, time.monotonic()
@@ -323,8 +397,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
             x, y, step = x.to(device, non_blocking=True), y.to(device, non_blocking=True), state.step
             key, progress = (seed, epoch, step, *rank_key), (epoch * steps + step + 1, steps * epochs)
             # the generator is made in the step: an eager retry after a failed compilation draws the same views
-            loss_sum += net.run(lambda m: train_step(m, model, views, x, y, generator(device, *key), optimizer,  # noqa: B023 (called at once)
-                                                     scheduler, cfg, progress))  # noqa: B023
+            loss_sum += net.run(lambda m: run_step(m, x, y, key, progress))  # noqa: B023 (called at once)
             state.step += 1
             state.images += x.shape[0] * dist.world()
             if _stop_requested(interrupt, state.step, steps, device):
@@ -347,7 +420,10 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == epochs:
             save()
 
-    metrics = _probe_all(cfg, model, train, test, device, state.losses[-1]) if dist.is_main() else {}
+    metrics, correct = (_probe_all(cfg, model, train, test, device, state.losses[-1], online) if dist.is_main()
+                        else ({}, {}))
+    if dist.is_main():
+        store.write_correct(out / store.CORRECT, {k: v.numpy() for k, v in correct.items()})
     dist.barrier()
     state.wall_s = prior_wall + time.monotonic() - start
     return _finish(out, cfg, FINISHED, state, device, metrics)

@@ -144,6 +144,19 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    linear: str = opt(names.LBFGS, "linear evaluation protocol of linear_top1/top5 and the per-class and per-image "
+                      "records: lbfgs (full-batch L-BFGS on standardised features of un-augmented images, l2 1e-2, "
+                      "seconds), sgd (the paper's Appendix B.6: Nesterov SGD on the frozen encoder's features of "
+                      "cropped and flipped images, no weight decay; costs eval.sgd_epochs encoder passes over the "
+                      "training set), online (a linear head on detached features trained alongside pretraining, "
+                      "the reference code's way; nearly free)", choices=names.LINEAR_PROTOCOLS)
+    compare: bool = opt(False, "also score the encoder with the other linear protocols (online is then trained "
+                        "alongside): each protocol's top-1 under linear_top1_<protocol>")
+    sgd_epochs: Optional[int] = opt(None, "sgd protocol: epochs (none: 100 on cifar10/cifar100, else 90, as in "
+                                    "Appendix B.6)", low=1, high=10_000)
+    sgd_batch: int = opt(4096, "sgd protocol: images a step (the training set's size when smaller); lr 0.1 x "
+                         "batch/256, cosine decay, Nesterov momentum 0.9 (the online head: the training batch)",
+                         low=1, high=1_000_000)
     knn_k: int = opt(200, "neighbours of the weighted kNN probe", low=1, high=100_000)
     knn_t: float = opt(0.1, "temperature of the kNN weights", low=1e-4, high=100.0)
     random_init: bool = opt(True, "also probe the randomly initialised encoder as a baseline")

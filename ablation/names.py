@@ -24,6 +24,12 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt")
 PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_MODES = ("auto", "always", "never")
+# Linear evaluation protocols (eval.linear): lbfgs, full-batch L-BFGS on standardised features of un-augmented
+# images (fast, deterministic); sgd, the paper's Appendix B.6 (Nesterov SGD on the frozen encoder's features of
+# cropped and flipped images); online, a linear head on detached features trained alongside pretraining (the
+# reference code's way).
+LBFGS, SGD, ONLINE = "lbfgs", "sgd", "online"
+LINEAR_PROTOCOLS = (LBFGS, SGD, ONLINE)
 
 # ---- experiments and launching
 GRID_KINDS = ("pairwise", "product")
@@ -48,3 +54,15 @@ ACCURACIES = (LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1, RANDOM_INIT_TOP1)  # fractions
 METRICS = (*ACCURACIES, FINAL_LOSS)
 PRIMARY_METRIC = LINEAR_TOP1  # what status tables, logs and figures show
 PER_CLASS = "linear_top1_per_class"  # {class name: linear top-1 on that class's test images}
+
+
+def protocol_metric(protocol: str) -> str:
+    """The metric holding one protocol's linear top-1 (eval.compare: every protocol's, beside linear_top1)."""
+    return f"{LINEAR_TOP1}_{protocol}"
+
+
+# result.json's "eval": how the cell's linear metrics were measured (the protocol of linear_top1 and its kin)
+EVAL_RECORD, LINEAR_PROTOCOL = "eval", "linear_protocol"
+# Methods whose meaning changed after cells were run with them: the revision is part of their cells' ids, so
+# finished cells of an older revision are never taken for new ones (barlow_twins 1: its authors' bias lr).
+METHOD_REVISIONS = {"barlow_twins": 1}

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+import numpy as np
 import yaml
 
 from .names import CORRUPT, FAILED, FINISHED
@@ -30,6 +31,7 @@ EXPERIMENT, CELL, CONFIG, RESULT, CHECKPOINT, JOB = (
     "experiment.json", "cell.json", "config.yaml", "result.json", "checkpoint.pt", "job.json")
 ATTEMPTS, SUBMITIT, LAUNCH_LOCK, CELL_LOCK = "attempts", ".submitit", ".launch.lock", ".cell.lock"
 METRICS_LOG, TENSORBOARD = "metrics.jsonl", "tensorboard"
+CORRECT = "correct.npz"  # per test image, packed bits: did each probe classify it right (paired intervals)
 SUMMARY, SUMMARY_AGG, REPORT, FIGURES = "summary.csv", "summary_agg.csv", "report.md", "figures"
 RESULT_STATUSES = (FINISHED, FAILED, CORRUPT)
 # One path component that is safe on every file system: no separators, no "..", no leading dot.
@@ -86,6 +88,30 @@ def write_json(path: Path, data: Any) -> Path:
 
 def write_yaml(path: Path, data: Any) -> Path:
     return atomic_write(path, lambda f: yaml.safe_dump(data, f, sort_keys=False))
+
+
+def write_correct(path: Path, correct: dict[str, Any]) -> Path:
+    """Per-test-image correctness of each probe ({probe: bool vector}), packed eight images a byte with
+    the vector's length: 1,000,000 test images take 125 kB a probe."""
+    arrays = {}
+    for probe, hits in correct.items():
+        hits = np.asarray(hits, dtype=bool)
+        arrays[probe], arrays[f"{probe}.n"] = np.packbits(hits), np.array(len(hits))
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays), mode="wb")
+
+
+def read_correct(path: Path) -> dict[str, np.ndarray] | None:
+    """What `write_correct` wrote (None when the file is absent: cells finished before it existed);
+    `Corrupt` when it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:
+            return {k: np.unpackbits(data[k])[:int(data[f"{k}.n"])].astype(bool)
+                    for k in data.files if not k.endswith(".n")}
+    except Exception as err:  # truncated, or not ours: name the file
+        raise Corrupt(path, f"cannot be read ({type(err).__name__}: {err})") from None
 
 
 # ---------------------------------------------------------------- reading
