@@ -315,10 +315,11 @@ def _batcher(cfg: CellConfig, train: ImageSet | FolderSet, device: torch.device)
                          shard=(dist.rank(), dist.world()))
 
 
-def build_optimisation(cfg: CellConfig, model: torch.nn.Module, steps: int):
+def build_optimisation(cfg: CellConfig, model: Method, steps: int):
     """Optimiser with the scaled learning rate, and its warmup + cosine schedule over the whole run."""
     lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size, cfg.optim.lr_scaling)
-    optimizer = build_optimizer(model, cfg.optim.name, lr, cfg.optim.weight_decay, cfg.optim.momentum)
+    optimizer = build_optimizer(model, cfg.optim.name, lr, cfg.optim.weight_decay, cfg.optim.momentum,
+                                model.bias_lr_scale())
     total = steps * cfg.train.epochs
     scheduler = warmup_cosine(optimizer, min(round(cfg.optim.warmup_epochs * steps), total - 1), total)
     return optimizer, scheduler

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
 from . import store
 from .grid import preset_names
 from .names import DONE, EXECUTORS, FINISHED, METRICS
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=EXECUTORS, default="auto",
                    help="auto: slurm when sbatch is on PATH, else local")
     p.add_argument("--dry-run", action="store_true", help="print the cells, their states and the cost; run nothing")
+    p.add_argument("--show-config", action="store_true",
+                   help="with --dry-run: also print every cell's resolved config (YAML, one document per cell), "
+                        "to audit a grid before paying for it")
     p.add_argument("--retry", action="store_true", help="also rerun failed, cancelled and timed-out cells")
     p.add_argument("--wait", action="store_true", help="slurm: show the live status table until all cells end")
     p.add_argument("--workers", type=_workers, default="auto",
@@ -176,12 +181,18 @@ def _experiment(args, check: bool = True):
 
 def cmd_grid(args) -> int:
     from . import status
+    if args.show_config and not args.dry_run:
+        print("ablate grid: --show-config prints the cells' configs instead of running them: add --dry-run",
+              file=sys.stderr)
+        return 2
     exp = _experiment(args)
     if args.dry_run:
         rows = status.statuses(args.results, exp)
         print(f"{exp.name}: {len(exp.cells)} cells ({exp.kind}, preset {exp.preset}) from {exp.path}")
         print(status.render(rows, limit=60))
         print(status.estimate(exp, rows))
+        if args.show_config:
+            print(resolved_configs(exp.cells), end="")
         return 0
     from . import launch, pack
     workers = pack.local_workers(args.workers, [c.config for c in exp.cells])
@@ -196,6 +207,12 @@ def cmd_grid(args) -> int:
         if _watch(args.results, exp) != 0:
             return 1
     return _finish(args.results, exp)
+
+
+def resolved_configs(cells) -> str:
+    """Every cell's resolved config as YAML documents, each headed by the cell's label and id."""
+    return "".join(f"--- # {c.label} ({c.id})\n" + yaml.safe_dump(c.config.to_dict(), sort_keys=False)
+                   for c in cells)
 
 
 def follow_command(args: argparse.Namespace, exp) -> str:

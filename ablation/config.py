@@ -100,7 +100,10 @@ class ModelConfig:
     cifar_stem: bool = opt(True, "resnets: 3x3 stride-1 first conv and no max-pool (small images)")
     head: str = opt("nonlinear", "projection head", choices=names.HEADS)
     head_layers: int = opt(2, "nonlinear head: number of linear layers", low=2, high=8)
-    head_hidden: int = opt(512, "nonlinear head: hidden width", low=1, high=65536)
+    head_hidden: Optional[int] = opt(512, "nonlinear head: hidden width (null: the width of h, as the paper's "
+                                     "reference code)", low=1, high=65536)
+    head_out_bn: bool = opt(False, "nonlinear head: batch norm on the output layer too, with a scale and no "
+                            "bias (the paper's reference code)")
     out_dim: int = opt(128, "projection output dimension z", low=1, high=65536)
     sync_bn: bool = opt(True, "global batch norm (the paper's): statistics over the whole batch when more than "
                               "one process trains the cell; no effect with one process")

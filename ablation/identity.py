@@ -28,6 +28,7 @@ import typing
 from typing import Any
 
 from .config import SCHEMA_VERSION, CellConfig
+from .names import METHOD_REVISIONS
 
 
 @functools.lru_cache(maxsize=4096)
@@ -44,15 +45,19 @@ def canonical_spec(spec: str) -> str:
     return format_spec(parse_ops(spec))
 
 
+REVISION = "_revision"  # in a method's canonical parameters: names.METHOD_REVISIONS (never a parameter name)
+
+
 def canonical_method_args(method: str, args: dict[str, Any] | None) -> dict[str, Any]:
     """Method parameters as the method takes them, without its defaults: `{momentum: 0.996}` (BYOL's
     default) and no parameters are one cell, `{lambd: 1}` and `{lambd: 1.0}` too. Torch-free when
     there are none."""
+    revision = {REVISION: METHOD_REVISIONS[method]} if method in METHOD_REVISIONS else {}
     if not args:
-        return {}
+        return revision
     from .methods.registry import method_class, resolve_args
     cls = method_class(method)
-    return {k: v for k, v in resolve_args(cls, args).items() if v != cls.params[k].default}
+    return {**revision, **{k: v for k, v in resolve_args(cls, args).items() if v != cls.params[k].default}}
 
 
 def meaning(section: Any) -> dict[str, Any]:

@@ -62,11 +62,14 @@ def build_encoder(name: str, cifar_stem: bool = True, width: int = SMALL_CNN_WID
     raise choices_error("encoder", name, ENCODERS)
 
 
-def build_head(kind: str, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) -> nn.Module:
+def build_head(kind: str, in_dim: int, hidden_dim: int | None, out_dim: int, layers: int = 2,
+               out_bn: bool = False) -> nn.Module:
     """Projection head g(h) -> z; the returned module carries its output size as ``.out_dim``.
 
     "none": identity (z = h); "linear": one Linear; "nonlinear": ``layers`` Linear layers with
-    BatchNorm + ReLU between them (paper default: 2 layers, ReLU, to 128-d).
+    BatchNorm + ReLU between them (paper default: 2 layers, ReLU, to 128-d), ``hidden_dim`` wide (None:
+    ``in_dim``, the reference code's choice). ``out_bn`` adds a batch norm after the last Linear whose bias
+    stays 0 (the reference code's output layer: Linear without bias, BN with scale and without centre).
     """
     if kind == "none":
         head, head_out = nn.Identity(), in_dim
@@ -75,14 +78,24 @@ def build_head(kind: str, in_dim: int, hidden_dim: int, out_dim: int, layers: in
     elif kind == "nonlinear":
         if layers < 2:
             raise ValueError(f"nonlinear head needs layers >= 2, got {layers}; use kind 'linear' for one layer")
+        hidden_dim = hidden_dim or in_dim
         dims = [in_dim] + [hidden_dim] * (layers - 1)
         hidden = [m for a, b in zip(dims, dims[1:])
                   for m in (nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True))]
-        head, head_out = nn.Sequential(*hidden, nn.Linear(hidden_dim, out_dim)), out_dim
+        last = [nn.Linear(hidden_dim, out_dim, bias=False), _scale_only_bn(out_dim)] if out_bn else [
+            nn.Linear(hidden_dim, out_dim)]
+        head, head_out = nn.Sequential(*hidden, *last), out_dim
     else:
         raise choices_error("head", kind, HEADS)
     head.out_dim = head_out
     return head
+
+
+def _scale_only_bn(dim: int) -> nn.BatchNorm1d:
+    """Batch norm with a learned scale and no shift (its bias frozen at 0, so no optimiser moves it)."""
+    bn = nn.BatchNorm1d(dim)
+    bn.bias.requires_grad_(False)
+    return bn
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -77,26 +77,33 @@ class LARS(Optimizer):
         torch._foreach_sub_(params, bufs)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decay + LARS adaptation), and biases/norm params (ndim <= 1: neither).
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 bias_lr_scale: float = 1.0) -> list[dict]:
+    """Two groups: weights (decay + LARS adaptation), and biases/norm params (ndim <= 1: neither). With ``lr``,
+    each group carries its rate: ``lr`` for weights, ``lr * bias_lr_scale`` for the rest (Barlow Twins'
+    authors give them 0.0048 / 0.2 of the weights' rate); without, the optimiser's default applies to both.
 
     Frozen parameters are left out. Empty groups are dropped.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    rates = ({"lr": lr}, {"lr": lr * bias_lr_scale}) if lr is not None else ({}, {})
     groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lars_exclude": False},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lars_exclude": True},
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lars_exclude": False,
+         **rates[0]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lars_exclude": True, **rates[1]},
     ]
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> Optimizer:
-    """LARS, momentum SGD or AdamW over ``param_groups(model, weight_decay)``. AdamW ignores ``momentum``.
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                    bias_lr_scale: float = 1.0) -> Optimizer:
+    """LARS, momentum SGD or AdamW over ``param_groups(model, weight_decay, lr, bias_lr_scale)``. AdamW ignores
+    ``momentum``.
 
     On a GPU, SGD and AdamW use torch's fused kernels (one launch for all tensors, step counts on the
     device); elsewhere torch's defaults, whose results do not change.
     """
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, lr, bias_lr_scale)
     fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)

@@ -93,7 +93,7 @@ def write_yaml(path: Path, data: Any) -> Path:
 def write_correct(path: Path, correct: dict[str, Any]) -> Path:
     """Per-test-image correctness of each probe ({probe: bool vector}), packed eight images a byte with
     the vector's length: 1,000,000 test images take 125 kB a probe."""
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for probe, hits in correct.items():
         hits = np.asarray(hits, dtype=bool)
         arrays[probe], arrays[f"{probe}.n"] = np.packbits(hits), np.array(len(hits))

@@ -1,7 +1,8 @@
 """results/<exp>/report.md: setup, summary table, figures, and how the results compare with the paper.
 
-For the Figure 5 grid the paper gives no numbers, only findings in its text; each is checked and
-marked "holds", "does not hold" or "cannot be checked" (missing cells). Product ablations with a
+For the Figure 5 grid the paper gives no numbers, only findings in its text; each is checked as a
+comparison with a paired interval over the test images (and seeds) and marked "holds", "within noise",
+"reversed" or "cannot be checked" (missing cells); see analysis/verdicts.py. Product ablations with a
 published table get the numbers side by side and a Spearman rank correlation: on a small data set
 and model only the ordering of settings can be expected to carry over, not the values.
 """
@@ -18,21 +19,36 @@ import pandas as pd
 
 from ablation import store
 from ablation.grid import pair_spec
-from ablation.names import ACCURACIES, FINAL_LOSS, FINISHED, RANDOM_INIT_TOP1
+from ablation.names import ACCURACIES, FINAL_LOSS, FINISHED, LBFGS, ONLINE, RANDOM_INIT_TOP1, SGD
 from ablation.names import PAPER_TABLES as SOURCES
 
 from .classes import class_change
 from .figures import heatmap_matrix, plot
-from .paper import SERIES, compare_with_paper, spearman
+from .paper import SERIES, TUNED, compare_with_paper, spearman
 from .sensitivity import report_lines as sensitivity_lines
-from .table import collect, facet_groups, load_experiment, load_summary, markdown_table, per_class, setup_line
+from .table import (
+    PROTOCOL_KEY,
+    collect,
+    facet_groups,
+    load_experiment,
+    load_summary,
+    markdown_table,
+    per_class,
+    setup_line,
+)
+from .verdicts import UNKNOWN, Interval, paired_interval, point_verdict, read_correct
 
-HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be checked"
 # Fixed settings the setup section names after its first lines (a swept one is in the table instead).
 SETUP_KEYS = ("method", "data.size", "augment.views", "loss.name", "optim.lr_scaling")
 CLASSES_IN_TABLE = 20
 FIGURE8_TEXT = ("The paper gives Figure 8 only as an image; its text says a nonlinear head beats a "
                 "linear one by about 3 points and no head by more than 10 points.")
+Cell = tuple[str, str]  # (first op, second op) of a pairwise grid
+PROTOCOLS_TEXT = {
+    LBFGS: "full-batch L-BFGS on standardised features of un-augmented images; not the paper's protocol",
+    SGD: "the paper's Appendix B.6: Nesterov SGD on features of cropped and flipped images",
+    ONLINE: "a linear head trained alongside pretraining on detached features, as the paper's reference code",
+}
 
 
 @dataclass(frozen=True)
@@ -46,49 +62,89 @@ class Finding:
         return f"- ({self.key}) {self.claim}: **{self.verdict}**; {self.detail}"
 
 
-def _verdict(ok: bool) -> str:
-    return HOLDS if ok else FAILS
+class Replicates:
+    """The per-seed, per-test-image correctness of a pairwise grid's finished cells, read once."""
+
+    def __init__(self, summary: pd.DataFrame, exp_dir: Path | None) -> None:
+        done = summary[summary["status"] == FINISHED]
+        self.records = {} if exp_dir is None else {
+            (r.first, r.second, r.seed): read_correct(exp_dir / str(r.id)) for r in done.itertuples()}
+        self.seeds = sorted(done["seed"].unique().tolist())
+
+    def compare(self, a: list[Cell], b: list[Cell], probe_a: str = "linear",
+                probe_b: str = "linear") -> Interval | None:
+        """The paired interval of mean(cells a) - mean(cells b), on the seeds where every cell of both has a
+        per-image record; None where none does (cells finished before the records were kept)."""
+        sides: list[list[np.ndarray]] = [[], []]
+        for seed in self.seeds:
+            found = [[self.records.get((*cell, seed)) for cell in cells] for cells in (a, b)]
+            if all(r is not None and probe in r for side, probe in zip(found, (probe_a, probe_b)) for r in side):
+                for out, side, probe in zip(sides, found, (probe_a, probe_b)):
+                    out.append(np.mean([r[probe] for r in side if r is not None], axis=0))
+        return paired_interval(sides[0], sides[1]) if sides[0] else None
 
 
-def _best_is_crop_color(cells: pd.DataFrame, pair: dict[str, float]) -> Finding:
+def _judged(claim: Finding, interval: Interval | None, diff: float, what: str) -> Finding:
+    """The finding with its verdict: from the interval of `what` (A - B), or from the sign of `diff` alone
+    where the cells kept no per-image record."""
+    if interval is None:
+        return Finding(claim.key, claim.claim, point_verdict(diff),
+                       f"{claim.detail}; {what}: {diff:+.1f} points (no interval: these cells finished before "
+                       f"per-image records were kept)")
+    return Finding(claim.key, claim.claim, interval.verdict, f"{claim.detail}; {what}: {interval.text()}")
+
+
+def _best_is_crop_color(cells: pd.DataFrame, pair: dict[Cell, float], rep: Replicates) -> Finding:
     claim = "the best cell is a crop+color composition (either order)"
     known = cells.stack().dropna()
-    if all(math.isnan(v) for v in pair.values()):
+    found = {k: v for k, v in pair.items() if not math.isnan(v)}
+    if not found:
         return Finding("a", claim, UNKNOWN, "no crop+color or color+crop result")
+    others = known.drop([k for k in found if k in known.index])
+    best_pair = max(found, key=lambda k: found[k])
     best = pair_spec(*known.idxmax())
-    return Finding("a", claim, _verdict(best in pair),
-                   f"best: {best} at {known.max():.1f}% ({len(known)} of {cells.size} cells)")
+    detail = f"best: {best} at {known.max():.1f}% ({len(known)} of {cells.size} cells)"
+    if others.empty:
+        return Finding("a", claim, UNKNOWN, f"{detail}; no other cell to compare with")
+    rival = others.idxmax()
+    return _judged(Finding("a", claim, "", detail), rep.compare([best_pair], [rival]),
+                   found[best_pair] - others.max(), f"{pair_spec(*best_pair)} - {pair_spec(*rival)}")
 
 
-def _diagonal_below_off(cells: pd.DataFrame) -> Finding:
+def _diagonal_below_off(cells: pd.DataFrame, rep: Replicates) -> Finding:
     claim = "single transformations (diagonal) average below compositions (off-diagonal)"
     eye: np.ndarray = np.eye(len(cells), dtype=bool)
     diagonal = cells.where(eye).stack().dropna()
     off = cells.where(~eye).stack().dropna()
     if diagonal.empty or off.empty:
         return Finding("b", claim, UNKNOWN, "needs at least one diagonal and one off-diagonal cell")
-    return Finding("b", claim, _verdict(diagonal.mean() < off.mean()),
-                   f"diagonal mean {diagonal.mean():.1f}% vs off-diagonal mean {off.mean():.1f}%")
+    detail = f"diagonal mean {diagonal.mean():.1f}% vs off-diagonal mean {off.mean():.1f}%"
+    return _judged(Finding("b", claim, "", detail), rep.compare(list(off.index), list(diagonal.index)),
+                   off.mean() - diagonal.mean(), "off-diagonal - diagonal")
 
 
-def _pairs_beat_singles(pair: dict[str, float], alone: dict[str, float]) -> Finding:
+def _pairs_beat_singles(pair: dict[Cell, float], alone: dict[Cell, float], rep: Replicates) -> Finding:
     claim = "crop+color and color+crop both beat crop alone and color alone"
     values = {**pair, **alone}
-    missing = [k for k, v in values.items() if math.isnan(v)]
+    missing = [pair_spec(*k) for k, v in values.items() if math.isnan(v)]
     if missing:
         return Finding("c", claim, UNKNOWN, f"missing: {', '.join(missing)}")
-    return Finding("c", claim, _verdict(min(pair.values()) > max(alone.values())),
-                   ", ".join(f"{k} {v:.1f}%" for k, v in values.items()))
+    weaker, stronger = min(pair, key=lambda k: pair[k]), max(alone, key=lambda k: alone[k])
+    detail = ", ".join(f"{pair_spec(*k)} {v:.1f}%" for k, v in values.items())
+    return _judged(Finding("c", claim, "", detail), rep.compare([weaker], [stronger]),
+                   pair[weaker] - alone[stronger], f"weaker composition - stronger single, "
+                   f"{pair_spec(*weaker)} - {pair_spec(*stronger)}")
 
 
-def _best_beats_random(cells: pd.DataFrame, random_init: float) -> Finding:
+def _best_beats_random(cells: pd.DataFrame, random_init: float, rep: Replicates) -> Finding:
     claim = "the best cell beats the random-init encoder probe"
-    best = cells.stack().dropna()
-    if best.empty or math.isnan(random_init):
+    known = cells.stack().dropna()
+    if known.empty or math.isnan(random_init):
         return Finding("d", claim, UNKNOWN, "no finished cell with a random-init probe")
-    margin = best.max() - random_init
-    return Finding("d", claim, _verdict(margin > 0),
-                   f"{best.max():.1f}% vs {random_init:.1f}% (margin {margin:+.1f} points)")
+    best = known.idxmax()
+    detail = f"{known.max():.1f}% vs {random_init:.1f}% (random init, mean over cells)"
+    return _judged(Finding("d", claim, "", detail), rep.compare([best], [best], "linear", "random_init"),
+                   known.max() - random_init, f"{pair_spec(*best)} - its random-init encoder")
 
 
 def _op_named(ops: list[str], name: str) -> str | None:
@@ -96,20 +152,21 @@ def _op_named(ops: list[str], name: str) -> str | None:
     return next((op for op in ops if op.split("(")[0].strip() == name), None)
 
 
-def pairwise_findings(summary: pd.DataFrame, ops: list[str]) -> list[Finding]:
-    """The paper's Section 3.1 findings, checked on our grid (values in % linear top-1)."""
+def pairwise_findings(summary: pd.DataFrame, ops: list[str], exp_dir: Path | None = None) -> list[Finding]:
+    """The paper's Section 3.1 findings, checked on our grid (values in % linear top-1), each with a paired
+    interval where the cells in `exp_dir` kept per-image records (analysis/verdicts.py)."""
     cells = heatmap_matrix(summary, ops)[ops]
-    crop, color = _op_named(ops, "crop"), _op_named(ops, "color")
+    crop, color = _op_named(ops, "crop") or "crop", _op_named(ops, "color") or "color"
 
-    def get(first: str | None, second: str | None) -> float:
-        return math.nan if first is None or second is None else cells.loc[first, second]
+    def get(first: str, second: str) -> float:
+        return cells.loc[first, second] if first in cells.index and second in cells.columns else math.nan
 
-    pair = {pair_spec(crop or "crop", color or "color"): get(crop, color),
-            pair_spec(color or "color", crop or "crop"): get(color, crop)}
-    alone = {crop or "crop": get(crop, crop), color or "color": get(color, color)}
+    pair = {(crop, color): get(crop, color), (color, crop): get(color, crop)}
+    alone = {(crop, crop): get(crop, crop), (color, color): get(color, color)}
     random_init = 100 * summary.loc[summary["status"] == FINISHED, RANDOM_INIT_TOP1].mean()
-    return [_best_is_crop_color(cells, pair), _diagonal_below_off(cells),
-            _pairs_beat_singles(pair, alone), _best_beats_random(cells, random_init)]
+    rep = Replicates(summary, exp_dir)
+    return [_best_is_crop_color(cells, pair, rep), _diagonal_below_off(cells, rep),
+            _pairs_beat_singles(pair, alone, rep), _best_beats_random(cells, random_init, rep)]
 
 
 def _pct(mean: float, std: float, digits: int = 1) -> str:
@@ -142,8 +199,8 @@ def _setup(exp: dict[str, Any], summary: pd.DataFrame, exp_dir: Path) -> list[st
         f"pretraining epochs: {value('train.epochs')}; batch size: {value('train.batch_size')}",
         f"- view mode: {value('augment.mode')} (asymmetric: the targeted transformations "
         f"on one branch only); base applied to both branches: {value('augment.base')}",
-        "- protocol: linear evaluation of the frozen encoder (top-1, top-5), kNN top-1, and the "
-        "same linear probe on a random-init encoder as a floor",
+        f"- protocol: linear evaluation of the frozen encoder (top-1, top-5) by the {_protocol(exp)}, kNN "
+        "top-1, and a linear probe of the random-init encoder as a floor (lbfgs for online cells)",
         f"- paper counterpart: {SOURCES.get(exp.get('paper') or '', 'none')}",
         f"- cells: {len(summary)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
     ]
@@ -154,6 +211,14 @@ def _setup(exp: dict[str, Any], summary: pd.DataFrame, exp_dir: Path) -> list[st
         versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
         lines.append(f"- device: {result.get('device', '?')}; versions: {versions or '?'}")
     return lines
+
+
+def _protocol(exp: dict[str, Any]) -> str:
+    """The linear protocol in words (PROTOCOLS_TEXT), or that it was swept."""
+    if PROTOCOL_KEY in (exp.get("swept") or []):
+        return "protocol of each cell (eval.linear is swept)"
+    name = (exp.get("fixed") or {}).get(PROTOCOL_KEY, LBFGS)
+    return f"{name} protocol ({PROTOCOLS_TEXT.get(name, '?')})"
 
 
 def _result(cell_dir: Path) -> dict | None:
@@ -169,14 +234,14 @@ def _problems(summary: pd.DataFrame) -> list[str]:
             for r in rows.itertuples()]
 
 
-def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -> list[str]:
+def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame, exp_dir: Path) -> list[str]:
     paper = str(exp.get("paper") or "")
     if exp.get("kind") == "pairwise":
         lines = [f"The paper gives {SOURCES.get(paper, 'Figure 5')} only as an image, so its stated "
                  "findings are checked instead of its numbers:", ""]
         for facet, part in facet_groups(summary, exp):
             lines += [f"{facet}:", ""] if facet else []
-            lines += [f.line() for f in pairwise_findings(part, list(exp["ops"]))] + ([""] if facet else [])
+            lines += [f.line() for f in pairwise_findings(part, list(exp["ops"]), exp_dir)] + ([""] if facet else [])
         return lines
     if paper == "figure8":
         return [FIGURE8_TEXT]
@@ -186,7 +251,8 @@ def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame) -
     papers = [c for c in side.columns if c.startswith("paper")]
     if not papers:
         return [f"No label of this experiment matches a setting of {SOURCES[paper]}."]
-    lines = [f"Paper numbers: {SOURCES[paper]}, ImageNet, ResNet-50, linear evaluation top-1 (%).", ""]
+    lines = [f"Paper numbers: {SOURCES[paper]}, ImageNet, ResNet-50, linear evaluation top-1 (%)."
+             + (f" Ours: {TUNED[paper]}." if paper in TUNED else ""), ""]
     shown = side.assign(ours=[_pct(a, b) for a, b in zip(side["ours"], side["ours_std"])])
     lines += [markdown_table(shown.drop(columns="ours_std").rename(columns={"ours": "ours (%)"})), ""]
     series = [c for c in SERIES[paper] if c in side.columns]  # swept ones; the others are fixed or paper columns
@@ -230,5 +296,5 @@ def report(exp_dir: str | Path, reference: str | None = None) -> Path:
     text += [f"![{p.stem}]({store.FIGURES}/{p.name}) ([PDF]({store.FIGURES}/{p.with_suffix('.pdf').name}))"
              for p in figures]
     text += ["", *sensitivity_lines(summary, exp)]
-    text += ["## Comparison with the paper", "", *_comparison(exp, summary, agg), ""]
+    text += ["## Comparison with the paper", "", *_comparison(exp, summary, agg, exp_dir), ""]
     return store.atomic_write(exp_dir / store.REPORT, lambda f: f.write("\n".join(text)))

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ablation import store
-from ablation.names import CORRUPT, FINISHED, METRICS, PER_CLASS
+from ablation.names import CORRUPT, FINISHED, LBFGS, METRICS, PER_CLASS
 
 RUN_STATS = ("epochs_done", "images_seen", "wall_time_s", "images_per_s")
 
@@ -191,8 +191,13 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+PROTOCOL_KEY = "eval.linear"  # the setting that names a grid's linear evaluation protocol
+
+
 def setup_line(exp: dict[str, Any]) -> str:
-    """"cifar10, resnet18, 100 epochs": what every figure title and the report name first."""
+    """"cifar10, resnet18, 100 epochs, lbfgs probe": what every figure title and the report name first (a grid
+    from before the protocol was a key was scored by the lbfgs probe)."""
     fixed = exp.get("fixed") or {}
     epochs = f"{fixed['train.epochs']} epochs" if "train.epochs" in fixed else "epochs swept"
-    return f"{fixed.get('data.name', '?')}, {fixed.get('model.encoder', '?')}, {epochs}"
+    probe = f"{fixed.get(PROTOCOL_KEY, LBFGS)} probe" if PROTOCOL_KEY not in (exp.get("swept") or []) else "probe swept"
+    return f"{fixed.get('data.name', '?')}, {fixed.get('model.encoder', '?')}, {epochs}, {probe}"

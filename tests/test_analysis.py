@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import analysis
+from ablation import store
 from ablation.grid import pair_spec
 from analysis.paper import compare_with_paper, paper_table, spearman
 from analysis.report import pairwise_findings
@@ -48,6 +49,8 @@ def write_experiment(root: Path, name: str, cells: list[dict], **fields) -> Path
         metrics = None if top1 is None else {
             "linear_top1": top1, "linear_top5": min(1.0, top1 + 0.3), "knn_top1": top1 - 0.02,
             "random_init_top1": 0.12, "final_loss": 5.0 - top1}
+        if c.get("correct"):
+            store.write_correct(exp_dir / cid / store.CORRECT, c["correct"])
         write_json(exp_dir / cid / "result.json", {
             **meta, "status": c.get("status", "finished"), "reason": c.get("reason"),
             "metrics": metrics, "epochs_done": 2, "images_seen": c.get("images_seen", 256), "resumed_at": [],
@@ -154,7 +157,7 @@ def test_heatmap_figures_written_for_partial_grid(tmp_path: Path) -> None:
 
 
 def finding_verdicts(report_text: str) -> dict[str, str]:
-    return dict(re.findall(r"^- \(([a-d])\) .*?: \*\*(holds|does not hold|cannot be checked)\*\*",
+    return dict(re.findall(r"^- \(([a-d])\) .*?: \*\*(holds|within noise|reversed|cannot be checked)\*\*",
                            report_text, flags=re.M))
 
 
@@ -173,16 +176,58 @@ def test_report_findings_fail_when_a_single_op_is_best(tmp_path: Path) -> None:
     exp_dir = pairwise_exp(tmp_path, "pairwise",
                            pairwise_cells(lambda i, j, s: 0.9 if i == j == 2 else base_value(i, j, s)))
     verdicts = finding_verdicts(analysis.report(exp_dir).read_text())
-    assert verdicts["a"] == "does not hold"  # blur alone is best
-    assert verdicts["b"] == "does not hold"  # diagonal mean (30.5, 33.5, 90) beats off-diagonal
+    assert verdicts["a"] == "reversed"  # blur alone is best (no per-image records: the sign decides)
+    assert verdicts["b"] == "reversed"  # diagonal mean (30.5, 33.5, 90) beats off-diagonal
+
+
+def hits(fraction: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A correctness vector of n test images with exactly round(fraction * n) hits, in random places."""
+    out = np.zeros(n, dtype=bool)
+    out[rng.permutation(n)[:round(fraction * n)]] = True
+    return out
+
+
+def correct_cells(value, gap_cells: dict, n: int = 4000) -> list[dict]:
+    """A pairwise grid whose cells keep per-image records: every cell is right on the same first
+    value(i, j) x n images (so two cells differ on exactly the images between their accuracies), except
+    `gap_cells`, drawn independently with their own accuracy; the random-init floor is right on 10%."""
+    rng = np.random.default_rng(0)
+    cells = pairwise_cells(lambda i, j, s: value(i, j))
+    for c in cells:
+        i, j = OPS.index(c["coords"]["first"]), OPS.index(c["coords"]["second"])
+        key = (c["coords"]["first"], c["coords"]["second"])
+        linear = (hits(gap_cells[key], n, rng) if key in gap_cells
+                  else np.arange(n) < round(value(i, j) * n))
+        c["top1"] = linear.mean()
+        c["correct"] = {"linear": linear, "knn": linear, "random_init": np.arange(n) < n // 10}
+    return cells
+
+
+def test_findings_get_a_paired_interval_and_a_three_way_verdict(tmp_path: Path) -> None:
+    """Made-up records of known difference: crop+color 5 points above every other cell holds; the same grid
+    with crop+color only 0.1 point above the next cell (on 4,000 images) is within noise."""
+    def value(i: int, j: int) -> float:
+        return 0.40 if {i, j} == {0, 1} else 0.30 + 0.01 * (i != j)
+
+    clear = pairwise_exp(tmp_path, "clear", correct_cells(value, {}))
+    text = analysis.report(clear).read_text()
+    assert finding_verdicts(text) == {"a": "holds", "b": "holds", "c": "holds", "d": "holds"}
+    assert re.search(r"\(a\) .*95% CI \[\+\d+\.\d, \+\d+\.\d\] \(2 seeds x 4,000 paired test images", text)
+
+    def close(i: int, j: int) -> float:
+        return 0.35 if {i, j} == {0, 1} else 0.30 + 0.01 * (i != j) + 0.049 * ((i, j) == (2, 2))
+
+    tied = pairwise_exp(tmp_path, "tied", correct_cells(close, {("crop", "color"): 0.351, ("blur", "blur"): 0.35}))
+    verdicts = {f.key: f.verdict for f in pairwise_findings(analysis.load_summary(tied)[0], OPS, tied)}
+    assert verdicts["a"] == "within noise"  # crop+color 35.1% vs blur 35.0%: 0.1 point on 4,000 images
 
 
 def test_findings_that_need_missing_cells_say_so(tmp_path: Path) -> None:
     cells = pairwise_cells(base_value, skip={("crop", "color"), ("color", "crop"), ("crop", "crop")})
     summary, _ = analysis.load_summary(pairwise_exp(tmp_path, "partial", cells))
     verdicts = {f.key: f.verdict for f in pairwise_findings(summary, OPS)}
-    # diagonal left: color 33.5, blur 36.5; off-diagonal left average 34.25 -> (b) does not hold
-    assert verdicts == {"a": "cannot be checked", "b": "does not hold", "c": "cannot be checked",
+    # diagonal left: color 33.5, blur 36.5; off-diagonal left average 34.25 -> (b) reversed
+    assert verdicts == {"a": "cannot be checked", "b": "reversed", "c": "cannot be checked",
                         "d": "holds"}
 
 

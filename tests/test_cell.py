@@ -129,3 +129,33 @@ def test_a_second_run_of_a_cell_waits_for_the_first_to_end(tmp_path):
     # file times come from the kernel's coarse clock (a few ms behind time.time()); a run that did
     # not wait would have written its config about 3 s before the release
     assert (tmp_path / "config.yaml").stat().st_mtime >= released - 0.5
+
+
+@pytest.mark.parametrize("protocol", ["sgd", "online"])
+def test_ablate_run_scores_with_each_protocol_and_names_it(tmp_path, capsys, protocol):
+    extra = [f"eval.linear={protocol}", "eval.sgd_epochs=2", "eval.sgd_batch=64", "train.epochs=1"]
+    args = ["run", "--out", str(tmp_path)] + [a for kv in TINY + extra for a in ("--set", kv)]
+    assert main(args) == 0 and "linear_top1=" in capsys.readouterr().out
+    result = json.loads((tmp_path / store.RESULT).read_text())
+    assert result["status"] == "finished" and result["eval"]["linear_protocol"] == protocol
+    assert result["eval"]["random_init_protocol"] == ("lbfgs" if protocol == "online" else protocol)
+    correct = store.read_correct(tmp_path / store.CORRECT)
+    assert set(correct) == {"linear", "knn", "random_init"} and len(correct["linear"]) == 128
+    for probe, metric in (("linear", "linear_top1"), ("knn", "knn_top1"), ("random_init", "random_init_top1")):
+        assert correct[probe].mean() == pytest.approx(result["metrics"][metric])
+
+
+def test_compared_protocols_leave_pretraining_and_the_lbfgs_probe_unchanged(uninterrupted, tmp_path):
+    """eval.compare trains the online head alongside and runs the sgd probe after, yet the encoder is the
+    same: its lbfgs score equals the plain cell's linear_top1, bit for bit, and so do its losses; an
+    interruption mid-run resumes the online head exactly."""
+    full, _ = uninterrupted
+    cfg = tiny("eval.compare=true", "eval.sgd_epochs=2", "eval.sgd_batch=64")
+    with pytest.raises(Preempted):
+        run_cell(cfg, tmp_path / "cut", interrupt=StopAfter(5), show_progress=False)
+    resumed = run_cell(cfg, tmp_path / "cut", show_progress=False)
+    whole = run_cell(cfg, tmp_path / "whole", show_progress=False)
+    m = whole["metrics"]
+    assert m["linear_top1_lbfgs"] == m["linear_top1"] == full["metrics"]["linear_top1"]
+    assert whole["losses"] == full["losses"] and {"linear_top1_sgd", "linear_top1_online"} <= set(m)
+    assert resumed["metrics"] == m

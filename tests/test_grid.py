@@ -98,10 +98,18 @@ def test_unknown_experiment_name_suggests():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_experiment_validates_with_dry_run(name, preset, tmp_path, capsys):
     sets = [arg for kv in NEEDS.get(preset, []) for arg in ("--set", kv)]
-    assert main(["grid", name, "--preset", preset, "--dry-run", "--results", str(tmp_path), *sets]) == 0
+    assert main(["grid", name, "--preset", preset, "--dry-run", "--show-config", "--results", str(tmp_path),
+                 *sets]) == 0
     out = capsys.readouterr().out
     exp = load_experiment(name, preset, NEEDS.get(preset, []))
     assert f"{len(exp.cells)} cells" in out and f"total: {len(exp.cells)} todo" in out
+    shown = list(yaml.safe_load_all(out[out.index("--- #"):]))   # --show-config: every cell's resolved config
+    assert shown == [c.config.to_dict() for c in exp.cells]
+
+
+def test_show_config_without_dry_run_is_refused(capsys):
+    assert main(["grid", "pairwise", "--show-config"]) == 2
+    assert "--dry-run" in capsys.readouterr().err
 
 
 def test_shipped_pairwise_is_the_papers_seven_by_seven():
@@ -194,6 +202,8 @@ RESOLVED = {
     "method_sensitivity": {p: ({"symmetric"}, "none", TAKEN_AWAY) for p in ("embedded", "photos-cpu")}
     | {"cifar10": ({"symmetric"}, "none", {"crop+color(s=0.5)", "crop+color(s=0.5,gray_p=0.0)", "crop",
                                           "crop+grayscale(p=0.2)", "color(s=0.5)"})},
+    "protocols": {p: ({"asymmetric"}, "none", BUDGET) for p in ("embedded", "photos-cpu")}
+    | {"cifar10": ({"asymmetric"}, "none", {"crop", "color(s=0.5)", "crop+color(s=0.5)", "color(s=0.5)+crop"})},
     **{name: {p: ({"symmetric"}, "none", views) for p, views in SYMMETRIC.items()}
        for name in ("temperature", "head", "loss", "batch_epochs")},
 }

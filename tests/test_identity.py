@@ -46,7 +46,7 @@ def test_only_departures_from_the_defaults_are_hashed_so_a_new_option_keeps_old_
     # the methods' keys at their defaults (plain SimCLR) are no departure: SimCLR cells keep their ids
     assert cell_id("method=simclr", "method_args={}", "loss.semi_hard=false") == cell_id()
     assert departures(build_config({}, ["method=barlow_twins", "method_args={lambd: 0.5}"])) == {
-        "method": "barlow_twins", "method_args": {"lambd": 0.5}}
+        "method": "barlow_twins", "method_args": {"_revision": 1, "lambd": 0.5}}  # names.METHOD_REVISIONS
     assert cell_id("loss.name=margin", "loss.semi_hard=true") != cell_id("loss.name=margin")
 
 
@@ -96,3 +96,19 @@ def test_folder_keys_at_their_defaults_are_no_departure():
     assert departures(build_config({}, list(FOLDER))) == {"data": {"name": "folder", "root": "photos"}}
     assert departures(build_config({}, [*FOLDER, "data.serve=stream"]))["data"]["serve"] == "stream"
     assert cell_id(*FOLDER, "data.workers=16") == cell_id(*FOLDER)
+
+
+def test_the_protocol_key_keeps_the_ids_of_cells_scored_by_the_lbfgs_probe():
+    """eval.linear=lbfgs (today's probe) is the default: naming it is no departure, so every cell finished
+    before the key existed keeps its id; another protocol is another cell."""
+    plain = build_config({}, ["augment.views=crop+color"])
+    assert signature(build_config({}, ["augment.views=crop+color", "eval.linear=lbfgs"])) == signature(plain)
+    assert signature(build_config({}, ["augment.views=crop+color", "eval.linear=sgd"])) != signature(plain)
+
+
+def test_a_method_revision_makes_new_ids_for_that_method_only():
+    """Barlow Twins' parameter groups changed (revision 1): its cells get ids that no finished cell of the
+    old recipe has; other methods keep theirs."""
+    bt, simclr = build_config({}, ["method=barlow_twins"]), build_config({}, [])
+    assert departures(bt)["method_args"] == {"_revision": 1}
+    assert "method_args" not in departures(simclr)

@@ -119,7 +119,7 @@ def test_simclr_is_the_encoder_and_head_of_before_methods():
     x1, x2 = torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16)
     z = model((x1, x2))
     assert torch.equal(z, model.head(model.encoder(torch.cat([x1, x2]))))
-    assert torch.equal(model.project(x1), z[:3])
+    torch.testing.assert_close(model.project(x1), z[:3])  # a batch of 3, not 6: BLAS may sum in another order
     assert {k.split(".")[0] for k in model.state_dict()} == {"encoder", "head"}
 
 

@@ -52,6 +52,15 @@ class CentreCrop:
         return self.stored[index][..., o:o + s, o:o + s]
 
 
+EVAL_CENTRE = 0.875  # the share of the shorter side an evaluation image keeps: the usual resize 256, centre crop 224
+
+
+def eval_centre(size: int, stored_size: int | None) -> float:
+    """The centre crop of a streamed evaluation image, as a fraction of its shorter side: the one a resident
+    set at data.stored_size gives (size / stored_size), else EVAL_CENTRE (ImageNet's 224 of 256)."""
+    return size / stored_size if stored_size else EVAL_CENTRE
+
+
 def serving(serve: str, side: int, n_images: int) -> str:
     """'resident' or 'stream' for data.serve; auto counts the bytes of n_images stored at side x side."""
     if serve != "auto":
@@ -72,7 +81,7 @@ def _load(root: str, size: int, stored_size: int | None, serve: str, classes: tu
     side = stored_size or size
     if serving(serve, side, len(train.files) + len(test.files)) == "stream":
         def streamed(s: Split) -> FolderSet:
-            return FolderSet(LazyImages(s.files, size, size / side, workers),
+            return FolderSet(LazyImages(s.files, size, eval_centre(size, stored_size), workers),
                              torch.tensor(s.labels, dtype=torch.int64), list(s.classes), split=s)
         return streamed(train), streamed(test)
     sets = folder_sets(root, (train, test), side, per_class, workers)  # scanned once, above

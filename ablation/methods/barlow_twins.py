@@ -31,10 +31,15 @@ class BarlowTwins(Method):
     doc = ("projector model.head, cross-correlation of the two views' standardised projections over the "
            "global batch pushed to the identity (off-diagonal weight lambd)")
     lambd: float = param(0.0051, 0.0, 10.0, "weight of the off-diagonal terms (Barlow Twins: 0.0051 for 8192-d z)")
+    bias_lr: float = param(0.0048 / 0.2, 0.0, 1.0, "lr of biases and batch-norm parameters as a fraction of the "
+                           "weights' (the authors' LARS: 0.0048 / 0.2)")
 
     def __init__(self, cfg, n_classes: int, **args) -> None:
         super().__init__(cfg, n_classes, **args)
         self.projector = self.projection_head(cfg)
+
+    def bias_lr_scale(self) -> float:
+        return self.bias_lr
 
     def project(self, x: Tensor) -> Tensor:
         return self.projector(self.features(x))

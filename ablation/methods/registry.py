@@ -60,7 +60,7 @@ class Method(nn.Module):
     def projection_head(self, cfg: CellConfig) -> nn.Module:
         """A new projection head on the encoder's features: model.head, its layers and widths."""
         m = cfg.model
-        return build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers)
+        return build_head(m.head, self.dim, m.head_hidden, m.out_dim, m.head_layers, m.head_out_bn)
 
     def views(self, pair: TwoViews | SourceViews, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
         """The augmented inputs of one step (default: the cell's two views; `pair` is a folder's
@@ -83,6 +83,10 @@ class Method(nn.Module):
         """Projections z of a batch, in training mode, for the per-epoch embedding statistics;
         None: the method has no projection to measure (nothing is run)."""
         return None
+
+    def bias_lr_scale(self) -> float:
+        """The learning rate of biases and normalisation parameters, as a fraction of the weights' (1: the same)."""
+        return 1.0
 
     def update(self, step: int, total: int) -> None:
         """After optimiser step ``step`` (1-based) of ``total``: nothing by default (momentum targets move here)."""
