@@ -163,6 +163,34 @@ def test_a_failed_compilation_falls_back_to_eager_with_one_line_and_the_same_res
     assert all(torch.equal(state[k], eager_state[k]) for k in state)
 
 
+def test_a_failed_compilation_under_ddp_stops_the_cell_with_one_line_and_no_eager_retry(tmp_path):
+    """One process of a DDP group (gloo, in this process): the eager retry that one process does is
+    what would hang several, so under DDP the first step's failure is the cell's, in one line."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    cfg, model, optimizer, scheduler = _cell("augment.views=crop+color")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        said: list[str] = []
+        net = accel.CompiledStep(model, DistributedDataParallel(model), True, backend=_failing_backend,
+                                 say=said.append)
+        cpu, calls = torch.device("cpu"), []
+
+        def step(m):
+            calls.append(m)
+            return train_step(m, model, TwoViews(cfg.augment.views, mode="symmetric"), torch.rand(16, 3, 16, 16),
+                              torch.arange(16) % 10, generator(cpu, 0, 0, 0), optimizer, scheduler, cfg, (1, 2))
+
+        with pytest.raises(accel.CompileFailed) as failed:
+            net.run(step)
+    finally:
+        dist.destroy_process_group()
+    message = str(failed.value)
+    assert "\n" not in message and "under DDP" in message and "no compiler here" in message
+    assert "train.compile=never" in message and len(calls) == 1 and not said  # no eager retry
+
+
 def test_compiled_and_eager_steps_give_the_same_loss():
     """Inductor on the CPU (a C++ compiler builds the kernels: tens of seconds the first time)."""
     eager, _ = _train(3, False, [])
