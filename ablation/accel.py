@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
@@ -35,6 +36,10 @@ def uses_compile(setting: str, device: torch.device) -> bool:
     return setting == "always" or (setting == "auto" and device.type == "cuda")
 
 
+class CompileFailed(RuntimeError):
+    """The first compiled step of a DDP cell failed: the cell stops (its message is one line)."""
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -46,11 +51,15 @@ class CompiledStep:
     in the first step. `run(step)` calls `step(net)`; when the first compiled call raises, the
     model's weights and buffers go back to what they were (the failed forward may have moved the
     batch-norm statistics), one line says why, and this step and all later ones run eager.
+    Under DDP (`net` a DistributedDataParallel) a failed first step stops the cell with one line
+    instead: a backward that failed leaves DDP's reduction unfinished, so an eager retry would
+    raise, and the other ranks would wait in their all-reduce until the process group's timeout.
     """
 
     def __init__(self, model: nn.Module, net: nn.Module, enabled: bool, backend: str | Callable = "inductor",
                  say: Callable[[str], None] = _say):
         self.model, self.eager, self.say = model, net, say
+        self.distributed = isinstance(net, DistributedDataParallel)
         self.net, self.pending = net, False
         if enabled:
             try:
@@ -70,6 +79,9 @@ class CompiledStep:
         try:
             out = step(self.net)
         except Exception as err:  # noqa: BLE001 - any failure of the compiled first step: eager says whether it is real
+            if self.distributed:
+                raise CompileFailed(f"torch.compile failed under DDP ({_first_line(err)}); no eager retry "
+                                    f"there (set train.compile=never to skip compiling)") from None
             self.model.load_state_dict(saved)
             self._fall_back(err)
             out = step(self.net)

@@ -312,7 +312,7 @@ def _batcher(cfg: CellConfig, train: ImageSet | FolderSet, device: torch.device)
         cfg.data.resident == "auto" and fits_on_device(images.numel(), device))
     images = images.to(device) if resident else images
     return DeviceBatcher(images, train.labels, cfg.train.batch_size, drop_last=True,
-                         shard=(dist.rank(), dist.world()))
+                         shard=(dist.rank(), dist.world()), to=device)
 
 
 def build_optimisation(cfg: CellConfig, model: Method, steps: int):

@@ -89,9 +89,9 @@ def _similarities(z1: Tensor, z2: Tensor, normalize: bool) -> tuple[Tensor, Tens
     local = torch.arange(n, device=sim.device) + rank * n
     self_idx = torch.cat([local, local + total])
     pos_idx = torch.cat([local + total, local])
-    neg = torch.ones_like(sim, dtype=torch.bool)
-    neg[rows, self_idx] = False
-    neg[rows, pos_idx] = False
+    # compared, not written: an indexed write of a Python value copies it from the host to the device
+    cols = torch.arange(2 * total, device=sim.device)
+    neg = (cols != self_idx[:, None]) & (cols != pos_idx[:, None])
     return sim, sim[rows, pos_idx], neg
 
 

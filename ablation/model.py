@@ -100,7 +100,7 @@ def _scale_only_bn(dim: int) -> nn.BatchNorm1d:
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are those of the global batch over all processes (the
-    paper's global BN), on any device: torch.nn.SyncBatchNorm accepts GPU tensors only.
+    paper's global BN), on any device (torch.nn.SyncBatchNorm accepts GPU tensors only).
 
     One differentiable all-reduce of (sum, sum of squares, count) per layer and step; its backward
     sums the gradients of every rank's loss, so DDP's mean over ranks gives the gradients of one
@@ -136,15 +136,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def global_batch_norm(module: M) -> M:
-    """Every BatchNorm layer of `module` made global over the processes (the same parameters and
-    buffers, so an optimiser built before still holds them): torch's SyncBatchNorm on GPUs,
-    GlobalBatchNorm elsewhere."""
-    if any(p.is_cuda for p in module.parameters()):
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return _to_global(module)
-
-
-def _to_global(module: M) -> M:
+    """Every BatchNorm layer of `module` made a GlobalBatchNorm (the same parameters and buffers, so
+    an optimiser built before still holds them), on every device: torch's SyncBatchNorm makes the
+    host wait for the GPU in every layer (it indexes with a boolean mask) and breaks a compiled graph
+    there; GlobalBatchNorm is one all-reduce per layer, no wait."""
     for name, child in module.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
             bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
@@ -157,5 +152,5 @@ def _to_global(module: M) -> M:
             bn.train(child.training)
             setattr(module, name, bn)
         else:
-            _to_global(child)
+            global_batch_norm(child)
     return module

@@ -61,19 +61,20 @@ class LARS(Optimizer):
         if any(p.grad.is_sparse for p in params):
             raise RuntimeError("LARS does not support sparse gradients")
         grads = [p.grad for p in params]
-        if group["lars_exclude"]:
-            scaled = torch._foreach_mul(grads, group["lr"])
-        else:
-            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            w_norm, g_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(grads))
-            trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0)
-            scaled = torch._foreach_mul(grads, list((trust * group["lr"]).unbind()))
         for p in params:
             if "momentum_buffer" not in self.state[p]:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
         bufs = [self.state[p]["momentum_buffer"] for p in params]
         torch._foreach_mul_(bufs, group["momentum"])
-        torch._foreach_add_(bufs, scaled)
+        if group["lars_exclude"]:
+            torch._foreach_add_(bufs, torch._foreach_mul(grads, group["lr"]))
+        else:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            w_norm, g_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(grads))
+            trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0)
+            # v += (lr trust) g with one 0-d rate per tensor: addcmul's multi-tensor kernel takes such a
+            # list (a multiply by a list of 0-d tensors would launch one kernel per tensor)
+            torch._foreach_addcmul_(bufs, list((trust * group["lr"]).unbind()), grads)
         torch._foreach_sub_(params, bufs)
 
 

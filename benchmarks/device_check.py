@@ -23,7 +23,12 @@ under /tmp (no network). CIFAR-10 comes from ../shared/datasets/cifar10-jpeg, el
 network and the data); carry them along with the repository.
 
 --smoke runs the same code paths on the CPU with tiny sizes (a small CNN, a generated image folder)
-in under a minute; CI runs it (tests/test_device_check.py). lightly is skipped when not installed.
+in under a minute; CI runs it (tests/test_device_check.py), without simplejpeg and with a K-cells
+child made to crash or hang (DEVICE_CHECK_FAULT). lightly is skipped when not installed.
+
+It cannot hang: a section that fails prints its error and the next one runs; a K-cells child that
+fails, dies or outlasts the time stops its section at once; the summary prints before --minutes
+runs out, whatever is still running then.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import statistics
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import traceback
 import zipfile
@@ -50,6 +56,10 @@ NEEDED = {"kornia": "kornia", "submitit": "submitit", "lightly": "lightly.transf
 CIFAR = (REPO.parent / "shared" / "datasets" / "cifar10-jpeg", REPO / ".data" / "cifar10-jpeg.tar.xz")
 A100_S_PER_EPOCH, A100_IMAGES_S, LIGHTLY_S_PER_EPOCH = 18.2, 2_700, 26.0  # the issue's references
 GOAL_IMAGES_S, GOAL_VS_LIGHTLY, GOAL_AUG_SHARE, GOAL_K_GAIN = 12_500, 3.0, 0.10, 1.5
+POLL_S = 0.2  # how soon a K-cells child that failed or died is noticed
+SUMMARY_S = 5.0  # the summary prints this long before --minutes runs out, whatever is still running
+FAULT_ENV = "DEVICE_CHECK_FAULT"  # test hook: 'crash' or 'hang' makes the second child of K cells do so
+CHILDREN: list = []  # the K-cells processes started, ended when time runs out
 CELL = {"augment.views": "crop+color(s=0.5)", "augment.mode": "symmetric", "data.name": "folder",
         "data.download": False, "eval.random_init": False}
 SMOKE_CELL = {"model.encoder": "small_cnn", "model.width": 8, "model.head_hidden": 64, "model.out_dim": 32,
@@ -152,19 +162,45 @@ def tiny_folder(scratch: Path, per_class: int = 16) -> Path:
 # ---------------------------------------------------------------- sections
 
 class Report:
-    """Sections with their time, failures kept (the check goes on), and a deadline."""
+    """Sections with their time, failures kept (the check goes on), and a deadline: SUMMARY_S before
+    it, a watchdog prints the summary and ends the check (and its children) wherever it is."""
 
     def __init__(self, minutes: float):
         self.start, self.deadline = time.monotonic(), time.monotonic() + 60 * minutes
         self.failed: list[str] = []
         self.summary: list[str] = []
+        self.device, self.current = "?", "start"
+        self._printed = threading.Lock()
+        self._watchdog = threading.Timer(max(0.0, self.left() - SUMMARY_S), self._times_up)
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
+    def _times_up(self) -> None:
+        self.failed.append(f"{self.current} (stopped: --minutes ran out)")
+        print(f"\nFAILED: {self.current}: still running {SUMMARY_S:.0f} s before --minutes ran out", flush=True)
+        _stop(CHILDREN)
+        self.finish()
+        os._exit(1)
+
+    def finish(self) -> int:
+        """The summary, printed once (by the main thread at the end or by the watchdog)."""
+        if not self._printed.acquire(blocking=False):
+            time.sleep(SUMMARY_S)  # the watchdog prints it and ends the process
+            return 1
+        self._watchdog.cancel()
+        lines = [f"\n== summary ({time.monotonic() - self.start:.0f} s, {self.device})", *self.summary]
+        if self.failed:
+            lines.append(f"failed sections: {'; '.join(self.failed)}")
+        print("\n".join(lines), flush=True)
+        return 1 if self.failed else 0
+
     @contextlib.contextmanager
     def section(self, title: str) -> Iterator[None]:
         t0 = time.monotonic()
+        self.current = title
         print(f"\n== {title} (at {t0 - self.start:.0f} s)", flush=True)
         try:
             yield
@@ -212,9 +248,22 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _throughput(config: dict, warmup: int, steps: int, threads: int, barrier, queue, details: bool) -> None:
+def _throughput(config: dict, warmup: int, steps: int, threads: int, barrier, queue, details: bool,
+                wait_s: float, fault: str) -> None:
     """One of K processes: a cell's training steps; after `warmup` steps (compilation included) all K
-    start together, and each reports when its `steps` timed steps began and ended."""
+    start together, and each reports when its `steps` timed steps began and ended. A failure is
+    reported on the queue as one line (the parent stops the others at once); `fault` (the test hook
+    FAULT_ENV) makes this child crash or hang before the barrier."""
+    try:
+        _measure(config, warmup, steps, threads, barrier, queue, details, wait_s, fault)
+    except BaseException as err:  # noqa: BLE001 - whatever it is, the parent must hear of it now
+        traceback.print_exc()
+        queue.put({"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"})
+        raise SystemExit(1) from None
+
+
+def _measure(config: dict, warmup: int, steps: int, threads: int, barrier, queue, details: bool,
+             wait_s: float, fault: str) -> None:
     import warnings
 
     import torch
@@ -246,7 +295,11 @@ def _throughput(config: dict, warmup: int, steps: int, threads: int, barrier, qu
     for i in range(warmup):
         step(i)
     _sync(device)
-    barrier.wait()
+    if fault == "crash":
+        os._exit(3)  # no exception, no message: only the exit code tells
+    if fault == "hang":
+        time.sleep(10**6)
+    barrier.wait(timeout=wait_s)
     t0 = time.time()
     for i in range(steps):
         step(warmup + i)
@@ -272,34 +325,95 @@ def _throughput(config: dict, warmup: int, steps: int, threads: int, barrier, qu
     queue.put(out)
 
 
-def together(config: dict, k: int, warmup: int, steps: int, details: bool = False) -> dict:
-    """K processes training the same kind of cell at once; aggregate images/s over the common window."""
+def _stop(procs: list) -> None:
+    """Ends the given child processes now (the check has what it can get from them)."""
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join(timeout=10)
+
+
+def _silent_failure(procs: list, missing: int, deadline: float) -> Exception | None:
+    """Why the children's results will not all come, seen from outside: one died, all ended with
+    results missing, or time is up."""
+    dead = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+    if dead:
+        return RuntimeError(f"cell process {dead[0][0]} of {len(procs)} died (exit code {dead[0][1]})")
+    if all(p.exitcode == 0 for p in procs):
+        return RuntimeError(f"{missing} cell process(es) ended without a result")
+    if time.monotonic() > deadline:
+        return TimeoutError(f"{missing} of {len(procs)} cell process(es) still running at the time limit")
+    return None
+
+
+def _collect(procs: list, barrier, queue, deadline: float) -> list[dict]:
+    """Every child's result; at the first child that fails, dies or outlasts `deadline` (time.monotonic),
+    the barrier is broken, the others are ended and one line says which and why."""
+    import queue as queues
+
+    results: list[dict] = []
+    try:
+        while len(results) < len(procs):
+            try:
+                out = queue.get(timeout=POLL_S)
+            except queues.Empty:
+                failure = _silent_failure(procs, len(procs) - len(results), deadline)
+                if failure is None:
+                    continue
+                try:  # what a child sent just before it ended says more than its exit code
+                    out = queue.get(timeout=POLL_S)
+                except queues.Empty:
+                    raise failure from None
+            if "error" in out:
+                raise RuntimeError(f"a cell process failed: {out['error']}")
+            results.append(out)
+    except BaseException:
+        barrier.abort()  # a child waiting there goes on at once (and fails)
+        raise
+    finally:
+        _stop(procs)
+    return results
+
+
+def together(config: dict, k: int, warmup: int, steps: int, deadline: float, details: bool = False) -> dict:
+    """K processes training the same kind of cell at once; aggregate images/s over the common window.
+    Returns by `deadline` (time.monotonic), or raises as soon as one process fails."""
     import multiprocessing
 
     spawn = multiprocessing.get_context("spawn")
     barrier, queue = spawn.Barrier(k), spawn.Queue()
     threads = max(1, (os.cpu_count() or 1) // k)
+    wait_s = max(1.0, deadline - time.monotonic())
+    fault = os.environ.get(FAULT_ENV, "")
     procs = [spawn.Process(target=_throughput, args=(config, warmup, steps, threads, barrier, queue,
-                                                     details and i == 0)) for i in range(k)]
+                                                     details and i == 0, wait_s, fault if i == 1 else ""))
+             for i in range(k)]
+    CHILDREN.extend(procs)
     for p in procs:
         p.start()
-    try:
-        results = [queue.get(timeout=600) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(timeout=60)
-            if p.exitcode is None:
-                p.kill()
+    results = _collect(procs, barrier, queue, deadline)
     window = max(r["t1"] for r in results) - min(r["t0"] for r in results)
     first = next((r for r in results if "step_s" in r), {})
     return {"images_s": sum(r["images"] for r in results) / window, **first}
 
 
-def k_cells(report: Report, title: str, config, ks: list[int], warmup: int, steps: int) -> dict[int, float]:
-    """Aggregate images/s for each K, and (K = 1) the augmentation's share and the syncs of a step."""
-    rates: dict[int, float] = {}
+def k_cells(report: Report, title: str, config, ks: list[int], warmup: int, steps: int,
+            rates: dict[int, float]) -> None:
+    """Aggregate images/s for each K into `rates` (those measured stay in the summary when a later K
+    fails), and (K = 1) the augmentation's share and the syncs of a step."""
+    try:
+        _k_cells(report, title, config, ks, warmup, steps, rates)
+    finally:
+        if rates:
+            report.note(f"{title} together: " + ", ".join(f"K={k} {r:,.0f} images/s ({r / rates[ks[0]]:.2f}x)"
+                                                         for k, r in rates.items())
+                        + f" (goal: K cells >= {GOAL_K_GAIN}x one)")
+
+
+def _k_cells(report: Report, title: str, config, ks: list[int], warmup: int, steps: int,
+             rates: dict[int, float]) -> None:
     for k in ks:
-        out = together(config.to_dict(), k, warmup, steps, details=k == ks[0])
+        out = together(config.to_dict(), k, warmup, steps, report.deadline - 2 * SUMMARY_S, details=k == ks[0])
         rates[k] = out["images_s"]
         gain = f", {rates[k] / rates[ks[0]]:.2f}x K={ks[0]}" if k != ks[0] else ""
         print(f"{title}, K={k} at once: {rates[k]:,.0f} images/s together{gain}", flush=True)
@@ -314,9 +428,6 @@ def k_cells(report: Report, title: str, config, ks: list[int], warmup: int, step
             else:
                 print("host-device synchronisations: counted on CUDA only (tests/test_accel.py checks the "
                       "step on the CPU)")
-    report.note(f"{title} together: " + ", ".join(f"K={k} {r:,.0f} images/s ({r / rates[ks[0]]:.2f}x)"
-                                                 for k, r in rates.items()) + f" (goal: K cells >= {GOAL_K_GAIN}x one)")
-    return rates
 
 
 def one_cell(report: Report, cfg, out: Path) -> None:
@@ -348,13 +459,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="where missing packages' wheels are (default .whl/)")
     args = parser.parse_args(argv)
     report = Report(args.minutes)
+    try:
+        _check(args, report)
+    finally:
+        code = report.finish()
+    return code
+
+
+def _check(args: argparse.Namespace, report: Report) -> None:
     missing = bootstrap(args.wheels)
     import torch
 
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here; use --smoke for the CPU check")
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    name = report.device = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device check on {name}, torch {torch.__version__}, python {sys.version.split()[0]}"
           + (f"; not installed: {', '.join(missing)}" if missing else ""), flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="device-check-"))
@@ -388,8 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[int, float] = {}
     with report.section("cifar10 cells at once on one device (ablation.pack)"):
         ks = [1, 2] if smoke else [1, 2, 4]
-        rates = k_cells(report, "cifar10 cells", cell_config(root, smoke, device=device), ks,
-                        warmup=1 if smoke else 5, steps=1 if smoke else 30)
+        k_cells(report, "cifar10 cells", cell_config(root, smoke, device=device), ks,
+                warmup=1 if smoke else 5, steps=1 if smoke else 30, rates=rates)
     with report.section("one cifar10 cell on the real data"):
         batch = cell_config(root, smoke).train.batch_size
         budget = min(args.cell_s, report.left() - 90)  # 90 s: probes, the small cells, the summary
@@ -399,12 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         one_cell(report, cell_config(root, smoke, epochs, device), scratch / "cell")
     if not smoke and report.left() > 75:  # (--smoke: the same code as the cifar10 cells above)
         with report.section("small cells at once on one device (embedded preset)"):
-            k_cells(report, "embedded cells", embedded_config(device), [1, 2, 4], warmup=10, steps=100)
-    print(f"\n== summary ({time.monotonic() - report.start:.0f} s, {name})")
-    print("\n".join(report.summary))
-    if report.failed:
-        print(f"failed sections: {'; '.join(report.failed)}")
-    return 1 if report.failed else 0
+            k_cells(report, "embedded cells", embedded_config(device), [1, 2, 4], warmup=10, steps=100, rates={})
 
 
 if __name__ == "__main__":

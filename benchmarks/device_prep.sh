@@ -4,7 +4,8 @@
 #                                lightly (+ hydra-core, omegaconf, antlr4 runtime); the rest of
 #                                lightly's needs (pytorch-lightning, lightning-utilities, ...) are there
 #   .data/cifar10-jpeg.tar.xz    the CIFAR-10 JPEG folder of ../shared (about 19 MB), when it is there
-# Both folders are ignored by git: carry them with the repository (about 27 MB together).
+# Both folders are ignored by git: carry them with the repository explicitly (about 27 MB together),
+# e.g. carry=[".whl", ".data"] for the device machine.
 # device_check.py installs the wheels with pip --no-index when an import fails, and unpacks the data.
 #
 # Usage: [PYTHON=python-with-the-project] bash benchmarks/device_prep.sh [PYTHON_VERSION]
@@ -14,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-3.12}
 PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
+"$PYTHON" -c "import kornia, submitit" 2>/dev/null || {
+    echo "device_prep: $PYTHON cannot import kornia and submitit; set PYTHON to the project's python" >&2; exit 1; }
 PIP=("$PYTHON" -m pip)
 
 version() {  # the version installed here, so both machines run the same code
@@ -39,4 +42,5 @@ if [[ -d $CIFAR/train ]]; then
 else
     echo "device_prep: no $CIFAR here; device_check.py will need --data" >&2
 fi
-echo "device_prep: on the GPU machine, from the repository root: python3 benchmarks/device_check.py"
+echo "device_prep: carry .whl/ and .data/ (ignored by git); on the GPU machine, from the repository root:" \
+     "python3 benchmarks/device_check.py"

@@ -20,17 +20,26 @@ TINY = ["data.size=16", "model.width=4", "model.head_hidden=16", "model.out_dim=
 # shape depends on values (boolean-mask indexing): each makes the host wait for a GPU.
 SYNCING = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "masked_select", "unique", "_unique2",
            "unique_consecutive", "equal", "repeat_interleave"}
+# a tensor made from Python data (torch.tensor([...]), as_tensor, `t[i] = 0.0`): made on the host, so
+# on a GPU it is a host-to-device copy, which waits for the device's queue
+FROM_PYTHON = {"lift_fresh", "lift_fresh_copy"}
+EVERY_AUGMENTATION = "crop+color+blur+sobel+cutout+noise+rotate+solarize"
 
 
-class HostReads(TorchDispatchMode):
-    """Records where every syncing op is called from."""
+class HostTraffic(TorchDispatchMode):
+    """Records where every op that would make the host wait for a GPU is called from: a read of a device
+    value, a tensor from Python data, a write through a boolean mask (its nonzero syncs on a GPU).
+    It sees the ops on the CPU as they would run on a GPU, so the CPU suite checks the GPU's step."""
 
     def __init__(self):
         super().__init__()
         self.calls: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.name.split("::")[-1] in SYNCING:
+        name = func._schema.name.split("::")[-1]
+        masked = name in ("index_put", "index_put_") and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if name in SYNCING or name in FROM_PYTHON or masked:
             self.calls.append(f"{func}\n" + "".join(traceback.format_stack(limit=6)[:-1]))
         return func(*args, **(kwargs or {}))
 
@@ -42,24 +51,76 @@ def _cell(*extra: str):
     return cfg, model, optimizer, scheduler
 
 
-# blur is left out: kornia's gaussian_blur2d checks sigma > 0 with bool() on the tensor it is given
-# every method: SimCLR with each optimiser, and the other methods' losses and updates (BYOL's target)
-@pytest.mark.parametrize("extra", [["optim.name=lars"], ["optim.name=sgd"],
-                                   ["loss.name=margin", "loss.semi_hard=true"], ["method=supervised"],
-                                   ["method=byol", "method_args.predictor_hidden=16"],
-                                   ["method=simsiam", "method_args.predictor_hidden=16"], ["method=barlow_twins"]])
-def test_training_steps_never_read_the_device_from_the_host(extra):
-    cfg, model, optimizer, scheduler = _cell("augment.views=crop+color+cutout+noise+rotate+solarize", *extra)
-    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+def _traffic(extra: list[str], views=None, device: str = "cpu") -> tuple[list, list[str]]:
+    """The losses of 4 training steps (every augmentation, the method of `extra`) and where they made
+    the host wait; `views` wraps the views (a test adds its own traffic there)."""
+    cfg, model, optimizer, scheduler = _cell(f"augment.views={EVERY_AUGMENTATION}", *extra)
+    dev = torch.device(device)
+    model.to(dev)
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, device=dev)
     batcher = DeviceBatcher(images, torch.arange(64) % 10, 16)
-    views, cpu = TwoViews(cfg.augment.views, mode="symmetric"), torch.device("cpu")
+    two = TwoViews(cfg.augment.views, mode="symmetric")
+    views = views(two) if views else two
     net = accel.CompiledStep(model, model, enabled=False)
     losses = []
-    with HostReads() as spy:
-        for step, (x, y) in enumerate(batcher.epoch(generator(cpu, 0, 0))):
-            losses.append(net.run(lambda m: train_step(m, model, views, x, y, generator(cpu, 0, 0, step),  # noqa: B023
+    with HostTraffic() as spy:
+        for step, (x, y) in enumerate(batcher.epoch(generator(dev, 0, 0))):
+            losses.append(net.run(lambda m: train_step(m, model, views, x, y, generator(dev, 0, 0, step),  # noqa: B023
                                                        optimizer, scheduler, cfg, (step + 1, 4))))  # noqa: B023
-    assert len(losses) == 4 and not spy.calls, "\n".join(spy.calls)
+    return losses, spy.calls
+
+
+METHODS = [["optim.name=lars"], ["optim.name=sgd"], ["loss.name=margin", "loss.semi_hard=true"],
+           ["method=supervised"], ["method=byol", "method_args.predictor_hidden=16"],
+           ["method=simsiam", "method_args.predictor_hidden=16"], ["method=barlow_twins"]]
+
+
+# every method: SimCLR with each optimiser, and the other methods' losses and updates (BYOL's target)
+@pytest.mark.parametrize("extra", METHODS)
+def test_training_steps_never_make_the_host_wait_for_the_device(extra):
+    losses, calls = _traffic(extra)
+    assert len(losses) == 4 and not calls, "\n".join(calls)
+
+
+def _masked_write(two):
+    def views(x, g):
+        v1, v2 = two(x, g)
+        v1[v1 > 0.5] = 0.0
+        return v1, v2
+    return views
+
+
+def _tensor_from_a_list(two):
+    def views(x, g):
+        v1, v2 = two(x, g)
+        return v1 * torch.tensor([0.5, 1.0, 2.0], device=x.device)[:, None, None], v2
+    return views
+
+
+def _item(two):
+    def views(x, g):
+        v1, v2 = two(x, g)
+        return v1 * v1.mean().item(), v2
+    return views
+
+
+@pytest.mark.parametrize("added", [_masked_write, _tensor_from_a_list, _item])
+def test_the_check_catches_a_host_wait_added_to_the_step(added):
+    _, calls = _traffic(["optim.name=lars"], views=added)
+    assert sum("test_accel.py" in call for call in calls) >= 4, "\n".join(calls)  # the added line, every step
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("extra", METHODS)
+def test_training_steps_on_a_gpu_never_synchronise(extra):
+    """CUDA's own count: any synchronising call in the steps after the first raises."""
+    _traffic(extra, device="cuda")  # the first steps: lazy initialisation (cuBLAS, the allocator) may sync
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses, _ = _traffic(extra, device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(losses) == 4
 
 
 def test_model_input_is_channels_last_and_bf16_only_under_bf16():
@@ -100,6 +161,34 @@ def test_a_failed_compilation_falls_back_to_eager_with_one_line_and_the_same_res
     assert "no compiler here" in said[0] and "train.compile=never" in said[0]
     assert losses == eager_losses  # the failed forward's batch-norm update was undone
     assert all(torch.equal(state[k], eager_state[k]) for k in state)
+
+
+def test_a_failed_compilation_under_ddp_stops_the_cell_with_one_line_and_no_eager_retry(tmp_path):
+    """One process of a DDP group (gloo, in this process): the eager retry that one process does is
+    what would hang several, so under DDP the first step's failure is the cell's, in one line."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    cfg, model, optimizer, scheduler = _cell("augment.views=crop+color")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        said: list[str] = []
+        net = accel.CompiledStep(model, DistributedDataParallel(model), True, backend=_failing_backend,
+                                 say=said.append)
+        cpu, calls = torch.device("cpu"), []
+
+        def step(m):
+            calls.append(m)
+            return train_step(m, model, TwoViews(cfg.augment.views, mode="symmetric"), torch.rand(16, 3, 16, 16),
+                              torch.arange(16) % 10, generator(cpu, 0, 0, 0), optimizer, scheduler, cfg, (1, 2))
+
+        with pytest.raises(accel.CompileFailed) as failed:
+            net.run(step)
+    finally:
+        dist.destroy_process_group()
+    message = str(failed.value)
+    assert "\n" not in message and "under DDP" in message and "no compiler here" in message
+    assert "train.compile=never" in message and len(calls) == 1 and not said  # no eager retry
 
 
 def test_compiled_and_eager_steps_give_the_same_loss():

@@ -160,6 +160,10 @@ def test_cache_round_trip_and_invalidation(tiny_folder: Path, tmp_path: Path):
     second = load_dataset("folder", tiny_folder, 16, False, cache)
     for a, b in zip(first, second):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.classes == b.classes
+    if Path("/proc/self/maps").exists():  # mapped from the file, both times: no copy in host memory
+        assert str(files[0]) in Path("/proc/self/maps").read_text()
+    expected = first[0].images.clone()
+    del first, second  # the file is rewritten in place below (the project never does): no mapping may be read
     # the second load comes from the file: a changed file is what the next load returns
     blob = torch.load(files[0], weights_only=True)
     blob["train_images"] = torch.zeros_like(blob["train_images"])
@@ -173,7 +177,7 @@ def test_cache_round_trip_and_invalidation(tiny_folder: Path, tmp_path: Path):
     files[0].write_bytes(b"not a tensor file")
     (tiny_folder / "train" / "a" / "9.png").unlink()
     with pytest.warns(UserWarning, match="unreadable cache"):
-        assert torch.equal(load_dataset("folder", tiny_folder, 16, False, cache)[0].images, first[0].images)
+        assert torch.equal(load_dataset("folder", tiny_folder, 16, False, cache)[0].images, expected)
 
 
 def test_cache_files_are_readable_as_the_umask_allows(tiny_folder: Path, tmp_path: Path):
@@ -217,6 +221,32 @@ def test_batcher_visits_every_index_once_as_floats():
     assert torch.equal(x[:, 0, 0, 0] * 255, y.float())
     dropped = DeviceBatcher(images, labels, batch_size=10)
     assert len(dropped) == 10 and len(torch.cat([y for _, y in dropped.epoch()]).unique()) == 100
+
+
+def test_a_set_on_the_host_moves_as_uint8_and_is_converted_on_the_batches_device():
+    """A set too big for the device: each batch crosses as uint8 (a quarter of the bytes of floats);
+    the meta device stands in for a GPU. On the set's own device the batches are as before."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.moved: list[torch.dtype] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and kwargs.get("device", args[0].device) != args[0].device:
+                self.moved.append(args[0].dtype)
+            return func(*args, **kwargs)
+
+    images, labels = _indexed(32)
+    with Copies() as spy:
+        x, y = next(DeviceBatcher(images, labels, 8, to="meta").epoch(torch.Generator().manual_seed(0)))
+    assert (x.device.type, x.dtype, x.shape, y.device.type) == ("meta", torch.float32, (8, 3, 2, 2), "meta")
+    assert spy.moved == [torch.uint8, torch.int64]
+    here = DeviceBatcher(images, labels, 8, to="cpu").epoch(torch.Generator().manual_seed(0))
+    for (a, ya), (b, yb) in zip(here, DeviceBatcher(images, labels, 8).epoch(torch.Generator().manual_seed(0))):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
 def test_batcher_resume_equals_tail_of_full_epoch():

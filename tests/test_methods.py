@@ -157,6 +157,7 @@ def test_byol_target_is_an_ema_of_the_online_network_and_not_trained():
     model.update(step=0, total=10)  # momentum 0.9 at the start
     for t, b, o in zip(target, before, online, strict=True):
         torch.testing.assert_close(t, 0.9 * b + 0.1 * (o + 1.0))
+        assert torch.equal(t, b.lerp(o + 1.0, 1 - target_momentum(0.9, 0, 10)))  # the per-tensor update's numbers
 
 
 # ---- every method on the embedded data: runs, resumes exactly -------------------------------

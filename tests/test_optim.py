@@ -57,6 +57,37 @@ def test_lars_matches_manual_update_over_two_steps():
         torch.testing.assert_close(p.detach(), want[name], msg=name)
 
 
+def _per_tensor_lars(model: nn.Module, grad_seeds: list[int]) -> dict[str, torch.Tensor]:
+    """LARS's arithmetic one tensor at a time, in the order of its multi-tensor kernels."""
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    bufs = {name: torch.zeros_like(p) for name, p in params.items()}
+    for seed in grad_seeds:
+        _set_grads(model, seed)
+        for name, p in model.named_parameters():
+            w, g = params[name], p.grad
+            bufs[name] = bufs[name] * MOMENTUM
+            if p.ndim > 1:
+                g = g + WD * w
+                w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
+                trust = torch.where((w_norm > 0) & (g_norm > 0), ETA * w_norm / g_norm, 1.0)
+                bufs[name] = bufs[name] + g * (trust * LR)
+            else:
+                bufs[name] = bufs[name] + g * LR
+            params[name] = w - bufs[name]
+    return params
+
+
+def test_lars_multi_tensor_update_gives_the_per_tensor_numbers_exactly():
+    model = _model()
+    want = _per_tensor_lars(_model(), grad_seeds=[1, 2, 3])
+    opt = LARS(param_groups(model, WD), lr=LR, momentum=MOMENTUM, weight_decay=WD, eta=ETA)
+    for seed in (1, 2, 3):
+        _set_grads(model, seed)
+        opt.step()
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), want[name]), name
+
+
 def test_lars_excluded_params_get_plain_sgd_step():
     # zero gradient: excluded tensors must not move (no decay), adapted weights shrink (decay)
     model = _model()

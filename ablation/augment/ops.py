@@ -6,6 +6,7 @@ paper; their choices are stated in each op's ``doc``.
 """
 from __future__ import annotations
 
+import functools
 import math
 from functools import cached_property
 from typing import ClassVar
@@ -282,8 +283,10 @@ class Blur(Augmentation):
 
     def transform(self, x: Tensor, params: Params) -> Tensor:
         k = 2 * (min(x.shape[-2:]) // 10 // 2) + 1  # the official code's height // 10, made odd
-        sigma = params["sigma"].view(-1, 1).expand(-1, 2)
-        return kornia.filters.gaussian_blur2d(x, (max(k, 3),) * 2, sigma, border_type="reflect")
+        # kornia's gaussian_blur2d without its check that sigma > 0, which reads the device from the host
+        # (sigma_min > 0 is validated with the config): the same kernels and separable filter
+        kernel = kornia.filters.get_gaussian_kernel1d(max(k, 3), params["sigma"].view(-1, 1).to(x.dtype))
+        return kornia.filters.filter2d_separable(x, kernel, kernel, border_type="reflect")
 
 
 @register
@@ -319,9 +322,22 @@ class Sobel(Augmentation):
            "(flat image -> black), as 3 identical channels")
 
     def transform(self, x: Tensor, params: Params) -> Tensor:
-        edges = kornia.filters.sobel(kornia.color.rgb_to_grayscale(x), eps=0.0)
+        gray = kornia.color.rgb_to_grayscale(x)
+        b, c, h, w = gray.shape  # kornia's sobel (normalised kernels, replicated border, eps 0), its kernel cached
+        padded = F.pad(gray.reshape(b * c, 1, h, w), [1, 1, 1, 1], "replicate")
+        gx, gy = F.conv2d(padded, _sobel_kernels(x.device, x.dtype)).reshape(b, c, 2, h, w).unbind(2)
+        edges = torch.sqrt(gx * gx + gy * gy + 0.0)
         edges = edges / edges.amax((1, 2, 3), keepdim=True).clamp_min(1e-8)
         return edges.expand_as(x)
+
+
+@functools.lru_cache(maxsize=8)
+def _sobel_kernels(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """kornia's normalised Sobel kernels (d/dx, d/dy) as (2, 1, 3, 3), built once per device from an
+    arange there: kornia builds them from a Python list, a host-to-device copy, at every call."""
+    d = torch.arange(-1, 2, device=device, dtype=dtype)  # the derivative taps -1, 0, 1
+    s = 2 - d.abs()  # the smoothing taps 1, 2, 1
+    return torch.stack([torch.outer(s, d), torch.outer(d, s)])[:, None] / 8
 
 
 @register

@@ -1,5 +1,7 @@
 """GPU-resident batching (as in airbench): the uint8 set lives on the device, so an epoch costs one
-randperm and an index + convert per batch, with no host-to-device copies or loader workers."""
+randperm and an index + convert per batch, with no host-to-device copies or loader workers. A set
+too big for the device stays on the host: each batch is gathered there as uint8 into pinned memory,
+copied without blocking, and converted on the device (a quarter of the bytes of floats)."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -29,14 +31,15 @@ def spread(total: int, n: int) -> Tensor:
 
 
 class DeviceBatcher:
-    """Float batches in [0, 1] (B,3,H,W) with labels, from uint8 images already on their device.
+    """Float batches in [0, 1] (B,3,H,W) with labels on device `to` (default: the images' device),
+    from uint8 images on their device.
 
     `shard=(rank, world)`: every rank draws the same permutation (same generator seed) and takes
     its contiguous slice of each global batch, so the ranks together see exactly one global batch.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, drop_last: bool = True,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), to: torch.device | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N,C,H,W); got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
@@ -49,6 +52,7 @@ class DeviceBatcher:
                              f"<= the {len(images)} images")
         self.images, self.labels = images, labels.to(images.device)
         self.batch_size, self.drop_last, self.shard = batch_size, drop_last, shard
+        self.to = images.device if to is None else torch.device(to)
 
     @property
     def device(self) -> torch.device:
@@ -80,4 +84,14 @@ class DeviceBatcher:
         rank, world = self.shard
         for step in range(start, len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size].tensor_split(world)[rank]
-            yield self.images[idx].float().div_(255), self.labels[idx]
+            x, y = self._moved(self.images, idx), self._moved(self.labels, idx)
+            yield x.float().div_(255), y
+
+    def _moved(self, source: Tensor, idx: Tensor) -> Tensor:
+        """source[idx] on the batches' device: from the host to a GPU through pinned memory, without
+        blocking (a copy from pageable memory blocks the host whatever non_blocking says)."""
+        if source.device == self.to:
+            return source[idx]
+        pinned = self.to.type == "cuda"
+        out = torch.empty((len(idx), *source.shape[1:]), dtype=source.dtype, pin_memory=pinned)
+        return torch.index_select(source, 0, idx, out=out).to(self.to, non_blocking=pinned)

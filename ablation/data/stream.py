@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import simplejpeg
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -44,6 +43,17 @@ except ImportError:
 
 SAMPLE_SEED = 0  # the source crops of StreamBatcher.sample
 SCALES = (8, 4, 2)  # DCT scale factors with fast (SIMD) paths in libjpeg-turbo; 3/4, 5/8 ... are slower than 1
+
+
+def _simplejpeg():
+    """simplejpeg, imported where a JPEG is first read: importing this module (the cell does) needs no
+    decoder, so a machine without it runs every cell that streams no folder."""
+    try:
+        import simplejpeg
+    except ImportError:
+        raise ImportError("streaming an image folder needs the package 'simplejpeg' (pip install simplejpeg)"
+                          ) from None
+    return simplejpeg
 
 
 class UnreadableImage(ValueError):
@@ -73,7 +83,7 @@ def _read(path: str) -> Encoded:
         raise UnreadableImage(f"cannot read image {path}: {e.strerror or e}") from None
     if data[:2] == b"\xff\xd8":
         try:
-            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            h, w, colorspace, _ = _simplejpeg().decode_jpeg_header(data)
             if colorspace not in ("CMYK", "YCCK"):
                 return Encoded(path, data, h, w)
         except ValueError:
@@ -151,8 +161,9 @@ def _decode(item: Encoded, box: list[list[float]], flip: list[bool], size: int, 
             image = torch.frombuffer(pixels, dtype=torch.uint8).view(bottom - top, width, 3).permute(2, 0, 1)
             _crops(image, box, flip, scale, size, out, origin=(top, x_start))
             return
-        pixels = (simplejpeg.decode_jpeg(item.data, "RGB", min_height=sh, min_width=sw, min_factor=f) if f > 1
-                  else simplejpeg.decode_jpeg(item.data, "RGB"))
+        decoder = _simplejpeg()
+        pixels = (decoder.decode_jpeg(item.data, "RGB", min_height=sh, min_width=sw, min_factor=f) if f > 1
+                  else decoder.decode_jpeg(item.data, "RGB"))
     except ValueError as e:
         raise UnreadableImage(f"cannot decode image {item.path}: {e}") from None
     _crops(torch.from_numpy(pixels).permute(2, 0, 1), box, flip, scale, size, out)

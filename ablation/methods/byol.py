@@ -58,6 +58,8 @@ class BYOL(Method):
     def update(self, step: int, total: int) -> None:
         """target <- tau target + (1 - tau) online; identical on every rank, as DDP keeps the online weights so."""
         tau = target_momentum(self.momentum, step, total)
-        online = itertools.chain(self.encoder.parameters(), self.projector.parameters())
-        for t, o in zip(self.target.parameters(), online, strict=True):
-            t.lerp_(o, 1 - tau)
+        online = list(itertools.chain(self.encoder.parameters(), self.projector.parameters()))
+        target = list(self.target.parameters())
+        if len(target) != len(online):
+            raise RuntimeError(f"BYOL's target has {len(target)} parameters, its online network {len(online)}")
+        torch._foreach_lerp_(target, online, 1 - tau)  # a few multi-tensor kernels, not one per tensor
