@@ -213,7 +213,8 @@ def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: I
     chosen = only or protocols(cfg)
     linear = {p: _linear(p, cfg, encoder, train, test, features, device, online) for p in chosen}
     own = linear[chosen[0]]
-    knn = knn_correct(*features[:1], train.labels, features[1], test.labels, len(train.classes), k=cfg.eval.knn_k,
+    f_train, f_test = features
+    knn = knn_correct(f_train, train.labels, f_test, test.labels, len(train.classes), k=cfg.eval.knn_k,
                       t=cfg.eval.knn_t)
     metrics = {LINEAR_TOP1: own["top1"], LINEAR_TOP5: own["top5"], KNN_TOP1: knn.float().mean().item(),
                PER_CLASS: dict(zip(test.classes, own["per_class"]))}
