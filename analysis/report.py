@@ -23,9 +23,11 @@ from ablation.names import PAPER_TABLES as SOURCES
 
 from .classes import class_change
 from .figures import heatmap_matrix, plot
+from .html import write_html
 from .paper import SERIES, compare_with_paper, spearman
 from .sensitivity import report_lines as sensitivity_lines
 from .table import collect, facet_groups, load_experiment, load_summary, markdown_table, per_class, setup_line
+from .wandb_report import log_report
 
 HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be checked"
 # Fixed settings the setup section names after its first lines (a swept one is in the table instead).
@@ -210,8 +212,8 @@ def _per_class_table(summary: pd.DataFrame, reference: str | None) -> list[str]:
 
 
 def report(exp_dir: str | Path, reference: str | None = None) -> Path:
-    """Collect, plot, and write results/<exp>/report.md (figures linked relatively); `reference` is
-    the label the per-class figure compares with."""
+    """Collect, plot, and write results/<exp>/report.md (figures linked relatively) and report.html (the
+    same, figures inline); `reference` is the label the per-class figure compares with."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     collect(exp_dir)
@@ -231,4 +233,6 @@ def report(exp_dir: str | Path, reference: str | None = None) -> Path:
              for p in figures]
     text += ["", *sensitivity_lines(summary, exp)]
     text += ["## Comparison with the paper", "", *_comparison(exp, summary, agg), ""]
-    return store.atomic_write(exp_dir / store.REPORT, lambda f: f.write("\n".join(text)))
+    path = store.atomic_write(exp_dir / store.REPORT, lambda f: f.write("\n".join(text)))
+    log_report(exp_dir, summary, figures, write_html(path))
+    return path
