@@ -36,6 +36,12 @@ class CellRun:
     done: int  # epochs the checkpoint holds: rows after it are written again
     logged: int  # the last epoch a previous attempt logged (>= done)
 
+    @classmethod
+    def resuming(cls, cell_dir: Path, cfg: CellConfig, done: int) -> CellRun:
+        """A cell that resumes after `done` epochs; what it logged before is read from metrics.jsonl."""
+        logged = max((r["epoch"] for r in store.read_metrics(cell_dir)), default=0)
+        return cls(Path(cell_dir), cfg, done, max(done, logged))
+
 
 class Logger:
     """One back-end of the per-epoch rows. `epoch` gets the row as metrics.jsonl holds it and the same
@@ -194,8 +200,7 @@ class Loggers:
 def open_loggers(cell_dir: Path, cfg: CellConfig, done: int) -> Loggers:
     """metrics.jsonl and every optional back-end that is installed and asked for, for a cell that resumes
     after `done` epochs."""
-    logged = max((r["epoch"] for r in store.read_metrics(cell_dir)), default=0)
-    run = CellRun(Path(cell_dir), cfg, done, max(done, logged))
+    run = CellRun.resuming(cell_dir, cfg, done)
     loggers: list[Logger] = [MetricsFile(run)]
     for opener in OPTIONAL:
         try:

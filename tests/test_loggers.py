@@ -16,6 +16,7 @@ from ablation.cell import Preempted, run_cell
 from ablation.config import build_config
 from ablation.grid import load_experiment
 from ablation.identity import signature
+from ablation.loggers import CellRun, Logger, Loggers, MetricsFile, WandB, open_loggers
 
 BLOCK, HEADER, RECORD = 32768, 7, 7  # W&B's run file: a LevelDB-style log of protobuf records
 
@@ -134,3 +135,36 @@ def test_a_failing_wandb_leaves_the_cell_result_identical(offline, tmp_path, cap
     assert capsys.readouterr().err.count("no W&B today") == 1
     assert store.read_metrics(tmp_path / "wb")[-1]["loss"] == store.read_metrics(tmp_path / "plain")[-1]["loss"]
 
+
+
+class Broken(Logger):
+    """A back-end whose every write fails (a full disk, a server gone)."""
+
+    def epoch(self, row: dict, groups: dict) -> None:
+        raise OSError("disk full")
+
+
+def test_a_failing_optional_logger_is_dropped_with_one_line(tmp_path, capsys):
+    loggers = Loggers([MetricsFile(CellRun(tmp_path, build_config({}), 0, 0)), Broken()])
+    for epoch in (1, 2):
+        loggers.epoch({"epoch": epoch, "loss": 1.0}, {"train": {"loss": 1.0}})
+    assert [r["epoch"] for r in store.read_metrics(tmp_path)] == [1, 2]
+    assert capsys.readouterr().err.splitlines() == ["Broken: OSError: disk full; the cell goes on without it"]
+
+
+def test_after_a_hard_kill_the_file_restarts_at_the_checkpoint_and_wandb_after_the_last_row(tmp_path):
+    store.write_metrics(tmp_path, [{"epoch": e} for e in (1, 2, 3)])  # killed after epoch 3, checkpoint at 1
+    assert CellRun.resuming(tmp_path, build_config({}), done=1).logged == 3
+    assert CellRun.resuming(tmp_path / "new", build_config({}), done=0).logged == 0
+    open_loggers(tmp_path, build_config({}), done=1)
+    assert [r["epoch"] for r in store.read_metrics(tmp_path)] == [1]
+
+
+@pytest.mark.slow
+def test_wandb_continues_after_the_last_epoch_a_killed_attempt_logged(offline, tmp_path):
+    logger = WandB.open(CellRun(tmp_path, build_config({}, ["log.wandb=true"]), done=1, logged=3))
+    for epoch in (2, 3, 4):
+        logger.epoch({"epoch": epoch}, {"train": {"loss": 1.0 / epoch}})
+    logger.close()
+    (run,) = offline_runs(tmp_path)
+    assert [h["_step"] for h in run["history"]] == [4] and run["history"][0]["train/loss"] == 0.25
