@@ -332,6 +332,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
             if _stop_requested(interrupt, state.step, steps, device):
                 state.loss_sum, state.train_s = float(loss_sum), state.train_s + time.monotonic() - t0
                 save()
+                log.close()  # the back-ends' runs end here, before a rerun continues them
                 raise Preempted(f"{interrupt.reason} at epoch {epoch} step {state.step}; checkpoint written")
         epoch_loss = float(dist.mean(loss_sum)) / steps  # waits for the epoch's last step
         state.train_s += time.monotonic() - t0

@@ -116,6 +116,11 @@ class EpochLog:
         self.loggers.epoch(row, parts)
         return row
 
+    def close(self) -> None:
+        """The run stops without a result (interrupted): the back-ends close what they hold."""
+        if self.loggers is not None:
+            self.loggers.close()
+
     def finish(self, result: dict) -> dict:
         """The cell ended with `result`: the back-ends take its final metrics and close; returns it."""
         return self.loggers.finish(result) if self.loggers is not None else result

@@ -47,7 +47,10 @@ def items(entries) -> dict:
 
 
 def offline_runs(cell_dir: Path) -> list[dict]:
-    """Each offline run under a cell folder, oldest first: id, group, name, tags, config, history, summary."""
+    """Each offline run under a cell folder, oldest first: id, group, name, tags, config, history, summary.
+    W&B's service writes the files after `finish` returns: its teardown waits until they are complete."""
+    import wandb
+    wandb.teardown()
     runs = []
     for folder in sorted((cell_dir / "wandb").glob("offline-run-*")):
         run: dict = {"history": [], "summary": {}}
