@@ -39,6 +39,7 @@ from .data import (
 from .data.protocol import SourceViews
 from .data.stream import StreamBatcher
 from .identity import signature
+from .loggers import open_loggers
 from .methods import Method, build_method
 from .metrics_log import EpochLog
 from .model import global_batch_norm
@@ -373,9 +374,9 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
              else TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode))
     rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
-    log = EpochLog(out, model, views, batcher, steps, epochs, cfg.train.log_every, state,
+    log = EpochLog(model, views, batcher, steps, cfg.train.log_every, state,
                    probe=lambda: evaluate(cfg, model.encoder, train, test, device, only=(LBFGS,))[0],
-                   writes=dist.is_main())
+                   loggers=open_loggers(out, cfg, state.epoch) if dist.is_main() else None)
 
     def save() -> None:
         state.wall_s = prior_wall + time.monotonic() - start
@@ -405,6 +406,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
             if _stop_requested(interrupt, state.step, steps, device):
                 state.loss_sum, state.train_s = float(loss_sum), state.train_s + time.monotonic() - t0
                 save()
+                log.close()  # the back-ends' runs end here, before a rerun continues them
                 raise Preempted(f"{interrupt.reason} at epoch {epoch} step {state.step}; checkpoint written")
         epoch_loss = float(dist.mean(loss_sum)) / steps  # waits for the epoch's last step
         state.train_s += time.monotonic() - t0
@@ -414,8 +416,8 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         log.epoch(state, epoch_loss, scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
-            return _finish(out, cfg, FAILED, state, device, {FINAL_LOSS: epoch_loss},
-                           reason=f"non-finite loss ({epoch_loss}) in epoch {epoch + 1}")
+            return log.finish(_finish(out, cfg, FAILED, state, device, {FINAL_LOSS: epoch_loss},
+                                      reason=f"non-finite loss ({epoch_loss}) in epoch {epoch + 1}"))
         if bar:
             bar.update(state.epoch * steps, epoch=f"{state.epoch}/{epochs}", loss=f"{epoch_loss:.4f}",
                        img_s=f"{state.images / max(state.train_s, 1e-9):.0f}")
@@ -428,4 +430,4 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         store.write_correct(out / store.CORRECT, {k: v.numpy() for k, v in correct.items()})
     dist.barrier()
     state.wall_s = prior_wall + time.monotonic() - start
-    return _finish(out, cfg, FINISHED, state, device, metrics)
+    return log.finish(_finish(out, cfg, FINISHED, state, device, metrics))

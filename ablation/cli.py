@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--reference", metavar="LABEL",
                            help="the cell the per-class figure compares every other cell with "
                                 "(default: the grid's first finished cell)")
+        if name == "report":
+            p.add_argument("--latex", action="store_true", help=f"also write results/<experiment>/{store.TABLES_TEX}: "
+                           "the heatmap and results as booktabs tables for \\input")
     return parser
 
 
@@ -260,7 +263,10 @@ def _analysis(name: str):
         import analysis
         folder = store.experiment_dir(args.results, _experiment(args).name)
         out = getattr(analysis, name)(folder, **({"reference": args.reference} if name != "collect" else {}))
-        for path in out if isinstance(out, (list, tuple)) else [out]:
+        paths = out if isinstance(out, (list, tuple)) else [out]
+        if getattr(args, "latex", False):
+            paths = [*paths, analysis.write_latex(folder)]
+        for path in paths:
             print(f"wrote {path}")
         return 0
     return command

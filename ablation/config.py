@@ -167,6 +167,15 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where the per-epoch rows go besides metrics.jsonl (and TensorBoard, when installed): never part of
+    the cell id, since a logger cannot change a result."""
+    wandb: bool = opt(False, "also log to Weights & Biases (pip install -e '.[wandb]'; on too when WANDB_PROJECT is "
+                      "set): one run per cell, resumed with it", identity=False)
+    wandb_project: Optional[str] = opt(None, "W&B project (none: $WANDB_PROJECT, else ablation)", identity=False)
+
+
+@dataclass
 class CellConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -175,6 +184,7 @@ class CellConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     method: str = opt("simclr", "training method; `ablate methods` lists each one's parameters",
                       registry=_method_names)
     method_args: Optional[dict] = opt(None, "parameters of the method, e.g. {momentum: 0.99} for byol",

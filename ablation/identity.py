@@ -4,7 +4,7 @@ The cell id is a hash of the canonical meaning of the resolved config and the sc
 - augmentation specs count by their canonical form, so `crop+color`, `crop + color` and
   `crop+color(s=1.0)` are one cell;
 - fields declared `identity=False` in config.py cannot change a result (data.workers,
-  data.download, train.checkpoint_every, eval.batch_size) and are left out;
+  data.download, train.checkpoint_every, eval.batch_size, the log section) and are left out;
 - only values that depart from the defaults count (as in dora's signatures): a new option whose
   default keeps the old behaviour leaves every finished cell's id, so a relaunch after an upgrade
   skips them. Changing a default's meaning bumps SCHEMA_VERSION instead. The folder-only keys

@@ -1,5 +1,5 @@
-"""Per-epoch metrics of a training cell: rows in its metrics.jsonl and, when tensorboard is
-installed, TensorBoard scalars.
+"""Per-epoch metrics of a training cell: rows in its metrics.jsonl and the optional back-ends
+(TensorBoard, Weights & Biases; see ablation/loggers.py).
 
 Nothing here runs per step. The training loop sums its loss on the device as before and calls
 `EpochLog.epoch` once per epoch, after its own read of that sum; the embedding measurement and
@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from . import store
+from .loggers import Loggers
 from .methods import Method
 
 # Images of the fixed batch whose two views measure the embeddings after every epoch: the same
@@ -53,16 +52,6 @@ def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _tensorboard(cell_dir: Path, first_epoch: int):
-    """A SummaryWriter for this cell's run, or None without tensorboard. `purge_step` hides the
-    events a previous attempt logged after the checkpoint this run resumes from."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(store.tensorboard_dir(cell_dir)), purge_step=first_epoch)
-
-
 class EpochLog:
     """metrics.jsonl rows (epoch, step, loss, lr, images_per_s, wall_s, time, pos_sim, align, uniform,
     and every `log_every` epochs the probes' linear_top1, linear_top5 and knn_top1) of one cell.
@@ -76,25 +65,20 @@ class EpochLog:
 
     Under DDP every rank keeps one and calls `epoch`: the embedding forward runs in training mode,
     where global batch norm is a collective that every rank must join (one rank alone waits
-    forever). Only the `writes` rank (the main one) probes and writes; the others measure only.
+    forever). Only the rank given `loggers` (the main one) probes and writes; the others measure only.
     """
 
-    def __init__(self, cell_dir: Path, model: torch.nn.Module, views: Callable, source: Batcher,
-                 steps: int, epochs: int, log_every: int, state, probe: Callable[[], dict],
-                 writes: bool = True):
-        self.cell_dir, self.model, self.views, self.probe = Path(cell_dir), model, views, probe
-        self.steps, self.epochs, self.log_every, self.writes = steps, epochs, log_every, writes
-        self.rows = [r for r in store.read_metrics(cell_dir) if r["epoch"] <= state.epoch] if writes else []
-        if writes:
-            store.write_metrics(cell_dir, self.rows)
+    def __init__(self, model: torch.nn.Module, views: Callable, source: Batcher, steps: int, log_every: int,
+                 state, probe: Callable[[], dict], loggers: Loggers | None):
+        self.model, self.views, self.probe, self.loggers = model, views, probe, loggers
+        self.steps, self.log_every = steps, log_every
         device = next(model.parameters()).device
         self.measures = type(model).project is not Method.project  # else no projection: nothing to run
         self.batch = source.sample(EMBED_IMAGES).to(device).float().div_(255) if self.measures else None
         self.generator = torch.Generator(device=device)
         self.images, self.train_s = state.images, state.train_s
-        self.writer = _tensorboard(cell_dir, state.epoch + 1) if writes else None
-        if self.writer is not None:  # closed at the last epoch, or when the run ends otherwise
-            self._closer = weakref.finalize(self, self.writer.close)
+        if loggers is not None:  # closed by `finish`, or when the run ends otherwise (interrupted, failed)
+            self._closer = weakref.finalize(self, loggers.close)
 
     @torch.no_grad()
     def measure(self) -> dict[str, float | None]:
@@ -116,7 +100,7 @@ class EpochLog:
         """Log the epoch that just ended (state.epoch epochs done); returns the row written (empty
         where this rank does not write)."""
         embedding = self.measure()
-        if not self.writes:
+        if self.loggers is None:
             return {}
         images, seconds = state.images - self.images, state.train_s - self.train_s
         self.images, self.train_s = state.images, state.train_s
@@ -129,14 +113,14 @@ class EpochLog:
         }
         row = {"epoch": state.epoch, "step": state.epoch * self.steps, "wall_s": round(wall_s, 3),
                "time": round(time.time(), 3), **parts["train"], **parts["embedding"], **parts["probe"]}
-        self.rows.append(row)
-        store.write_metrics(self.cell_dir, self.rows)
-        if self.writer is not None:
-            for group, values in parts.items():
-                for key, value in values.items():
-                    if value is not None:
-                        self.writer.add_scalar(f"{group}/{key}", value, state.epoch)
-            self.writer.flush()
-            if state.epoch == self.epochs:
-                self._closer()
+        self.loggers.epoch(row, parts)
         return row
+
+    def close(self) -> None:
+        """The run stops without a result (interrupted): the back-ends close what they hold."""
+        if self.loggers is not None:
+            self.loggers.close()
+
+    def finish(self, result: dict) -> dict:
+        """The cell ended with `result`: the back-ends take its final metrics and close; returns it."""
+        return self.loggers.finish(result) if self.loggers is not None else result

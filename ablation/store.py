@@ -33,6 +33,7 @@ ATTEMPTS, SUBMITIT, LAUNCH_LOCK, CELL_LOCK = "attempts", ".submitit", ".launch.l
 METRICS_LOG, TENSORBOARD = "metrics.jsonl", "tensorboard"
 CORRECT = "correct.npz"  # per test image, packed bits: did each probe classify it right (paired intervals)
 SUMMARY, SUMMARY_AGG, REPORT, FIGURES = "summary.csv", "summary_agg.csv", "report.md", "figures"
+REPORT_HTML, TABLES_TEX, WANDB = "report.html", "tables.tex", "wandb"
 RESULT_STATUSES = (FINISHED, FAILED, CORRUPT)
 # One path component that is safe on every file system: no separators, no "..", no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

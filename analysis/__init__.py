@@ -7,9 +7,10 @@ from __future__ import annotations
 from .classes import class_change
 from .curves import load_curves
 from .figures import heatmap_matrix, plot
+from .latex import write_latex
 from .paper import compare_with_paper, paper_table
 from .report import pairwise_findings, report
 from .table import collect, load_summary, per_class
 
 __all__ = ["collect", "plot", "report", "load_summary", "heatmap_matrix", "paper_table",
-           "compare_with_paper", "pairwise_findings", "per_class", "class_change", "load_curves"]
+           "compare_with_paper", "pairwise_findings", "per_class", "class_change", "load_curves", "write_latex"]

@@ -68,6 +68,11 @@ def heatmap_matrix(summary: pd.DataFrame, ops: list[str], metric: str = PRIMARY_
     return _with_average(_pairwise(summary, ops, metric)["mean"])
 
 
+def heatmap_std(summary: pd.DataFrame, ops: list[str], metric: str = PRIMARY_METRIC) -> pd.DataFrame:
+    """The std over seeds (%) of each heatmap cell, in heatmap_matrix's order (NaN with one seed)."""
+    return _pairwise(summary, ops, metric)["std"]
+
+
 def _with_average(mean: pd.DataFrame) -> pd.DataFrame:
     return mean.assign(**{AVERAGE: mean.mean(axis=1, skipna=True)})
 

@@ -24,6 +24,7 @@ from ablation.names import PAPER_TABLES as SOURCES
 
 from .classes import class_change
 from .figures import heatmap_matrix, plot
+from .html import write_html
 from .paper import SERIES, TUNED, compare_with_paper, spearman
 from .sensitivity import report_lines as sensitivity_lines
 from .table import (
@@ -37,6 +38,7 @@ from .table import (
     setup_line,
 )
 from .verdicts import UNKNOWN, Interval, paired_interval, point_verdict, read_correct
+from .wandb_report import log_report
 
 # Fixed settings the setup section names after its first lines (a swept one is in the table instead).
 SETUP_KEYS = ("method", "data.size", "augment.views", "loss.name", "optim.lr_scaling")
@@ -276,8 +278,8 @@ def _per_class_table(summary: pd.DataFrame, reference: str | None) -> list[str]:
 
 
 def report(exp_dir: str | Path, reference: str | None = None) -> Path:
-    """Collect, plot, and write results/<exp>/report.md (figures linked relatively); `reference` is
-    the label the per-class figure compares with."""
+    """Collect, plot, and write results/<exp>/report.md (figures linked relatively) and report.html (the
+    same, figures inline); `reference` is the label the per-class figure compares with."""
     exp_dir = Path(exp_dir)
     exp = load_experiment(exp_dir)
     collect(exp_dir)
@@ -297,4 +299,6 @@ def report(exp_dir: str | Path, reference: str | None = None) -> Path:
              for p in figures]
     text += ["", *sensitivity_lines(summary, exp)]
     text += ["## Comparison with the paper", "", *_comparison(exp, summary, agg, exp_dir), ""]
-    return store.atomic_write(exp_dir / store.REPORT, lambda f: f.write("\n".join(text)))
+    path = store.atomic_write(exp_dir / store.REPORT, lambda f: f.write("\n".join(text)))
+    log_report(exp_dir, summary, figures, write_html(path))
+    return path

@@ -88,4 +88,5 @@ def test_yaml_syntax_errors_are_one_line_naming_the_file_or_the_override(tmp_pat
 def test_keys_outside_the_cell_id_are_documented():
     docs = {key: doc for key, _, doc in describe()}
     outside = {key for key, doc in docs.items() if doc.endswith("(not part of the cell id)")}
-    assert outside == {"data.workers", "data.download", "train.checkpoint_every", "eval.batch_size"}
+    assert outside == {"data.workers", "data.download", "train.checkpoint_every", "eval.batch_size", "log.wandb",
+                       "log.wandb_project"}
