@@ -13,10 +13,12 @@ hand edit) raises `Corrupt`, naming it, so one bad cell never takes a whole grid
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -138,6 +140,26 @@ def retire(cell_dir: Path, names: tuple[str, ...] | list[str]) -> list[Path]:
 
 # ---------------------------------------------------------------- locks
 
+def _open_lock(path: Path) -> IO[str]:
+    """The lock file for reading and writing, created when missing. A symlink is not followed (a
+    launch would overwrite the file it points to) and a file that is not a lone regular file (a FIFO,
+    a hard link to another file) is refused: anyone who can write into a shared results folder
+    could otherwise make another user's launch clobber that user's files. Truncated only once held."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise ValueError(f"{path}: the lock file is a symbolic link; refusing to follow it "
+                         f"(remove it and launch again)") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
+        raise ValueError(f"{path}: the lock file is {what}; refusing to use it (remove it and launch again)")
+    return os.fdopen(fd, "r+")
+
+
 @contextlib.contextmanager
 def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
     """An exclusive lock on `path` (flock: released by the kernel when the holder dies, even by SIGKILL).
@@ -147,7 +169,7 @@ def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    with _open_lock(path) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
