@@ -194,12 +194,32 @@ def metrics_path(cell_dir: Path) -> Path:
 
 
 def read_metrics(cell_dir: Path) -> list[dict]:
-    """The per-epoch rows of a cell, oldest first; [] before its first epoch."""
+    """The per-epoch rows of a cell, oldest first; [] before its first epoch. `Corrupt`, naming the
+    file and the line, when a row cannot be read or lacks its epoch (>= 1) or wall time (a file cut
+    short by a full disk, a hand edit): a cell moves it aside on --retry, readers report it."""
+    path = metrics_path(cell_dir)
     try:
-        text = metrics_path(cell_dir).read_text()
+        text = path.read_text()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise Corrupt(path, f"unreadable ({err})") from None
+    return [_metrics_row(path, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _metrics_row(path: Path, n: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise Corrupt(path, f"line {n} is not valid JSON ({err})") from None
+    if not isinstance(row, dict):
+        raise Corrupt(path, f"line {n} is not a JSON object")
+    epoch, wall = row.get("epoch"), row.get("wall_s")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise Corrupt(path, f"line {n} has no epoch (an integer >= 1), got {epoch!r}")
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not wall >= 0:
+        raise Corrupt(path, f"line {n} has no wall_s (seconds >= 0), got {wall!r}")
+    return row
 
 
 def write_metrics(cell_dir: Path, rows: list[dict]) -> Path:

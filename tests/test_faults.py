@@ -1,0 +1,45 @@
+"""Faults an operator meets: a cell's files broken or swapped under it, a reused --out, a full disk.
+Each ends in one line that names the file and leaves the cell resumable."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablation import launch, store
+from ablation.grid import load_experiment
+from ablation.names import CORRUPT, FINISHED
+
+TINY = {"data": {"n_train": 128, "n_test": 64, "size": 16},
+        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+        "train": {"epochs": 2, "batch_size": 64}, "eval": {"knn_k": 10, "random_init": False}}
+
+
+def one_cell(tmp_path: Path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"name": "exp", "cell": TINY, "grid": {"kind": "pairwise", "ops": ["crop"]}}))
+    exp = load_experiment(str(path))
+    return exp, tmp_path / "results" / exp.name / exp.cells[0].id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad_row", ['{"epoch": 2, "wall_s": 1.', "{}"])
+def test_a_broken_metrics_log_makes_the_cell_corrupt_and_retry_resumes_it(tmp_path, bad_row):
+    exp, cell = one_cell(tmp_path)
+    root = tmp_path / "results"
+    launch.launch(root, exp, "local", log=lambda _: None)
+    reference = store.read_result(cell)
+    # the run was cut after its last checkpoint, its metrics.jsonl cut short
+    (cell / store.RESULT).unlink()
+    rows = store.metrics_path(cell).read_text().splitlines()
+    store.metrics_path(cell).write_text(rows[0] + "\n" + bad_row + "\n")
+    launch.launch(root, exp, "local", log=lambda _: None)
+    broken = store.read_result(cell)
+    assert broken["status"] == CORRUPT and broken["files"] == [store.METRICS_LOG]
+    assert str(store.metrics_path(cell)) in broken["reason"]
+    assert "line 2" in broken["reason"] and "\n" not in broken["reason"]
+    launch.launch(root, exp, "local", retry=True, log=lambda _: None)
+    again = store.read_result(cell)
+    assert again["status"] == FINISHED and again["metrics"] == reference["metrics"]
+    assert any(p.name.endswith(store.METRICS_LOG) for p in (cell / store.ATTEMPTS).iterdir())
