@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import accel, dist, store
 from .augment import TwoViews
-from .config import CellConfig
+from .config import CellConfig, from_dict, read_yaml
 from .data import (
     DeviceBatcher,
     FolderSet,
@@ -38,7 +38,7 @@ from .data import (
 )
 from .data.protocol import SourceViews
 from .data.stream import StreamBatcher
-from .identity import signature
+from .identity import settings, signature
 from .methods import Method, build_method
 from .metrics_log import EpochLog
 from .model import global_batch_norm
@@ -196,15 +196,45 @@ def _one_writer(out: Path) -> contextlib.AbstractContextManager[None]:
         f"waiting for another run of {out} to end ({holder})", file=sys.stderr, flush=True))
 
 
-def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, show_progress: bool = True) -> dict:
+# The files of a cell's run that `replace` moves aside when a folder holds another cell.
+RUN_FILES = (store.RESULT, store.CHECKPOINT, store.CONFIG, store.METRICS_LOG, store.CELL, store.JOB,
+             store.TENSORBOARD)
+
+
+def _held_cell(out: Path, cfg: CellConfig, replace: bool) -> None:
+    """Refuse a folder that holds another cell (its config.yaml has another id): resuming its checkpoint
+    or showing its result under this config would be wrong. With `replace`, its files go to attempts/."""
+    if not (out / store.CONFIG).exists():
+        return
+    try:
+        old = from_dict(CellConfig, read_yaml(out / store.CONFIG))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{out} holds a cell whose {store.CONFIG} cannot be read ({err}); "
+                         f"use another folder, or --replace to move its files aside") from None
+    if signature(old) == signature(cfg):
+        return
+    if replace:
+        store.retire(out, RUN_FILES)
+        return
+    before, now = settings(old), settings(cfg)
+    keys = [k for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+    raise ValueError(f"{out} holds another cell (id {signature(old)}; this config's is {signature(cfg)}): "
+                     f"differing keys: {', '.join(keys)}; use another folder, or --replace to move its files "
+                     f"to {out / store.ATTEMPTS} and start afresh")
+
+
+def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, show_progress: bool = True,
+             replace: bool = False) -> dict:
     """Train and evaluate one cell into `out`; returns the result. A finished `out` is not re-run.
 
     Any error is recorded as a failed result (with the reason) before it propagates, so a
     grid sees the failure; an unreadable checkpoint as a corrupt one, naming it; an interrupt
     leaves a checkpoint and no result. `store.Corrupt` when `out` has an unreadable result.json.
+    A ValueError, before anything is written, when `out` holds another cell (see `_held_cell`).
     """
     out = Path(out)
     with _one_writer(out):
+        _held_cell(out, cfg, replace)
         done = store.read_result(out)
         if done and done.get("status") == FINISHED:
             return done

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=5; repeatable")
     p.add_argument("--out", type=Path, default=Path("results/run"), help="cell folder (default: results/run)")
+    p.add_argument("--replace", action="store_true",
+                   help="when --out holds another cell (another config), move its files to --out/attempts/ "
+                        "and start afresh (without it such a run is refused)")
 
     p = sub.add_parser("grid", help="expand an experiment into cells and run them (local or Slurm)",
                        description="Run every cell of an experiment that is not done yet. Finished cells "
@@ -155,7 +158,7 @@ def cmd_run(args) -> int:
     interrupt = Interrupt()
     try:
         with interrupt_on_signals(interrupt):
-            result = run_cell(cfg, args.out, interrupt)
+            result = run_cell(cfg, args.out, interrupt, replace=args.replace)
     except Preempted as stop:
         print(f"stopped: {stop}. Run the same command again to resume.", file=sys.stderr)
         return 130

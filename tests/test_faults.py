@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from ablation import launch, store
+from ablation.cli import main
 from ablation.grid import load_experiment
 from ablation.names import CORRUPT, FINISHED
 
@@ -43,3 +44,27 @@ def test_a_broken_metrics_log_makes_the_cell_corrupt_and_retry_resumes_it(tmp_pa
     again = store.read_result(cell)
     assert again["status"] == FINISHED and again["metrics"] == reference["metrics"]
     assert any(p.name.endswith(store.METRICS_LOG) for p in (cell / store.ATTEMPTS).iterdir())
+
+
+RUN = ["--set", "data.n_train=128", "--set", "data.n_test=64", "--set", "data.size=16", "--set", "model.width=8",
+       "--set", "model.head_hidden=32", "--set", "model.out_dim=16", "--set", "train.epochs=1",
+       "--set", "train.batch_size=64", "--set", "eval.knn_k=10", "--set", "eval.random_init=false"]
+
+
+@pytest.mark.slow
+def test_run_refuses_an_out_folder_of_another_cell_unless_asked_to_replace_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *RUN, "--out", str(out)]) == 0
+    first = store.read_result(out)
+    capsys.readouterr()
+    other = [*RUN, "--set", "augment.views=rotate", "--set", "loss.temperature=0.2"]
+    assert main(["run", *other, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(out) in err and "augment.views, loss.temperature" in err and "--replace" in err
+    assert store.read_result(out) == first  # nothing touched
+    assert main(["run", *RUN, "--out", str(out)]) == 0  # the same cell: its result, as before
+    assert main(["run", *other, "--out", str(out), "--replace"]) == 0
+    result = store.read_result(out)
+    assert result["config"]["augment"]["views"] == "rotate" and result["id"] != first["id"]
+    moved = sorted(p.name.split("-", 2)[-1] for p in (out / store.ATTEMPTS).iterdir())
+    assert {store.RESULT, store.CHECKPOINT, store.CONFIG, store.METRICS_LOG} <= set(moved)
