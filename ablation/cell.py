@@ -188,7 +188,7 @@ def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: 
     return result
 
 
-def _one_writer(out: Path) -> contextlib.AbstractContextManager[None]:
+def _one_writer(out: Path) -> contextlib.AbstractContextManager[store.Lock | None]:
     """The cell's lock (the main process holds it; the other ranks of a DDP run only follow it)."""
     if not dist.is_main():
         return contextlib.nullcontext()

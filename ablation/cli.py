@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shlex
 import sys
@@ -268,6 +269,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"ablate {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only or full results folder: one line, not a traceback
+        print(f"ablate {args.command}: error: {os_problem(err)}", file=sys.stderr)
+        return 2
+
+
+def os_problem(err: OSError) -> str:
+    """What an OSError means for the folder being written, naming the folder and the file."""
+    if err.filename is None:
+        return str(err)
+    path = Path(err.filename)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{path.parent}: the disk is full ({err.strerror} while writing {path.name}); free some space"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{path.parent}: cannot write there ({err.strerror}: {path.name}); "
+                f"choose another folder (--results or --out)")
+    return f"{path}: {err.strerror}"
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def prepare(root: Path, exp: Experiment) -> Path:
     return folder
 
 
-def locked(folder: Path) -> contextlib.AbstractContextManager[None]:
+def locked(folder: Path) -> contextlib.AbstractContextManager[store.Lock]:
     """Exclusive lock on the experiment folder: one launch decides and records at a time."""
     return store.locked(folder / store.LAUNCH_LOCK)
 

@@ -13,6 +13,7 @@ hand edit) raises `Corrupt`, naming it, so one bad cell never takes a whole grid
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -76,10 +77,21 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], mode: str = "w"
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the whole group to read
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_cause(err)
+        if cause is not None and (cause is not err or cause.filename is None):
+            raise OSError(cause.errno, cause.strerror, str(path)) from None  # name the file being written
         raise
     return path
+
+
+def _os_cause(err: BaseException | None) -> OSError | None:
+    """The OSError behind `err`, itself or in its chain: a full disk surfaces from torch.save as a
+    RuntimeError ("unexpected pos ...") whose context is the OSError, and a failed write names no file."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -140,11 +152,11 @@ def retire(cell_dir: Path, names: tuple[str, ...] | list[str]) -> list[Path]:
 
 # ---------------------------------------------------------------- locks
 
-def _open_lock(path: Path) -> IO[str]:
-    """The lock file for reading and writing, created when missing. A symlink is not followed (a
-    launch would overwrite the file it points to) and a file that is not a lone regular file (a FIFO,
-    a hard link to another file) is refused: anyone who can write into a shared results folder
-    could otherwise make another user's launch clobber that user's files. Truncated only once held."""
+def _open_lock(path: Path) -> int:
+    """The lock file's descriptor, for reading and writing, created when missing. A symlink is not
+    followed (a launch would overwrite the file it points to) and a file that is not a lone regular
+    file (a FIFO, a hard link to another file) is refused: anyone who can write into a shared results
+    folder could otherwise make another user's launch clobber that user's files. Truncated only once held."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as err:
@@ -157,11 +169,33 @@ def _open_lock(path: Path) -> IO[str]:
         os.close(fd)
         what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
         raise ValueError(f"{path}: the lock file is {what}; refusing to use it (remove it and launch again)")
-    return os.fdopen(fd, "r+")
+    return fd
+
+
+class LockLost(RuntimeError):
+    """The lock file held was removed or replaced (its folder deleted, say): another run may now take
+    a new one, so the holder must stop without writing."""
+
+
+@dataclasses.dataclass
+class Lock:
+    """A held lock: `check()` raises LockLost once `path` no longer names the file this process locked."""
+    path: Path
+    fd: int
+
+    def check(self) -> None:
+        held = os.fstat(self.fd)
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise LockLost(f"{self.path} was removed or replaced while this run held it (its folder deleted?); "
+                           f"stopping without writing")
 
 
 @contextlib.contextmanager
-def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator[Lock]:
     """An exclusive lock on `path` (flock: released by the kernel when the holder dies, even by SIGKILL).
 
     The holder writes its host and process id into the file; `waiting(holder)` is called once when
@@ -169,22 +203,22 @@ def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _open_lock(path) as f:
+    fd = _open_lock(path)
+    try:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting is not None:
-                f.seek(0)
-                waiting(f.read().strip() or "unknown holder")
-            fcntl.flock(f, fcntl.LOCK_EX)
+                waiting(os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown holder")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"host {os.uname().nodename} pid {os.getpid()}\n")
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"host {os.uname().nodename} pid {os.getpid()}\n".encode(), 0)
+        except OSError as err:  # a full disk: name the file
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        yield Lock(path, fd)
+    finally:
+        os.close(fd)  # releases the flock
 
 
 # ---------------------------------------------------------------- per-epoch metrics

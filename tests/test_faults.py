@@ -2,6 +2,7 @@
 Each ends in one line that names the file and leaves the cell resumable."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,65 @@ def test_run_refuses_an_out_folder_of_another_cell_unless_asked_to_replace_it(tm
     assert result["config"]["augment"]["views"] == "rotate" and result["id"] != first["id"]
     moved = sorted(p.name.split("-", 2)[-1] for p in (out / store.ATTEMPTS).iterdir())
     assert {store.RESULT, store.CHECKPOINT, store.CONFIG, store.METRICS_LOG} <= set(moved)
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A small file system of its own (tmpfs), to fill or make read-only: `disk(options)` remounts it."""
+    root = tmp_path / "disk"
+    root.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(root)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+
+    def remount(options: str) -> Path:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(root)], check=True)
+        return root
+    yield remount
+    subprocess.run(["umount", str(root)], check=True)
+
+
+def one_line_error(capsys, command: str) -> str:
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()[-1]  # after the progress bar, if any
+    assert err.startswith(f"ablate {command}: error: ") and "Traceback" not in stderr
+    return err
+
+
+def test_a_read_only_results_folder_is_one_line_and_exit_2(tmp_path, disk, capsys):
+    exp, _ = one_cell(tmp_path)
+    path = str(exp.path)
+    root = disk("rw")
+    launch.prepare(root, exp)  # the grid's folder exists; nothing can be written any more
+    disk("ro")
+    for argv in (["grid", path, "--executor", "local", "--results", str(root)],
+                 ["collect", path, "--results", str(root)], ["run", *RUN, "--out", str(root / "run")]):
+        assert main(argv) == 2, argv
+        err = one_line_error(capsys, argv[0])
+        assert "cannot write there (Read-only file system" in err and str(root) in err
+
+
+def test_a_full_results_folder_is_one_line_and_exit_2(tmp_path, disk, capsys):
+    exp, _ = one_cell(tmp_path)
+    root = disk("rw")
+    with open(root / "filler", "wb") as f, pytest.raises(OSError):
+        f.write(b"x" * 256 * 1024)
+    assert main(["grid", str(exp.path), "--executor", "local", "--results", str(root)]) == 2
+    err = one_line_error(capsys, "grid")
+    assert f"{root / exp.name}: the disk is full (No space left on device while writing" in err
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_run_names_the_checkpoint_and_the_cell_resumes(tmp_path, disk, capsys):
+    reference = tmp_path / "reference"
+    assert main(["run", *RUN, "--out", str(reference)]) == 0
+    out = disk("rw") / "run"  # room for the cell's small files, not for its checkpoint
+    capsys.readouterr()
+    assert main(["run", *RUN, "--out", str(out)]) == 2
+    err = one_line_error(capsys, "run")
+    assert f"{out}: the disk is full (No space left on device while writing checkpoint.pt)" in err
+    result = store.read_result(out)
+    assert result["reason"] == f"OSError: [Errno 28] No space left on device: '{out / store.CHECKPOINT}'"
+    assert not (out / store.CHECKPOINT).exists() and not list(out.glob(".*.tmp"))
+    disk("size=1m")
+    assert main(["run", *RUN, "--out", str(out)]) == 0
+    assert store.read_result(out)["metrics"] == store.read_result(reference)["metrics"]
