@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -233,15 +234,15 @@ def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, sho
     A ValueError, before anything is written, when `out` holds another cell (see `_held_cell`).
     """
     out = Path(out)
-    with _one_writer(out):
+    with _one_writer(out) as lock:
         _held_cell(out, cfg, replace)
         done = store.read_result(out)
         if done and done.get("status") == FINISHED:
             return done
         start = time.monotonic()
         try:
-            return _run(cfg, out, interrupt or Interrupt(), show_progress, start)
-        except Preempted:
+            return _run(cfg, out, interrupt or Interrupt(), show_progress, start, lock.check if lock else _held)
+        except (Preempted, store.LockLost):  # the latter: the folder is another run's now, write nothing
             raise
         except store.Corrupt as err:
             _finish(out, cfg, CORRUPT, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
@@ -314,7 +315,14 @@ def _stop_requested(interrupt: Interrupt, step: int, steps: int, device: torch.d
     return dist.any_rank(interrupt.requested, device)
 
 
-def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, start: float) -> dict:
+def _held() -> None:
+    """The lock check of a rank that holds no lock (the main rank checks its own)."""
+
+
+def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, start: float,
+         held: Callable[[], None]) -> dict:
+    """Train and probe; `held()` before every write raises store.LockLost once the cell's lock file is
+    gone (its folder deleted while it runs): a new run may have taken the folder, so this one stops."""
     if dist.is_main():
         store.write_yaml(out / store.CONFIG, cfg.to_dict())
     device = resolve_device(cfg.train.device)
@@ -341,6 +349,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
                    probe=lambda: evaluate(cfg, model.encoder, train, test, device), writes=dist.is_main())
 
     def save() -> None:
+        held()
         state.wall_s = prior_wall + time.monotonic() - start
         if dist.is_main():
             _save(ckpt, model, optimizer, scheduler, state)
@@ -366,6 +375,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         state.epoch_s.append(round(time.monotonic() - t0, 3))
         state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
         state.losses.append(epoch_loss)
+        held()
         log.epoch(state, epoch_loss, scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
@@ -380,4 +390,5 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
     metrics = _probe_all(cfg, model, train, test, device, state.losses[-1]) if dist.is_main() else {}
     dist.barrier()
     state.wall_s = prior_wall + time.monotonic() - start
+    held()
     return _finish(out, cfg, FINISHED, state, device, metrics)

@@ -124,6 +124,7 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
             d = folder / cell.id
             started = sum(r.state != TODO for r in statuses(root, exp))  # this one included, by any worker
             log(f"[{started}/{len(exp.cells)}] {exp.name}: running {cell.label} ({cell.id})")
+            lost: store.LockLost | None = None
             try:
                 result = run_cell(cell.config, d, interrupt, show_progress=False)
                 outcome[cell.id] = result["status"]
@@ -133,11 +134,16 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
             except Preempted as stop:
                 outcome[cell.id] = INTERRUPTED
                 log(f"cell {cell.label} ({cell.id}) stopped: {stop}. Launch again to resume.")
+            except store.LockLost as err:
+                lost = err
+                outcome[cell.id] = f"stopped: {err}"
+                log(f"cell {cell.label} ({cell.id}) stopped: {err}")
             except Exception as err:  # run_cell has recorded it in the cell's result.json
                 outcome[cell.id] = f"failed: {type(err).__name__}: {err}"
                 log(f"cell {cell.label} ({cell.id}) failed: {type(err).__name__}: {err}")
             finally:
-                (d / store.JOB).unlink(missing_ok=True)
+                if lost is None:  # else the folder was deleted: a job.json there now is another run's
+                    (d / store.JOB).unlink(missing_ok=True)
     return outcome
 
 

@@ -2,6 +2,7 @@
 Each ends in one line that names the file and leaves the cell resumable."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pytest
 import yaml
 
 from ablation import launch, store
+from ablation.cell import run_cell
 from ablation.cli import main
+from ablation.config import build_config
 from ablation.grid import load_experiment
 from ablation.names import CORRUPT, FINISHED
 
@@ -131,3 +134,31 @@ def test_a_disk_that_fills_mid_run_names_the_checkpoint_and_the_cell_resumes(tmp
     disk("size=1m")
     assert main(["run", *RUN, "--out", str(out)]) == 0
     assert store.read_result(out)["metrics"] == store.read_result(reference)["metrics"]
+
+
+class DeleteFolder:
+    """An interrupt that never fires but deletes the cell's folder after `steps` steps (an operator's rm -r)."""
+    reason = "never"
+
+    def __init__(self, folder: Path, steps: int):
+        self.folder, self.left = folder, steps
+
+    @property
+    def requested(self) -> bool:
+        self.left -= 1
+        if self.left == 0:
+            shutil.rmtree(self.folder)
+        return False
+
+
+@pytest.mark.slow
+def test_a_cell_whose_folder_is_deleted_stops_without_writing_and_a_new_run_owns_it(tmp_path):
+    cfg = build_config({}, [f"{k}={v}" for k, v in (
+        ("data.n_train", 128), ("data.n_test", 64), ("data.size", 16), ("model.width", 8), ("model.head_hidden", 32),
+        ("model.out_dim", 16), ("train.epochs", 2), ("train.batch_size", 64), ("eval.knn_k", 10),
+        ("eval.random_init", "false"))])
+    out = tmp_path / "cell"
+    with pytest.raises(store.LockLost, match="removed or replaced"):
+        run_cell(cfg, out, interrupt=DeleteFolder(out, 1), show_progress=False)
+    assert not out.exists()  # not recreated without its identity and lock
+    assert run_cell(cfg, out, show_progress=False)["status"] == FINISHED
