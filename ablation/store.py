@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import stat
@@ -95,7 +96,20 @@ def _os_cause(err: BaseException | None) -> OSError | None:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    return atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=True, default=str))
+    """Strict JSON: a non-finite float (a diverged cell's loss) is written as null, which every
+    reader parses; the record's reason says why."""
+    return atomic_write(path, lambda f: json.dump(_finite(data), f, indent=2, sort_keys=True, default=str,
+                                                  allow_nan=False))
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def write_yaml(path: Path, data: Any) -> Path:
