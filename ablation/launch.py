@@ -46,6 +46,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 # 10-minute default, and a timed-out collective kills the job.
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 INTERRUPTED = "interrupted"  # a local cell stopped by a signal, with a checkpoint
+# The batch shell ignores USR2 (`scancel --full --signal=USR2` reaches it too, and by default it would
+# die and take the job with it, unrequeued): the cell's own handler decides, in the tasks that srun runs.
+BATCH_SHELL_SETUP = "trap '' USR2"
 
 
 def prepare(root: Path, exp: Experiment) -> Path:
@@ -261,9 +264,11 @@ def submit_slurm(root: Path, exp: Experiment, cells: list[Cell]) -> list[str]:
     """One job array for `cells`, one job per cell or per pack of cells (ablation.pack); records each
     job id in the cell's job.json."""
     folder = store.experiment_dir(root, exp.name).resolve()  # jobs may start in another working directory
-    executor = submitit.AutoExecutor(folder=folder / store.SUBMITIT / "%j", cluster="slurm",
+    # One log folder, made before sbatch runs: with a folder per job (.submitit/%j) submitit makes it only
+    # after sbatch returns, and a task that starts first cannot open its log and fails at 0 s.
+    executor = submitit.AutoExecutor(folder=folder / store.SUBMITIT, cluster="slurm",
                                      slurm_max_num_timeout=exp.slurm.max_requeues, slurm_python=slurm_command())
-    executor.update_parameters(name=exp.name, **slurm_parameters(exp.slurm))
+    executor.update_parameters(name=exp.name, slurm_setup=[BATCH_SHELL_SETUP], **slurm_parameters(exp.slurm))
     s = exp.slurm
     groups = pack.packs(cells, s.cells_per_gpu, s.gpus_per_node, s.tasks_per_node)
     try:

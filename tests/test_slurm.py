@@ -98,7 +98,7 @@ class Grid:
     def diagnose(self) -> str:
         """The status table and the tail of every submitit log: what a failed test prints."""
         parts = [status.render(status.statuses(self.root, self.exp))]
-        for log in sorted((self.folder / ".submitit").glob("*/*_log.*")):
+        for log in sorted((self.folder / ".submitit").glob("*_log.*")):
             parts.append(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
         return "\n".join(parts)
 
@@ -223,6 +223,40 @@ def test_usr2_checkpoints_requeues_and_resumes_bit_exactly(make_grid):
     assert result["losses"] == uninterrupted["losses"] and result["metrics"] == uninterrupted["metrics"]
 
 
+def test_every_log_folder_exists_before_sbatch_runs(make_grid):
+    """Slurm opens a task's log as the task starts, which can be milliseconds after sbatch returns: the
+    folder of every --output/--error must not depend on the job id (submitit would make it only after)."""
+    grid = make_grid("logs", PAIRWISE)
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    for job_id in set(grid.job_ids().values()):
+        text = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=60).stdout
+        for key in ("StdOut", "StdErr"):
+            path = Path(re.search(rf"{key}=(\S+)", text).group(1))
+            assert path.parent == grid.folder.resolve() / ".submitit", text
+    script = next((grid.folder / ".submitit").glob("*_submission.sh")).read_text()
+    for flag in re.findall(r"--(?:output|error)[ =](\S+)", script):
+        assert "%" not in str(Path(flag).parent), script  # no job-id pattern in the folder
+    assert {r.state for r in grid.wait_ended().values()} == {status.DONE}, grid.diagnose()
+
+
+def test_usr2_to_the_batch_shell_too_requeues_and_never_fails_the_cell(make_grid):
+    """`scancel --full --signal=USR2` signals the batch shell as well as the cell: the shell ignores it,
+    the cell checkpoints and requeues."""
+    long = {"train": {"epochs": 60, "checkpoint_every": 1000}}
+    grid = make_grid("usr2-full", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    job = grid.job("crop")
+    log = Path(job["logs"])
+    grid.wait(lambda: log.exists() and "pretrain" in log.read_text(), "the first training epoch", every_s=0.1)
+    subprocess.run(["scancel", "--full", "--signal=USR2", job["job_id"]], check=True, timeout=60)
+    seen: set = set()
+    grid.wait_ended(seen)
+    assert seen <= {status.RUNNING, status.QUEUED, status.DONE}, f"{seen}\n{grid.diagnose()}"
+    result = grid.result("crop")
+    assert result["status"] == "finished" and len(result["resumed_at"]) == 1, grid.diagnose()
+    assert grid.job("crop")["job_id"] == job["job_id"]  # requeued, not resubmitted
+
+
 def wait_for_state(job_id: str, wanted: Callable[[str], bool], timeout_s: float = 120.0) -> str:
     """Poll squeue quickly until the job's state satisfies `wanted` (or time runs out); the last state."""
     deadline, state = time.monotonic() + timeout_s, ""
@@ -336,7 +370,7 @@ def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
     rows = grid.wait_ended()
     assert rows["crop"].state == status.DONE, grid.diagnose()
     job = grid.job("crop")["job_id"]
-    logs = grid.folder / ".submitit" / job
+    logs = grid.folder / ".submitit"
     assert "global_rank=1(2)" in (logs / f"{job}_1_log.out").read_text(), grid.diagnose()
     result = grid.result("crop")
     assert result["epochs_done"] == 2 and len(result["losses"]) == 2
@@ -369,7 +403,7 @@ def test_a_pack_job_runs_its_cells_at_once_and_each_cell_once(make_grid):
     rows = grid.wait_ended()
     assert {r.state for r in rows.values()} == {status.DONE}, grid.diagnose()
     for job in set(jobs.values()):  # the job logs each cell's end after the cell has written its result
-        log = grid.folder / ".submitit" / job / f"{job}_0_log.out"
+        log = grid.folder / ".submitit" / f"{job}_0_log.out"
         grid.wait(lambda: log.read_text().count(": finished") == 2, f"job {job} to log both cells' ends")  # noqa: B023
         assert "pack of 2 cells, 2 at once" in log.read_text()
     code, out = grid.ablate("grid", "--executor", "slurm")
