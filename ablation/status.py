@@ -156,9 +156,21 @@ def statuses(root: Path, exp: Experiment) -> list[CellStatus]:
         except store.Corrupt as err:
             rows.append(_corrupt(cell, err))
             continue
-        row = cell_status(cell, result, jobs[cell.id], live)
+        row = _still_held(folder / cell.id, cell_status(cell, result, jobs[cell.id], live))
         rows.append(_corrupt(cell, bad[cell.id]) if cell.id in bad and row.state != DONE else row)
     return rows
+
+
+def _still_held(cell_dir: Path, row: CellStatus) -> CellStatus:
+    """A cell whose job or process has ended without a result while a live process still holds its
+    lock (a pack's cell that outlived its job) is running: --retry would only wait for that lock."""
+    if row.state not in (FAILED, CANCELLED, TIMEOUT) or row.result is not None:
+        return row
+    holder = store.lock_holder(cell_dir / store.CELL_LOCK)
+    if holder is None:
+        return row
+    return CellStatus(row.cell, RUNNING, row.job_id, row.elapsed,
+                      reason=f"its job ended ({row.reason}) but {holder} still holds the cell's lock")
 
 
 def _corrupt(cell: Cell, err: store.Corrupt) -> CellStatus:

@@ -235,6 +235,22 @@ def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator
         os.close(fd)  # releases the flock
 
 
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock on `path` ("host H pid P"), or None when no process does. Reads only: the
+    file is never created, and a probe's shared lock is let go at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown holder"
+    finally:
+        os.close(fd)
+    return None
+
+
 # ---------------------------------------------------------------- per-epoch metrics
 
 def metrics_path(cell_dir: Path) -> Path:

@@ -327,3 +327,22 @@ def test_a_corrupt_checkpoint_is_reported_and_retry_reruns_the_cell_from_scratch
     assert sorted(p.name.split("-", 2)[-1] for p in (cell_dir / "attempts").iterdir()) == ["checkpoint.pt",
                                                                                          "result.json"]
     assert json.loads((cell_dir / "result.json").read_text())["resumed_at"] == []  # from scratch
+
+
+def test_a_cell_whose_job_ended_is_running_while_a_live_process_holds_its_lock(tmp_path):
+    """A pack's cell that outlived its job still trains: status must not call it failed, nor --retry
+    start it again (the new run would only wait for that lock)."""
+    exp = load_experiment(str(pairwise(tmp_path)), check=False)
+    root = tmp_path / "results"
+    folder = launch.prepare(root, exp)
+    cell = exp.cells[0]
+    (folder / cell.id / "job.json").write_text(json.dumps(  # a local claim whose process has ended
+        {"executor": "local", "pid": os.getpid(), "started": "-1", "host": os.uname().nodename,
+         "submitted": time.time()}))
+    assert {r.cell.id: r.state for r in status.statuses(root, exp)}[cell.id] == status.FAILED
+    with store.locked(folder / cell.id / store.CELL_LOCK):
+        row = next(r for r in status.statuses(root, exp) if r.cell.id == cell.id)
+        assert row.state == status.RUNNING and f"pid {os.getpid()} still holds the cell's lock" in row.reason
+        assert cell.id not in [r.cell.id for r in launch.select(status.statuses(root, exp), retry=True)]
+    assert {r.cell.id: r.state for r in status.statuses(root, exp)}[cell.id] == status.FAILED
+    assert not (folder / exp.cells[1].id / store.CELL_LOCK).exists()  # a status creates no lock file

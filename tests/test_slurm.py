@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -255,6 +256,42 @@ def test_usr2_to_the_batch_shell_too_requeues_and_never_fails_the_cell(make_grid
     result = grid.result("crop")
     assert result["status"] == "finished" and len(result["resumed_at"]) == 1, grid.diagnose()
     assert grid.job("crop")["job_id"] == job["job_id"]  # requeued, not resubmitted
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigkill_of_a_pack_ends_its_cells_and_status_never_calls_them_failed_while_they_run(make_grid):
+    """The pack's process (ablation.slurm_entry, which runs K cells) killed: its cells checkpoint and end
+    with it instead of training on outside Slurm; while one still holds its lock no cell is called
+    failed; --retry then resumes both."""
+    grid = make_grid("pack-kill", SEEDS, cell={"train": {"epochs": 150, "checkpoint_every": 1}},
+                     slurm={"cells_per_gpu": 2})
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    job = grid.job("seed=0")["job_id"]
+    log = grid.folder / ".submitit" / f"{job}_0_log.out"
+    cell_dirs = [grid.folder / c.id for c in grid.exp.cells]
+    grid.wait(lambda: log.exists() and log.read_text().count("started (pid") == 2
+              and all(store.read_metrics(d) for d in cell_dirs), "both cells to train", every_s=0.1)
+    pids = [int(p) for p in re.findall(r"started \(pid (\d+)\)", log.read_text())]
+    parent = int(Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(parent, signal.SIGKILL)
+    deadline, states = time.monotonic() + 60, set()
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        held = {d.name for d in cell_dirs if store.lock_holder(d / store.CELL_LOCK)}
+        states.update(r.state for r in status.statuses(grid.root, grid.exp) if r.cell.id in held)
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids), f"cells outlived their pack\n{grid.diagnose()}"
+    assert status.FAILED not in states, states
+    code, out = grid.ablate("grid", "--executor", "slurm", "--retry")
+    assert code == 0 and "launching 2 (slurm)" in out, out
+    assert {r.state for r in grid.wait_ended().values()} == {status.DONE}, grid.diagnose()
+    assert all(grid.result(c.label)["resumed_at"] for c in grid.exp.cells)  # from the checkpoints they wrote
 
 
 def wait_for_state(job_id: str, wanted: Callable[[str], bool], timeout_s: float = 120.0) -> str:
