@@ -297,17 +297,19 @@ def slurm_answers(timeout_s: float = 10.0) -> bool:
 
 
 def pick_executor(name: str, log: Callable[[str], None] = print) -> str:
-    """auto: Slurm when `sbatch` is on PATH and the controller answers, else local (saying why)."""
+    """auto: Slurm when `sbatch` is on PATH and the controller answers, else local; says which and why."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor '{name}'; choose from: {', '.join(EXECUTORS)}")
     if name != "auto":
         return name
     if not shutil.which("sbatch"):
-        return "local"
-    if slurm_answers():
-        return "slurm"
-    log("sbatch is installed but no Slurm controller answers (sinfo); running locally")
-    return "local"
+        chosen, why = "local", "no sbatch on PATH"
+    elif slurm_answers():
+        chosen, why = "slurm", "sbatch is on PATH and the Slurm controller answers (sinfo)"
+    else:
+        chosen, why = "local", "sbatch is installed but no Slurm controller answers (sinfo)"
+    log(f"executor auto: {chosen} ({why}; choose with --executor local|slurm)")
+    return chosen
 
 
 def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = False, workers: int = 1,

@@ -206,13 +206,14 @@ def test_without_an_answer_from_sacct_no_job_is_taken_for_lost(tmp_path, monkeyp
 def test_auto_executor_is_local_without_sbatch_or_without_a_controller(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     assert launch.pick_executor("auto") == "local"
+    assert "executor auto: local (no sbatch on PATH" in capsys.readouterr().out
     fake = tmp_path / "sbatch"  # an installed client whose controller does not answer
     fake.write_text("#!/bin/sh\nexit 1\n")
     fake.chmod(0o755)
     (tmp_path / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact' >&2\nexit 1\n")
     (tmp_path / "sinfo").chmod(0o755)
     assert launch.pick_executor("auto") == "local"
-    assert "no Slurm controller answers" in capsys.readouterr().out
+    assert "executor auto: local (sbatch is installed but no Slurm controller answers" in capsys.readouterr().out
     with pytest.raises(ValueError, match="choose from: auto, slurm, local"):
         launch.pick_executor("pbs")
 
@@ -346,3 +347,9 @@ def test_a_cell_whose_job_ended_is_running_while_a_live_process_holds_its_lock(t
         assert cell.id not in [r.cell.id for r in launch.select(status.statuses(root, exp), retry=True)]
     assert {r.cell.id: r.state for r in status.statuses(root, exp)}[cell.id] == status.FAILED
     assert not (folder / exp.cells[1].id / store.CELL_LOCK).exists()  # a status creates no lock file
+
+
+@pytest.mark.parametrize("preset", ["embedded", "photos-cpu"])
+def test_cpu_presets_ask_slurm_for_no_gpu(preset):
+    exp = load_experiment("pairwise", preset, ["data.root=/somewhere"] if preset == "photos-cpu" else [], check=False)
+    assert exp.slurm.gpus_per_node == 0

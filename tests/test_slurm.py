@@ -258,6 +258,18 @@ def test_usr2_to_the_batch_shell_too_requeues_and_never_fails_the_cell(make_grid
     assert grid.job("crop")["job_id"] == job["job_id"]  # requeued, not resubmitted
 
 
+def test_the_embedded_preset_runs_on_a_cpu_only_cluster_and_auto_says_why_it_chose_slurm(make_grid):
+    """The README's first command where Slurm answers but has no GPU: the CPU preset asks for none."""
+    grid = make_grid("cpu", {"kind": "pairwise", "ops": ["crop"]})
+    grid.path.write_text(yaml.safe_dump({"name": grid.path.stem, "preset": "embedded", "cell": TINY,
+                                         "grid": {"kind": "pairwise", "ops": ["crop"]}}))  # no slurm section
+    grid.exp = load_experiment(str(grid.path))
+    assert grid.exp.slurm.gpus_per_node == 0
+    code, out = grid.ablate("grid")  # --executor auto
+    assert code == 0 and "executor auto: slurm (sbatch is on PATH and the Slurm controller answers" in out, out
+    assert {r.state for r in grid.wait_ended().values()} == {status.DONE}, grid.diagnose()
+
+
 def alive(pid: int) -> bool:
     """Whether process `pid` exists and is not a zombie."""
     try:
