@@ -481,3 +481,13 @@ def test_usr2_on_a_pack_checkpoints_its_cells_requeues_and_they_resume_bit_exact
         packed, reference = grid.result(label), alone.result(label)
         assert packed["status"] == "finished" and len(packed["resumed_at"]) == 1, grid.diagnose()
         assert packed["losses"] == reference["losses"] and packed["metrics"] == reference["metrics"]
+
+
+@pytest.mark.slow
+def test_chaos_with_a_small_budget_keeps_every_invariant(tmp_path):
+    """scripts/chaos.py: faults at random on a small grid; every cell finished once, as uninterrupted."""
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "chaos.py"), "--runs", "1", "--faults", "4",
+                          "--seed", "7"], capture_output=True, text=True, timeout=1800, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] == "chaos: 1 runs, 4 faults, OK", \
+        run.stdout + run.stderr
