@@ -108,12 +108,13 @@ def sacct(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
 
 def process_start(pid: int) -> str | None:
     """When process `pid` started (clock ticks after boot, /proc/PID/stat field 22), which tells it
-    from a later process that reuses its id; None when there is no such process (or no /proc)."""
+    from a later process that reuses its id; None when there is no such process (or no /proc), or
+    when it has ended and only waits to be reaped (a zombie: state Z)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return None if fields[0] == "Z" else fields[19]
 
 
 def pid_alive(job: dict) -> bool:

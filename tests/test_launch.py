@@ -353,3 +353,23 @@ def test_a_cell_whose_job_ended_is_running_while_a_live_process_holds_its_lock(t
 def test_cpu_presets_ask_slurm_for_no_gpu(preset):
     exp = load_experiment("pairwise", preset, ["data.root=/somewhere"] if preset == "photos-cpu" else [], check=False)
     assert exp.slurm.gpus_per_node == 0
+
+
+def test_a_claim_whose_process_ended_but_is_not_reaped_yet_is_not_running(tmp_path):
+    """Right after a worker is killed its process lingers as a zombie until its parent reaps it."""
+    exp = load_experiment(str(pairwise(tmp_path)), check=False)
+    root = tmp_path / "results"
+    folder = launch.prepare(root, exp)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    started = status.process_start(child.pid)
+    (folder / exp.cells[0].id / "job.json").write_text(json.dumps(
+        {"executor": "local", "pid": child.pid, "started": started, "host": os.uname().nodename,
+         "submitted": time.time()}))
+    assert status.statuses(root, exp)[0].state == status.RUNNING
+    child.stdin.close()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert status.statuses(root, exp)[0].state == status.FAILED  # a zombie, not reaped yet
+    child.wait()
