@@ -19,13 +19,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import accel, dist, store
 from .augment import TwoViews, parse_spec
-from .config import CellConfig
+from .config import CellConfig, from_dict, read_yaml
 from .data import (
     DeviceBatcher,
     FolderSet,
@@ -38,7 +39,7 @@ from .data import (
 )
 from .data.protocol import SourceViews
 from .data.stream import StreamBatcher
-from .identity import signature
+from .identity import settings, signature
 from .loggers import open_loggers
 from .methods import Method, build_method
 from .metrics_log import EpochLog
@@ -249,7 +250,7 @@ def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: 
     return result
 
 
-def _one_writer(out: Path) -> contextlib.AbstractContextManager[None]:
+def _one_writer(out: Path) -> contextlib.AbstractContextManager[store.Lock | None]:
     """The cell's lock (the main process holds it; the other ranks of a DDP run only follow it)."""
     if not dist.is_main():
         return contextlib.nullcontext()
@@ -257,22 +258,52 @@ def _one_writer(out: Path) -> contextlib.AbstractContextManager[None]:
         f"waiting for another run of {out} to end ({holder})", file=sys.stderr, flush=True))
 
 
-def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, show_progress: bool = True) -> dict:
+# The files of a cell's run that `replace` moves aside when a folder holds another cell.
+RUN_FILES = (store.RESULT, store.CHECKPOINT, store.CONFIG, store.METRICS_LOG, store.CELL, store.JOB,
+             store.TENSORBOARD)
+
+
+def _held_cell(out: Path, cfg: CellConfig, replace: bool) -> None:
+    """Refuse a folder that holds another cell (its config.yaml has another id): resuming its checkpoint
+    or showing its result under this config would be wrong. With `replace`, its files go to attempts/."""
+    if not (out / store.CONFIG).exists():
+        return
+    try:
+        old = from_dict(CellConfig, read_yaml(out / store.CONFIG))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{out} holds a cell whose {store.CONFIG} cannot be read ({err}); "
+                         f"use another folder, or --replace to move its files aside") from None
+    if signature(old) == signature(cfg):
+        return
+    if replace:
+        store.retire(out, RUN_FILES)
+        return
+    before, now = settings(old), settings(cfg)
+    keys = [k for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+    raise ValueError(f"{out} holds another cell (id {signature(old)}; this config's is {signature(cfg)}): "
+                     f"differing keys: {', '.join(keys)}; use another folder, or --replace to move its files "
+                     f"to {out / store.ATTEMPTS} and start afresh")
+
+
+def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, show_progress: bool = True,
+             replace: bool = False) -> dict:
     """Train and evaluate one cell into `out`; returns the result. A finished `out` is not re-run.
 
     Any error is recorded as a failed result (with the reason) before it propagates, so a
     grid sees the failure; an unreadable checkpoint as a corrupt one, naming it; an interrupt
     leaves a checkpoint and no result. `store.Corrupt` when `out` has an unreadable result.json.
+    A ValueError, before anything is written, when `out` holds another cell (see `_held_cell`).
     """
     out = Path(out)
-    with _one_writer(out):
+    with _one_writer(out) as lock:
+        _held_cell(out, cfg, replace)
         done = store.read_result(out)
         if done and done.get("status") == FINISHED:
             return done
         start = time.monotonic()
         try:
-            return _run(cfg, out, interrupt or Interrupt(), show_progress, start)
-        except Preempted:
+            return _run(cfg, out, interrupt or Interrupt(), show_progress, start, lock.check if lock else _held)
+        except (Preempted, store.LockLost):  # the latter: the folder is another run's now, write nothing
             raise
         except store.Corrupt as err:
             _finish(out, cfg, CORRUPT, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
@@ -348,7 +379,14 @@ def _stop_requested(interrupt: Interrupt, step: int, steps: int, device: torch.d
     return dist.any_rank(interrupt.requested, device)
 
 
-def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, start: float) -> dict:
+def _held() -> None:
+    """The lock check of a rank that holds no lock (the main rank checks its own)."""
+
+
+def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, start: float,
+         held: Callable[[], None]) -> dict:
+    """Train and probe; `held()` before every write raises store.LockLost once the cell's lock file is
+    gone (its folder deleted while it runs): a new run may have taken the folder, so this one stops."""
     if dist.is_main():
         store.write_yaml(out / store.CONFIG, cfg.to_dict())
     device = resolve_device(cfg.train.device)
@@ -379,6 +417,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
                    loggers=open_loggers(out, cfg, state.epoch) if dist.is_main() else None)
 
     def save() -> None:
+        held()
         state.wall_s = prior_wall + time.monotonic() - start
         if dist.is_main():
             _save(ckpt, model, optimizer, scheduler, state, online)
@@ -413,6 +452,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         state.epoch_s.append(round(time.monotonic() - t0, 3))
         state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
         state.losses.append(epoch_loss)
+        held()
         log.epoch(state, epoch_loss, scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
@@ -426,6 +466,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
 
     metrics, correct = (_probe_all(cfg, model, train, test, device, state.losses[-1], online) if dist.is_main()
                         else ({}, {}))
+    held()
     if dist.is_main():
         store.write_correct(out / store.CORRECT, {k: v.numpy() for k, v in correct.items()})
     dist.barrier()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shlex
 import sys
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=5; repeatable")
     p.add_argument("--out", type=Path, default=Path("results/run"), help="cell folder (default: results/run)")
+    p.add_argument("--replace", action="store_true",
+                   help="when --out holds another cell (another config), move its files to --out/attempts/ "
+                        "and start afresh (without it such a run is refused)")
 
     p = sub.add_parser("grid", help="expand an experiment into cells and run them (local or Slurm)",
                        description="Run every cell of an experiment that is not done yet. Finished cells "
@@ -163,7 +167,7 @@ def cmd_run(args) -> int:
     interrupt = Interrupt()
     try:
         with interrupt_on_signals(interrupt):
-            result = run_cell(cfg, args.out, interrupt)
+            result = run_cell(cfg, args.out, interrupt, replace=args.replace)
     except Preempted as stop:
         print(f"stopped: {stop}. Run the same command again to resume.", file=sys.stderr)
         return 130
@@ -288,6 +292,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"ablate {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only or full results folder: one line, not a traceback
+        print(f"ablate {args.command}: error: {os_problem(err)}", file=sys.stderr)
+        return 2
+
+
+def os_problem(err: OSError) -> str:
+    """What an OSError means for the folder being written, naming the folder and the file."""
+    if err.filename is None:
+        return str(err)
+    path = Path(err.filename)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{path.parent}: the disk is full ({err.strerror} while writing {path.name}); free some space"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{path.parent}: cannot write there ({err.strerror}: {path.name}); "
+                f"choose another folder (--results or --out)")
+    return f"{path}: {err.strerror}"
 
 
 if __name__ == "__main__":

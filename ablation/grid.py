@@ -136,9 +136,7 @@ def _grid_points(grid: dict, where: str) -> tuple[str, list, list, list[tuple[st
     kind = grid.get("kind")
     if kind == "pairwise":
         _check_keys(where, grid, ("kind", "ops", "axes", "seeds"))
-        ops = [str(op) for op in grid.get("ops") or []]
-        if not ops:
-            raise ValueError(f"{where}.ops: a pairwise grid needs a non-empty list of augmentation specs")
+        ops = _ops(where, grid.get("ops"))
         pairs = [(pair_spec(a, b), {"first": a, "second": b}, {"augment": {"views": pair_spec(a, b)}})
                  for a in ops for b in ops]
         if not grid.get("axes"):
@@ -154,6 +152,26 @@ def _grid_points(grid: dict, where: str) -> tuple[str, list, list, list[tuple[st
         return kind, [], names, points
     raise ValueError(f"{where}.kind: '{kind}' is not allowed{did_you_mean(kind, GRID_KINDS)}; "
                      f"choose from: {', '.join(GRID_KINDS)}")
+
+
+def _ops(where: str, ops: Any) -> list[str]:
+    """A pairwise grid's ops: a non-empty list of non-empty augmentation specs ('none' for no op)."""
+    if not isinstance(ops, list) or not ops:
+        raise ValueError(f"{where}.ops: a pairwise grid needs a non-empty list of augmentation specs, "
+                         f"got {ops!r}; e.g. ops: [crop, color]")
+    for i, op in enumerate(ops, 1):
+        if op is None or isinstance(op, (dict, list)) or not str(op).strip():
+            raise ValueError(f"{where}.ops: entry {i} ({op!r}) is not an augmentation spec; "
+                             f"write a spec such as 'crop' or 'color(s=0.5)', or 'none' for no augmentation")
+    return [str(op) for op in ops]
+
+
+def _section(spec: dict, key: str) -> dict:
+    """A mapping section of the experiment file (cell, presets, grid, figure, slurm); {} when absent."""
+    value = spec.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{key}: expected a mapping of keys, got {value!r}")
+    return value or {}
 
 
 def _product(where: str, axes: Any) -> tuple[list[str], list[tuple[str, dict, dict]]]:
@@ -217,7 +235,7 @@ def load_experiment(name_or_path: str | None = None, preset: str | None = None,
 
 def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: bool) -> Experiment:
     _check_keys("experiment", spec, ("name", "title", "paper", "cell", "presets", "preset", "grid", "figure", "slurm"))
-    shared, own = _shared(path, "presets"), spec.get("presets") or {}
+    shared, own = _shared(path, "presets"), _section(spec, "presets")
     presets = merge(shared, own)
     preset = preset or spec.get("preset") or (next(iter(presets)) if presets else "default")
     if presets and preset not in presets:
@@ -230,11 +248,11 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
     # precedence: shared preset < the cell's method recipe < the experiment's cell < the experiment's
     # own preset < the grid point < --set
     chosen, shared_chosen = dict(own.get(preset) or {}), dict(shared.get(preset) or {})
-    grid = merge(spec.get("grid") or {}, chosen.pop("grid", None) or {})
-    slurm_tree = merge(merge(shared_chosen.pop("slurm", None) or {}, spec.get("slurm") or {}),
+    grid = merge(_section(spec, "grid"), chosen.pop("grid", None) or {})
+    slurm_tree = merge(merge(shared_chosen.pop("slurm", None) or {}, _section(spec, "slurm")),
                        chosen.pop("slurm", None) or {})
-    figure = merge(spec.get("figure") or {}, chosen.pop("figure", None) or {}) or None
-    below, above = shared_chosen, merge(spec.get("cell") or {}, chosen)
+    figure = merge(_section(spec, "figure"), chosen.pop("figure", None) or {}) or None
+    below, above = shared_chosen, merge(_section(spec, "cell"), chosen)
     recipes = _shared(path, "methods")
     cell_tree = dict[str, Any]()
     for assignment in overrides:  # parsed once, not once per cell

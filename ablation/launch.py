@@ -46,6 +46,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 # 10-minute default, and a timed-out collective kills the job.
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 INTERRUPTED = "interrupted"  # a local cell stopped by a signal, with a checkpoint
+# The batch shell ignores USR2 (`scancel --full --signal=USR2` reaches it too, and by default it would
+# die and take the job with it, unrequeued): the cell's own handler decides, in the tasks that srun runs.
+BATCH_SHELL_SETUP = "trap '' USR2"
 
 
 def prepare(root: Path, exp: Experiment) -> Path:
@@ -60,7 +63,7 @@ def prepare(root: Path, exp: Experiment) -> Path:
     return folder
 
 
-def locked(folder: Path) -> contextlib.AbstractContextManager[None]:
+def locked(folder: Path) -> contextlib.AbstractContextManager[store.Lock]:
     """Exclusive lock on the experiment folder: one launch decides and records at a time."""
     return store.locked(folder / store.LAUNCH_LOCK)
 
@@ -124,6 +127,7 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
             d = folder / cell.id
             started = sum(r.state != TODO for r in statuses(root, exp))  # this one included, by any worker
             log(f"[{started}/{len(exp.cells)}] {exp.name}: running {cell.label} ({cell.id})")
+            lost: store.LockLost | None = None
             try:
                 result = run_cell(cell.config, d, interrupt, show_progress=False)
                 outcome[cell.id] = result["status"]
@@ -133,11 +137,16 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
             except Preempted as stop:
                 outcome[cell.id] = INTERRUPTED
                 log(f"cell {cell.label} ({cell.id}) stopped: {stop}. Launch again to resume.")
+            except store.LockLost as err:
+                lost = err
+                outcome[cell.id] = f"stopped: {err}"
+                log(f"cell {cell.label} ({cell.id}) stopped: {err}")
             except Exception as err:  # run_cell has recorded it in the cell's result.json
                 outcome[cell.id] = f"failed: {type(err).__name__}: {err}"
                 log(f"cell {cell.label} ({cell.id}) failed: {type(err).__name__}: {err}")
             finally:
-                (d / store.JOB).unlink(missing_ok=True)
+                if lost is None:  # else the folder was deleted: a job.json there now is another run's
+                    (d / store.JOB).unlink(missing_ok=True)
     return outcome
 
 
@@ -255,9 +264,11 @@ def submit_slurm(root: Path, exp: Experiment, cells: list[Cell]) -> list[str]:
     """One job array for `cells`, one job per cell or per pack of cells (ablation.pack); records each
     job id in the cell's job.json."""
     folder = store.experiment_dir(root, exp.name).resolve()  # jobs may start in another working directory
-    executor = submitit.AutoExecutor(folder=folder / store.SUBMITIT / "%j", cluster="slurm",
+    # One log folder, made before sbatch runs: with a folder per job (.submitit/%j) submitit makes it only
+    # after sbatch returns, and a task that starts first cannot open its log and fails at 0 s.
+    executor = submitit.AutoExecutor(folder=folder / store.SUBMITIT, cluster="slurm",
                                      slurm_max_num_timeout=exp.slurm.max_requeues, slurm_python=slurm_command())
-    executor.update_parameters(name=exp.name, **slurm_parameters(exp.slurm))
+    executor.update_parameters(name=exp.name, slurm_setup=[BATCH_SHELL_SETUP], **slurm_parameters(exp.slurm))
     s = exp.slurm
     groups = pack.packs(cells, s.cells_per_gpu, s.gpus_per_node, s.tasks_per_node)
     try:
@@ -286,17 +297,19 @@ def slurm_answers(timeout_s: float = 10.0) -> bool:
 
 
 def pick_executor(name: str, log: Callable[[str], None] = print) -> str:
-    """auto: Slurm when `sbatch` is on PATH and the controller answers, else local (saying why)."""
+    """auto: Slurm when `sbatch` is on PATH and the controller answers, else local; says which and why."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor '{name}'; choose from: {', '.join(EXECUTORS)}")
     if name != "auto":
         return name
     if not shutil.which("sbatch"):
-        return "local"
-    if slurm_answers():
-        return "slurm"
-    log("sbatch is installed but no Slurm controller answers (sinfo); running locally")
-    return "local"
+        chosen, why = "local", "no sbatch on PATH"
+    elif slurm_answers():
+        chosen, why = "slurm", "sbatch is on PATH and the Slurm controller answers (sinfo)"
+    else:
+        chosen, why = "local", "sbatch is installed but no Slurm controller answers (sinfo)"
+    log(f"executor auto: {chosen} ({why}; choose with --executor local|slurm)")
+    return chosen
 
 
 def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = False, workers: int = 1,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -25,28 +25,26 @@ CLEAR = "\033[H\033[2J"
 
 @dataclass
 class Snapshot:
-    """Every cell's state and latest metrics row (None before its first epoch), and the grid's ETA."""
+    """Every cell's state and latest metrics row (None before its first epoch), and the grid's ETA;
+    `unreadable`: why a cell's metrics.jsonl cannot be read (its progress is then unknown)."""
     experiment: Experiment
     rows: list[CellStatus]
     latest: dict[str, dict | None]
     eta_s: float | None
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def snapshot(root: Path, exp: Experiment) -> Snapshot:
     folder = store.experiment_dir(root, exp.name)
     rows = statuses(root, exp)
-    logs = {r.cell.id: _metrics(folder / r.cell.id) for r in rows}
+    logs, unreadable = {}, {}
+    for r in rows:
+        try:
+            logs[r.cell.id] = store.read_metrics(folder / r.cell.id)
+        except store.Corrupt as err:  # a status never fails on one cell: it shows the cell's progress as unknown
+            logs[r.cell.id], unreadable[r.cell.id] = [], str(err)
     return Snapshot(exp, rows, {cid: log[-1] if log else None for cid, log in logs.items()},
-                    eta(folder, rows, logs))
-
-
-
-def _metrics(cell_dir: Path) -> list[dict]:
-    """A cell's metrics rows; [] when the file cannot be read (a status never fails on one cell)."""
-    try:
-        return store.read_metrics(cell_dir)
-    except (OSError, ValueError):
-        return []
+                    eta(folder, rows, logs), unreadable)
 
 
 def eta(folder: Path, rows: list[CellStatus], logs: dict[str, list[dict]]) -> float | None:
@@ -80,7 +78,8 @@ def cells(snap: Snapshot) -> list[dict]:
         out.append({"label": r.cell.label, "id": r.cell.id, "seed": r.cell.seed, "coords": r.cell.coords,
                     "state": r.state, "job": r.job_id, "elapsed": r.elapsed, "epoch": row.get("epoch"),
                     "epochs": r.cell.config.train.epochs, "loss": row.get("loss"),
-                    "images_per_s": row.get("images_per_s"), "linear_top1": r.metric, "reason": r.reason})
+                    "images_per_s": row.get("images_per_s"), "linear_top1": r.metric, "reason": r.reason,
+                    "log_error": snap.unreadable.get(r.cell.id)})
     return out
 
 
@@ -100,7 +99,8 @@ def table(snap: Snapshot, limit: int | None = None) -> str:
     totals line ends with the ETA (the table's last line stays its totals)."""
     records = cells(snap)
     columns = {
-        "epoch": {c["id"]: f"{c['epoch']}/{c['epochs']}" for c in records if c["epoch"] is not None},
+        "epoch": {c["id"]: f"{c['epoch']}/{c['epochs']}" if c["epoch"] is not None else "unreadable log"
+                  for c in records if c["epoch"] is not None or c["log_error"]},
         "loss": {c["id"]: f"{c['loss']:.4f}" for c in records if c["loss"] is not None},
         "img/s": {c["id"]: f"{c['images_per_s']:.0f}" for c in records if c["images_per_s"] is not None},
     }

@@ -42,6 +42,7 @@ MEMORY_FRACTION = 0.9    # of the device memory that the K cells may fill
 COST_CLASSES = 1000      # classes a supervised cell's classifier is counted with (at most ImageNet's)
 PREEMPTED_EXIT = 75      # a cell process that stopped on a signal after writing its checkpoint
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG = 1     # prctl option: the signal a process gets when its parent ends
 POLL_S = 0.1             # how soon the pack sees an interrupt or a cell that ended (a wait, not a busy loop)
 
 
@@ -164,13 +165,27 @@ def bind_worker_to_gpu(counter) -> None:
 
 # ---------------------------------------------------------------- running a pack
 
-def _cell_process(config: dict, folder: str, gpu: int | None, threads: int) -> None:
+def _end_with(parent: int) -> None:
+    """Get SIGTERM when the pack's process ends, however it ends (SIGKILL included): a cell that
+    outlived its job would go on training outside Slurm while a --retry waits for its lock. SIGTERM
+    is one of SIGNALS, so the cell checkpoints at its next step and exits. Linux only (prctl)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the pack ended before the line above: the signal will never come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _cell_process(config: dict, folder: str, gpu: int | None, threads: int, parent: int) -> None:
     """One cell of a pack, in its own process; the exit code says how it ended."""
     from .cell import Interrupt, Preempted, run_cell
 
     interrupt = Interrupt()
     for s in SIGNALS:
         signal.signal(s, lambda num, _frame: interrupt.request(f"signal {signal.Signals(num).name}"))
+    _end_with(parent)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # the parent started us with them blocked
     if threads:
         torch.set_num_threads(threads)
@@ -219,7 +234,7 @@ def run_pack(configs: list[dict], folders: list[str], at_once: int, interrupt, g
             old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # until the child has its handlers
             try:
                 running[i] = spawn.Process(target=_cell_process, name=f"cell-{Path(folders[i]).name}",
-                                           args=(configs[i], folders[i], gpu_of[i], threads))
+                                           args=(configs[i], folders[i], gpu_of[i], threads, os.getpid()))
                 running[i].start()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -108,12 +108,13 @@ def sacct(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
 
 def process_start(pid: int) -> str | None:
     """When process `pid` started (clock ticks after boot, /proc/PID/stat field 22), which tells it
-    from a later process that reuses its id; None when there is no such process (or no /proc)."""
+    from a later process that reuses its id; None when there is no such process (or no /proc), or
+    when it has ended and only waits to be reaped (a zombie: state Z)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return None if fields[0] == "Z" else fields[19]
 
 
 def pid_alive(job: dict) -> bool:
@@ -156,9 +157,21 @@ def statuses(root: Path, exp: Experiment) -> list[CellStatus]:
         except store.Corrupt as err:
             rows.append(_corrupt(cell, err))
             continue
-        row = cell_status(cell, result, jobs[cell.id], live)
+        row = _still_held(folder / cell.id, cell_status(cell, result, jobs[cell.id], live))
         rows.append(_corrupt(cell, bad[cell.id]) if cell.id in bad and row.state != DONE else row)
     return rows
+
+
+def _still_held(cell_dir: Path, row: CellStatus) -> CellStatus:
+    """A cell whose job or process has ended without a result while a live process still holds its
+    lock (a pack's cell that outlived its job) is running: --retry would only wait for that lock."""
+    if row.state not in (FAILED, CANCELLED, TIMEOUT) or row.result is not None:
+        return row
+    holder = store.lock_holder(cell_dir / store.CELL_LOCK)
+    if holder is None:
+        return row
+    return CellStatus(row.cell, RUNNING, row.job_id, row.elapsed,
+                      reason=f"its job ended ({row.reason}) but {holder} still holds the cell's lock")
 
 
 def _corrupt(cell: Cell, err: store.Corrupt) -> CellStatus:

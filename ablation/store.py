@@ -13,10 +13,14 @@ hand edit) raises `Corrupt`, naming it, so one bad cell never takes a whole grid
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import fcntl
 import json
+import math
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -77,14 +81,38 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], mode: str = "w"
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the whole group to read
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_cause(err)
+        if cause is not None and (cause is not err or cause.filename is None):
+            raise OSError(cause.errno, cause.strerror, str(path)) from None  # name the file being written
         raise
     return path
 
 
+def _os_cause(err: BaseException | None) -> OSError | None:
+    """The OSError behind `err`, itself or in its chain: a full disk surfaces from torch.save as a
+    RuntimeError ("unexpected pos ...") whose context is the OSError, and a failed write names no file."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 def write_json(path: Path, data: Any) -> Path:
-    return atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=True, default=str))
+    """Strict JSON: a non-finite float (a diverged cell's loss) is written as null, which every
+    reader parses; the record's reason says why."""
+    return atomic_write(path, lambda f: json.dump(_finite(data), f, indent=2, sort_keys=True, default=str,
+                                                  allow_nan=False))
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def write_yaml(path: Path, data: Any) -> Path:
@@ -165,8 +193,50 @@ def retire(cell_dir: Path, names: tuple[str, ...] | list[str]) -> list[Path]:
 
 # ---------------------------------------------------------------- locks
 
+def _open_lock(path: Path) -> int:
+    """The lock file's descriptor, for reading and writing, created when missing. A symlink is not
+    followed (a launch would overwrite the file it points to) and a file that is not a lone regular
+    file (a FIFO, a hard link to another file) is refused: anyone who can write into a shared results
+    folder could otherwise make another user's launch clobber that user's files. Truncated only once held."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise ValueError(f"{path}: the lock file is a symbolic link; refusing to follow it "
+                         f"(remove it and launch again)") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
+        raise ValueError(f"{path}: the lock file is {what}; refusing to use it (remove it and launch again)")
+    return fd
+
+
+class LockLost(RuntimeError):
+    """The lock file held was removed or replaced (its folder deleted, say): another run may now take
+    a new one, so the holder must stop without writing."""
+
+
+@dataclasses.dataclass
+class Lock:
+    """A held lock: `check()` raises LockLost once `path` no longer names the file this process locked."""
+    path: Path
+    fd: int
+
+    def check(self) -> None:
+        held = os.fstat(self.fd)
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise LockLost(f"{self.path} was removed or replaced while this run held it (its folder deleted?); "
+                           f"stopping without writing")
+
+
 @contextlib.contextmanager
-def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator[Lock]:
     """An exclusive lock on `path` (flock: released by the kernel when the holder dies, even by SIGKILL).
 
     The holder writes its host and process id into the file; `waiting(holder)` is called once when
@@ -174,22 +244,38 @@ def locked(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    fd = _open_lock(path)
+    try:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting is not None:
-                f.seek(0)
-                waiting(f.read().strip() or "unknown holder")
-            fcntl.flock(f, fcntl.LOCK_EX)
+                waiting(os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown holder")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"host {os.uname().nodename} pid {os.getpid()}\n")
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"host {os.uname().nodename} pid {os.getpid()}\n".encode(), 0)
+        except OSError as err:  # a full disk: name the file
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        yield Lock(path, fd)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock on `path` ("host H pid P"), or None when no process does. Reads only: the
+    file is never created, and a probe's shared lock is let go at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown holder"
+    finally:
+        os.close(fd)
+    return None
 
 
 # ---------------------------------------------------------------- per-epoch metrics
@@ -199,12 +285,32 @@ def metrics_path(cell_dir: Path) -> Path:
 
 
 def read_metrics(cell_dir: Path) -> list[dict]:
-    """The per-epoch rows of a cell, oldest first; [] before its first epoch."""
+    """The per-epoch rows of a cell, oldest first; [] before its first epoch. `Corrupt`, naming the
+    file and the line, when a row cannot be read or lacks its epoch (>= 1) or wall time (a file cut
+    short by a full disk, a hand edit): a cell moves it aside on --retry, readers report it."""
+    path = metrics_path(cell_dir)
     try:
-        text = metrics_path(cell_dir).read_text()
+        text = path.read_text()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise Corrupt(path, f"unreadable ({err})") from None
+    return [_metrics_row(path, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _metrics_row(path: Path, n: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise Corrupt(path, f"line {n} is not valid JSON ({err})") from None
+    if not isinstance(row, dict):
+        raise Corrupt(path, f"line {n} is not a JSON object")
+    epoch, wall = row.get("epoch"), row.get("wall_s")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise Corrupt(path, f"line {n} has no epoch (an integer >= 1), got {epoch!r}")
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not wall >= 0:
+        raise Corrupt(path, f"line {n} has no wall_s (seconds >= 0), got {wall!r}")
+    return row
 
 
 def write_metrics(cell_dir: Path, rows: list[dict]) -> Path:

@@ -337,6 +337,14 @@ def test_spec_forms_agree_and_canonicalise():
     ("crop(", r"bad augmentation spec 'crop\('"),
     ([{"color": 0.5}], r"parameters of 'color' must be a mapping"),
     ([3], r"bad augmentation list entry 3"),
+    ("crop(scale_min=nan)", r"'scale_min' = nan is not allowed \(not a finite number\)"),
+    ([{"crop": {"scale_min": float("nan")}}], r"'scale_min' = nan is not allowed"),
+    ("blur(sigma_max=inf)", r"'sigma_max' = inf is not allowed"),
+    ("crop(scale_min=0.9,scale_max=0.1)", r"scale_min = 0.9 is greater than scale_max = 0.1"),
+    ("crop(ratio_min=2,ratio_max=1)", r"ratio_min = 2.0 is greater than ratio_max = 1.0"),
+    ("crop(scale_min=0.5, scale_min=0.6)", r"parameter 'scale_min' is given twice"),
+    ("crop++color", r"bad augmentation spec 'crop\+\+color': an empty op"),
+    ("+crop", r"bad augmentation spec '\+crop': an empty op"),
 ])
 def test_bad_specs_name_the_token_and_the_choices(spec, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -91,7 +91,10 @@ def test_non_finite_loss_fails_the_cell_with_a_reason(tmp_path):
                "loss.temperature=0.0001", "train.epochs=2")
     result = run_cell(cfg, tmp_path, show_progress=False)
     assert result["status"] == "failed" and "non-finite loss" in result["reason"]
-    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+    def strict(constant: str) -> None:
+        raise AssertionError(f"result.json holds {constant}: not strict JSON")
+    written = json.loads((tmp_path / "result.json").read_text(), parse_constant=strict)
+    assert written["status"] == "failed" and written["metrics"]["final_loss"] is None
 
 
 def test_ablate_run_cli_prints_metrics(tmp_path, capsys):

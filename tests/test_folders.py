@@ -8,8 +8,10 @@ import json
 import math
 import os
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from ablation.config import build_config
 from ablation.data import folders, stream
 from ablation.data import protocol as P
 from ablation.data.folders import Split, scan
+from ablation.data.sources import ImageFiles
 from ablation.data.stream import StreamBatcher, UnreadableImage, decode_crops
 from ablation.grid import load_experiment
 
@@ -110,7 +113,7 @@ def _one_line_error(args: list[str], capsys) -> str:
 
 
 @pytest.mark.parametrize("problem", ["missing root", "train is a file", "empty class", "missing class",
-                                     "unknown class list"])
+                                     "unknown class list", "symlink loop"])
 def test_folder_problems_are_one_line_errors_before_anything_runs(photos, tmp_path, capsys, problem):
     root = tmp_path / "data"
     make_folder(root, train=2, test=1)
@@ -128,8 +131,11 @@ def test_folder_problems_are_one_line_errors_before_anything_runs(photos, tmp_pa
         match = f"class folder {root / 'train' / 'cyan'} has no images"
     elif problem == "missing class":
         extra, match = ["--set", "data.classes=[amber,bluee]"], "'bluee' is not a class folder .*did you mean 'blue'"
-    else:
+    elif problem == "unknown class list":
         extra, match = ["--set", "data.classes=imagenet10"], "no shipped class list .*did you mean 'imagenet100'"
+    else:
+        (root / "train" / "blue" / "loop.jpg").symlink_to("loop.jpg")
+        match = re.escape(f"cannot read {root / 'train' / 'blue' / 'loop.jpg'} (Too many levels of symbolic links)")
     out = tmp_path / "cell"
     args = ["run", "--out", str(out), *[a for kv in TINY + STREAM for a in ("--set", kv)],
             "--set", f"data.root={root}", *extra]
@@ -360,6 +366,33 @@ def test_corrupt_jpeg_fails_the_cell_with_its_path_and_no_hang(tmp_path):
     assert result["status"] == "failed" and str(bad) in result["reason"] and "\n" not in result["reason"]
     with pytest.raises(UnreadableImage, match=str(bad)):
         decode_crops(str(bad), None, torch.zeros(1, P.DRAWS), 16)
+
+
+def png16(path: Path, h: int = 40, w: int = 56) -> None:
+    """A 16-bit RGB PNG (PIL writes none), pixel values spread over 0-65535."""
+    pixels = (np.arange(h * w * 3, dtype=np.uint32) * 997 % 65536).astype(">u2").reshape(h, w * 3)
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_png_is_read_as_8_bits_streamed_and_resident(tmp_path):
+    png16(tmp_path / "deep.png")
+    crops = decode_crops(str(tmp_path / "deep.png"), None, torch.zeros(1, P.DRAWS), 16)
+    image, _ = ImageFiles([str(tmp_path / "deep.png")], [0], ["a"], 16)[0]
+    assert crops.dtype == image.dtype == torch.uint8 and int(image.max()) > 128
+
+
+def test_an_empty_image_file_is_named_streamed_and_resident(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    with pytest.raises(UnreadableImage, match=re.escape(f"cannot decode image {empty}: empty file")):
+        decode_crops(str(empty), None, torch.zeros(1, P.DRAWS), 16)
+    with pytest.raises(ValueError, match=re.escape(f"cannot decode image {empty}")):
+        ImageFiles([str(empty)], [0], ["a"], 16)[0]
 
 
 # ---- the protocol per experiment on ImageNet-like presets ----------------------------------------

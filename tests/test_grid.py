@@ -74,6 +74,12 @@ def test_presets_and_slurm_overrides(tmp_path):
      r"unknown config key 'slurm.partiton' \(did you mean 'slurm.partition'\?\)"),
     ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "paper": "fig5"}, r"paper: 'fig5'.*figure5"),
     ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "grdi": {}}, r"unknown key 'grdi' \(did you mean 'grid'\?\)"),
+    ({"grid": {"kind": "pairwise", "ops": "crop"}}, r"grid.ops: a pairwise grid needs a non-empty list .*got 'crop'"),
+    ({"grid": {"kind": "pairwise", "ops": {"crop": 1}}}, r"grid.ops: a pairwise grid needs a non-empty list"),
+    ({"grid": {"kind": "pairwise", "ops": ["crop", ""]}}, r"grid.ops: entry 2 \(''\) is not an augmentation spec"),
+    ({"grid": {"kind": "pairwise", "ops": ["crop", None]}}, r"grid.ops: entry 2 \(None\) is not"),
+    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": "hello"}, r"cell: expected a mapping.*'hello'"),
+    ({"grid": "pairwise"}, r"grid: expected a mapping of keys, got 'pairwise'"),
 ])
 def test_invalid_experiments_name_file_key_and_choices(tmp_path, spec, message):
     path = write(tmp_path, spec)

@@ -206,13 +206,14 @@ def test_without_an_answer_from_sacct_no_job_is_taken_for_lost(tmp_path, monkeyp
 def test_auto_executor_is_local_without_sbatch_or_without_a_controller(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     assert launch.pick_executor("auto") == "local"
+    assert "executor auto: local (no sbatch on PATH" in capsys.readouterr().out
     fake = tmp_path / "sbatch"  # an installed client whose controller does not answer
     fake.write_text("#!/bin/sh\nexit 1\n")
     fake.chmod(0o755)
     (tmp_path / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact' >&2\nexit 1\n")
     (tmp_path / "sinfo").chmod(0o755)
     assert launch.pick_executor("auto") == "local"
-    assert "no Slurm controller answers" in capsys.readouterr().out
+    assert "executor auto: local (sbatch is installed but no Slurm controller answers" in capsys.readouterr().out
     with pytest.raises(ValueError, match="choose from: auto, slurm, local"):
         launch.pick_executor("pbs")
 
@@ -327,3 +328,48 @@ def test_a_corrupt_checkpoint_is_reported_and_retry_reruns_the_cell_from_scratch
     assert sorted(p.name.split("-", 2)[-1] for p in (cell_dir / "attempts").iterdir()) == ["checkpoint.pt",
                                                                                          "result.json"]
     assert json.loads((cell_dir / "result.json").read_text())["resumed_at"] == []  # from scratch
+
+
+def test_a_cell_whose_job_ended_is_running_while_a_live_process_holds_its_lock(tmp_path):
+    """A pack's cell that outlived its job still trains: status must not call it failed, nor --retry
+    start it again (the new run would only wait for that lock)."""
+    exp = load_experiment(str(pairwise(tmp_path)), check=False)
+    root = tmp_path / "results"
+    folder = launch.prepare(root, exp)
+    cell = exp.cells[0]
+    (folder / cell.id / "job.json").write_text(json.dumps(  # a local claim whose process has ended
+        {"executor": "local", "pid": os.getpid(), "started": "-1", "host": os.uname().nodename,
+         "submitted": time.time()}))
+    assert {r.cell.id: r.state for r in status.statuses(root, exp)}[cell.id] == status.FAILED
+    with store.locked(folder / cell.id / store.CELL_LOCK):
+        row = next(r for r in status.statuses(root, exp) if r.cell.id == cell.id)
+        assert row.state == status.RUNNING and f"pid {os.getpid()} still holds the cell's lock" in row.reason
+        assert cell.id not in [r.cell.id for r in launch.select(status.statuses(root, exp), retry=True)]
+    assert {r.cell.id: r.state for r in status.statuses(root, exp)}[cell.id] == status.FAILED
+    assert not (folder / exp.cells[1].id / store.CELL_LOCK).exists()  # a status creates no lock file
+
+
+@pytest.mark.parametrize("preset", ["embedded", "photos-cpu"])
+def test_cpu_presets_ask_slurm_for_no_gpu(preset):
+    exp = load_experiment("pairwise", preset, ["data.root=/somewhere"] if preset == "photos-cpu" else [], check=False)
+    assert exp.slurm.gpus_per_node == 0
+
+
+def test_a_claim_whose_process_ended_but_is_not_reaped_yet_is_not_running(tmp_path):
+    """Right after a worker is killed its process lingers as a zombie until its parent reaps it."""
+    exp = load_experiment(str(pairwise(tmp_path)), check=False)
+    root = tmp_path / "results"
+    folder = launch.prepare(root, exp)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    started = status.process_start(child.pid)
+    (folder / exp.cells[0].id / "job.json").write_text(json.dumps(
+        {"executor": "local", "pid": child.pid, "started": started, "host": os.uname().nodename,
+         "submitted": time.time()}))
+    assert status.statuses(root, exp)[0].state == status.RUNNING
+    child.stdin.close()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert status.statuses(root, exp)[0].state == status.FAILED  # a zombie, not reaped yet
+    child.wait()

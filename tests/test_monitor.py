@@ -129,3 +129,20 @@ def test_watch_returns_when_a_cell_failed(tmp_path):
     store.write_json(root / exp.name / exp.cells[0].id / store.RESULT, {"status": "failed", "reason": "x"})
     with open(os.devnull, "w") as sink:
         assert monitor.watch(root, exp, every_s=0.01, stream=sink) == 1
+
+
+@pytest.mark.parametrize("line, why", [('{"epoch": 1, "wall_s": 0.5, "lo', "line 2 is not valid JSON"),
+                                       ("{}", "line 2 has no epoch"), ('{"epoch": 2}', "line 2 has no wall_s")])
+def test_status_reports_a_bad_metrics_row_and_goes_on(tmp_path, capsys, line, why):
+    path, root = experiment(tmp_path, ["crop", "color"]), tmp_path / "results"
+    exp = load_experiment(str(path), check=False)
+    folder = launch.prepare(root, exp)
+    bad, good = folder / exp.cells[0].id, folder / exp.cells[1].id
+    store.write_metrics(good, [{"epoch": 1, "wall_s": 2.0}])
+    store.metrics_path(bad).write_text('{"epoch": 1, "wall_s": 1.0}\n' + line + "\n")
+    assert main(["status", str(path), "--results", str(root), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cells"][0]["log_error"].startswith(f"{store.metrics_path(bad)}: {why}")
+    assert doc["cells"][1]["log_error"] is None and doc["cells"][1]["epoch"] == 1 and doc["eta_s"] is not None
+    assert main(["status", str(path), "--results", str(root)]) == 1
+    assert table_rows(capsys.readouterr().out)[bad.name]["epoch"] == "unreadable log"

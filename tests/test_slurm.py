@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -98,7 +99,7 @@ class Grid:
     def diagnose(self) -> str:
         """The status table and the tail of every submitit log: what a failed test prints."""
         parts = [status.render(status.statuses(self.root, self.exp))]
-        for log in sorted((self.folder / ".submitit").glob("*/*_log.*")):
+        for log in sorted((self.folder / ".submitit").glob("*_log.*")):
             parts.append(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
         return "\n".join(parts)
 
@@ -223,6 +224,88 @@ def test_usr2_checkpoints_requeues_and_resumes_bit_exactly(make_grid):
     assert result["losses"] == uninterrupted["losses"] and result["metrics"] == uninterrupted["metrics"]
 
 
+def test_every_log_folder_exists_before_sbatch_runs(make_grid):
+    """Slurm opens a task's log as the task starts, which can be milliseconds after sbatch returns: the
+    folder of every --output/--error must not depend on the job id (submitit would make it only after)."""
+    grid = make_grid("logs", PAIRWISE)
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    for job_id in set(grid.job_ids().values()):
+        text = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=60).stdout
+        for key in ("StdOut", "StdErr"):
+            path = Path(re.search(rf"{key}=(\S+)", text).group(1))
+            assert path.parent == grid.folder.resolve() / ".submitit", text
+    script = next((grid.folder / ".submitit").glob("*_submission.sh")).read_text()
+    for flag in re.findall(r"--(?:output|error)[ =](\S+)", script):
+        assert "%" not in str(Path(flag).parent), script  # no job-id pattern in the folder
+    assert {r.state for r in grid.wait_ended().values()} == {status.DONE}, grid.diagnose()
+
+
+def test_usr2_to_the_batch_shell_too_requeues_and_never_fails_the_cell(make_grid):
+    """`scancel --full --signal=USR2` signals the batch shell as well as the cell: the shell ignores it,
+    the cell checkpoints and requeues."""
+    long = {"train": {"epochs": 60, "checkpoint_every": 1000}}
+    grid = make_grid("usr2-full", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    job = grid.job("crop")
+    log = Path(job["logs"])
+    grid.wait(lambda: log.exists() and "pretrain" in log.read_text(), "the first training epoch", every_s=0.1)
+    subprocess.run(["scancel", "--full", "--signal=USR2", job["job_id"]], check=True, timeout=60)
+    seen: set = set()
+    grid.wait_ended(seen)
+    assert seen <= {status.RUNNING, status.QUEUED, status.DONE}, f"{seen}\n{grid.diagnose()}"
+    result = grid.result("crop")
+    assert result["status"] == "finished" and len(result["resumed_at"]) == 1, grid.diagnose()
+    assert grid.job("crop")["job_id"] == job["job_id"]  # requeued, not resubmitted
+
+
+def test_the_embedded_preset_runs_on_a_cpu_only_cluster_and_auto_says_why_it_chose_slurm(make_grid):
+    """The README's first command where Slurm answers but has no GPU: the CPU preset asks for none."""
+    grid = make_grid("cpu", {"kind": "pairwise", "ops": ["crop"]})
+    grid.path.write_text(yaml.safe_dump({"name": grid.path.stem, "preset": "embedded", "cell": TINY,
+                                         "grid": {"kind": "pairwise", "ops": ["crop"]}}))  # no slurm section
+    grid.exp = load_experiment(str(grid.path))
+    assert grid.exp.slurm.gpus_per_node == 0
+    code, out = grid.ablate("grid")  # --executor auto
+    assert code == 0 and "executor auto: slurm (sbatch is on PATH and the Slurm controller answers" in out, out
+    assert {r.state for r in grid.wait_ended().values()} == {status.DONE}, grid.diagnose()
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigkill_of_a_pack_ends_its_cells_and_status_never_calls_them_failed_while_they_run(make_grid):
+    """The pack's process (ablation.slurm_entry, which runs K cells) killed: its cells checkpoint and end
+    with it instead of training on outside Slurm; while one still holds its lock no cell is called
+    failed; --retry then resumes both."""
+    grid = make_grid("pack-kill", SEEDS, cell={"train": {"epochs": 150, "checkpoint_every": 1}},
+                     slurm={"cells_per_gpu": 2})
+    assert grid.ablate("grid", "--executor", "slurm")[0] == 0
+    job = grid.job("seed=0")["job_id"]
+    log = grid.folder / ".submitit" / f"{job}_0_log.out"
+    cell_dirs = [grid.folder / c.id for c in grid.exp.cells]
+    grid.wait(lambda: log.exists() and log.read_text().count("started (pid") == 2
+              and all(store.read_metrics(d) for d in cell_dirs), "both cells to train", every_s=0.1)
+    pids = [int(p) for p in re.findall(r"started \(pid (\d+)\)", log.read_text())]
+    parent = int(Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(parent, signal.SIGKILL)
+    deadline, states = time.monotonic() + 60, set()
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        held = {d.name for d in cell_dirs if store.lock_holder(d / store.CELL_LOCK)}
+        states.update(r.state for r in status.statuses(grid.root, grid.exp) if r.cell.id in held)
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids), f"cells outlived their pack\n{grid.diagnose()}"
+    assert status.FAILED not in states, states
+    code, out = grid.ablate("grid", "--executor", "slurm", "--retry")
+    assert code == 0 and "launching 2 (slurm)" in out, out
+    assert {r.state for r in grid.wait_ended().values()} == {status.DONE}, grid.diagnose()
+    assert all(grid.result(c.label)["resumed_at"] for c in grid.exp.cells)  # from the checkpoints they wrote
+
+
 def wait_for_state(job_id: str, wanted: Callable[[str], bool], timeout_s: float = 120.0) -> str:
     """Poll squeue quickly until the job's state satisfies `wanted` (or time runs out); the last state."""
     deadline, state = time.monotonic() + timeout_s, ""
@@ -336,7 +419,7 @@ def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
     rows = grid.wait_ended()
     assert rows["crop"].state == status.DONE, grid.diagnose()
     job = grid.job("crop")["job_id"]
-    logs = grid.folder / ".submitit" / job
+    logs = grid.folder / ".submitit"
     assert "global_rank=1(2)" in (logs / f"{job}_1_log.out").read_text(), grid.diagnose()
     result = grid.result("crop")
     assert result["epochs_done"] == 2 and len(result["losses"]) == 2
@@ -369,7 +452,7 @@ def test_a_pack_job_runs_its_cells_at_once_and_each_cell_once(make_grid):
     rows = grid.wait_ended()
     assert {r.state for r in rows.values()} == {status.DONE}, grid.diagnose()
     for job in set(jobs.values()):  # the job logs each cell's end after the cell has written its result
-        log = grid.folder / ".submitit" / job / f"{job}_0_log.out"
+        log = grid.folder / ".submitit" / f"{job}_0_log.out"
         grid.wait(lambda: log.read_text().count(": finished") == 2, f"job {job} to log both cells' ends")  # noqa: B023
         assert "pack of 2 cells, 2 at once" in log.read_text()
     code, out = grid.ablate("grid", "--executor", "slurm")
@@ -398,3 +481,13 @@ def test_usr2_on_a_pack_checkpoints_its_cells_requeues_and_they_resume_bit_exact
         packed, reference = grid.result(label), alone.result(label)
         assert packed["status"] == "finished" and len(packed["resumed_at"]) == 1, grid.diagnose()
         assert packed["losses"] == reference["losses"] and packed["metrics"] == reference["metrics"]
+
+
+@pytest.mark.slow
+def test_chaos_with_a_small_budget_keeps_every_invariant(tmp_path):
+    """scripts/chaos.py: faults at random on a small grid; every cell finished once, as uninterrupted."""
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "chaos.py"), "--runs", "1", "--faults", "4",
+                          "--seed", "7"], capture_output=True, text=True, timeout=1800, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] == "chaos: 1 runs, 4 faults, OK", \
+        run.stdout + run.stderr

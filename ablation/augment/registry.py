@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import torch
@@ -48,12 +49,25 @@ def coerce(op: str, field: dataclasses.Field, value: Any) -> Any:
         raise ValueError(f"{op}: parameter '{field.name}' must be {kind.__name__}, got {value!r}; "
                          f"allowed: {allowed(field)}")
     value = kind(value)
+    if kind is float and not math.isfinite(value):  # NaN passes every comparison: refuse it by name
+        raise ValueError(f"{op}: parameter '{field.name}' = {value!r} is not allowed (not a finite number); "
+                         f"allowed: {allowed(field)}")
     out_of_range = (meta["low"] is not None and value < meta["low"]) or (
         meta["high"] is not None and value > meta["high"])
     if out_of_range or (meta["choices"] is not None and value not in meta["choices"]):
         raise ValueError(f"{op}: parameter '{field.name}' = {value!r} is not allowed; "
                          f"allowed: {allowed(field)}")
     return value
+
+
+def check_ranges(op: Any) -> None:
+    """Every `<x>_min`, `<x>_max` pair of parameters is a range: its low end may not exceed its high end."""
+    names = {f.name for f in dataclasses.fields(op)}
+    for low in sorted(n for n in names if n.endswith("_min")):
+        high = low.removesuffix("_min") + "_max"
+        if high in names and getattr(op, low) > getattr(op, high):
+            raise ValueError(f"{op.name}: {low} = {getattr(op, low)!r} is greater than {high} = "
+                             f"{getattr(op, high)!r}; a range needs {low} <= {high}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +85,7 @@ class Augmentation:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, coerce(self.name, field, getattr(self, field.name)))
+        check_ranges(self)
 
     def draw(self, x: Tensor, generator: torch.Generator | None) -> Params:
         """Per-sample parameters beyond the apply mask; none by default."""

@@ -23,7 +23,13 @@ def parse_ops(spec: SpecLike) -> list[Augmentation]:
         return []
     if isinstance(spec, str):
         text = spec.strip()
-        return [] if text.lower() in ("", "none") else [_parse_token(t) for t in _split_top(text)]
+        if text.lower() in ("", "none"):
+            return []
+        tokens = _split_top(text)
+        if not all(t.strip() for t in tokens):
+            raise ValueError(f"bad augmentation spec '{text}': an empty op (a leading, trailing or doubled '+'); "
+                             f"join ops with one '+', e.g. 'crop+color'")
+        return [_parse_token(t) for t in tokens]
     if isinstance(spec, (list, tuple)):
         return [op for item in spec for op in _parse_item(item)]
     raise ValueError(f"an augmentation spec must be a string or a list, got {type(spec).__name__}: {spec!r}")
@@ -77,6 +83,8 @@ def _parse_token(token: str) -> Augmentation:
         key, eq, value = arg.partition("=")
         if not eq or not key.strip() or not value.strip():
             raise ValueError(f"bad argument '{arg.strip()}' in '{token.strip()}': expected key=value")
+        if key.strip() in params:
+            raise ValueError(f"bad augmentation spec '{token.strip()}': parameter '{key.strip()}' is given twice")
         params[key.strip()] = _scalar(value.strip())
     return build_op(name, params, token=token.strip())
 

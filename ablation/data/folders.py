@@ -74,12 +74,21 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         raise ValueError(f"data.root: cannot read {folder} ({e.strerror or e})") from None
 
 
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """entry.is_file() / is_dir(), following links; a link that cannot be followed (a loop) is a
+    one-line error naming it."""
+    try:
+        return entry.is_file() if kind == "file" else entry.is_dir()
+    except OSError as e:
+        raise ValueError(f"data.root: cannot read {entry.path} ({e.strerror or e})") from None
+
+
 def _images(folder: Path) -> list[str]:
-    return sorted(e.path for e in _entries(folder) if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+    return sorted(e.path for e in _entries(folder) if e.name.lower().endswith(IMAGE_EXTENSIONS) and _is(e, "file"))
 
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
-    return {e.name: Path(e.path) for e in _entries(folder) if e.is_dir()}
+    return {e.name: Path(e.path) for e in _entries(folder) if _is(e, "dir")}
 
 
 def _select(found: dict[str, Path], wanted: list[str] | None, where: Path) -> list[str]:

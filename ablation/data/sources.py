@@ -180,6 +180,11 @@ def quiet_decoders() -> Iterator[None]:
         yield
 
 
+def eight_bits(image: Tensor) -> Tensor:
+    """uint8 channels: a 16-bit image (a 16-bit PNG decodes to uint16) keeps its top byte."""
+    return image if image.dtype == torch.uint8 else image.to(torch.int32).bitwise_right_shift(8).to(torch.uint8)
+
+
 class ImageFiles(Dataset):
     """(path, label) pairs decoded to uint8 (3, size, size): shorter side resized, center crop."""
 
@@ -195,7 +200,7 @@ class ImageFiles(Dataset):
                 image = decode_image(read_file(self.files[i]), mode=ImageReadMode.RGB)
         except RuntimeError as e:
             raise ValueError(f"cannot decode image {self.files[i]}: {e}") from None
-        return _fit(image, self.size), self.labels[i]
+        return _fit(eight_bits(image), self.size), self.labels[i]
 
 
 def loader_workers(asked: int) -> int:

@@ -34,7 +34,7 @@ from ..seeding import stable_seed
 from . import protocol as P
 from .batcher import spread
 from .folders import Split
-from .sources import loader_workers, quiet_decoders
+from .sources import eight_bits, loader_workers, quiet_decoders
 
 try:  # region decoding (setup.py builds it where libjpeg's headers are); else whole images
     from . import _jpegcrop
@@ -81,6 +81,8 @@ def _read(path: str) -> Encoded:
             data = f.read()
     except OSError as e:
         raise UnreadableImage(f"cannot read image {path}: {e.strerror or e}") from None
+    if not data:
+        raise UnreadableImage(f"cannot decode image {path}: empty file (0 bytes)")
     if data[:2] == b"\xff\xd8":
         try:
             h, w, colorspace, _ = _simplejpeg().decode_jpeg_header(data)
@@ -93,7 +95,7 @@ def _read(path: str) -> Encoded:
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as e:
         raise _unreadable(path, e) from None
-    return Encoded(path, data, image.shape[1], image.shape[2], image)
+    return Encoded(path, data, image.shape[1], image.shape[2], eight_bits(image))
 
 
 def _boxes(items: Sequence[Encoded], crop: P.Crop | None, u: Tensor, centre: float = 1.0
