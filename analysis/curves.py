@@ -8,6 +8,7 @@ as their mean with a ±1 std band. Cells that failed keep their curve: it shows 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ablation.store import read_metrics
+from ablation.store import Corrupt, read_metrics
 
 from .table import axes_of, facet_axes, facet_label, setup_line
 
@@ -31,12 +32,20 @@ ROW = "facet, 1st"  # pairwise grids with facets: one row of panels per facet an
 
 def load_curves(exp_dir: str | Path, exp: dict[str, Any], summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (cell, epoch): the cell's id, label, coordinates, seed and status, and its
-    metrics.jsonl fields; empty when no cell has finished an epoch."""
+    metrics.jsonl fields; empty when no cell has finished an epoch. A cell whose log cannot be read is
+    left out with one line naming the file (the cell itself still reports its result)."""
     exp_dir = Path(exp_dir)
     cells = summary[["id", "label", "seed", "status", *axes_of(exp)]].to_dict("records")
-    frames = [pd.DataFrame(rows).assign(**cell) for cell in cells
-              if (rows := read_metrics(exp_dir / str(cell["id"])))]
+    frames = [pd.DataFrame(rows).assign(**cell) for cell in cells if (rows := _rows(exp_dir / str(cell["id"])))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _rows(cell_dir: Path) -> list[dict]:
+    try:
+        return read_metrics(cell_dir)
+    except Corrupt as err:
+        print(f"curves: left out {err}", file=sys.stderr)
+        return []
 
 
 @dataclass

@@ -43,8 +43,8 @@ def write(root: Path, cells: list[dict], **exp) -> Path:
                    "random_init_top1": 0.1, "final_loss": 1.0, PER_CLASS: per_class} if finished else None
         (d / "result.json").write_text(json.dumps({**meta, "status": c.get("status", "finished"), "metrics": metrics,
                                                    "wall_time_s": 3.0, "images_per_s": 1.0, "epochs_done": 3}))
-        write_metrics(d, [{"epoch": e, "loss": 5.0 - 0.1 * e * (1 + c["i"]), "pos_sim": 0.5, "uniform": -2.0,
-                           **({"knn_top1": 0.1 * e} if e == 2 else {})} for e in (1, 2, 3)])
+        write_metrics(d, [{"epoch": e, "wall_s": 2.0 * e, "loss": 5.0 - 0.1 * e * (1 + c["i"]), "pos_sim": 0.5,
+                           "uniform": -2.0, **({"knn_top1": 0.1 * e} if e == 2 else {})} for e in (1, 2, 3)])
     return root
 
 
@@ -128,3 +128,12 @@ def test_curves_of_a_product_grid_are_grouped_by_its_swept_keys(tmp_path):
     g1 = groups(exp1, load_curves(one, exp1, analysis.load_summary(one)[0]))
     assert (g1.row, g1.rows, g1.lines) == (None, [None], ["0.5", "0.1"])
     assert len(plot_curves(load_curves(one, exp1, analysis.load_summary(one)[0]), exp1).axes) == 4
+
+
+def test_a_cell_whose_log_cannot_be_read_is_left_out_of_the_curves_and_named(tmp_path, capsys):
+    exp_dir = pairwise(tmp_path)
+    (exp_dir / "c0" / "metrics.jsonl").write_text('{"epoch": 1, "wall_s": 2.0, "loss": 4.9}\n{"epoch": 2, "wa')
+    exp = json.loads((exp_dir / "experiment.json").read_text())
+    curves = load_curves(exp_dir, exp, analysis.load_summary(exp_dir)[0])
+    assert "c0" not in set(curves["id"]) and len(set(curves["id"])) == 17
+    assert "c0/metrics.jsonl: line 2 is not valid JSON" in capsys.readouterr().err
