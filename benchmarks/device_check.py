@@ -410,10 +410,17 @@ def k_cells(report: Report, title: str, config, ks: list[int], warmup: int, step
                         + f" (goal: K cells >= {GOAL_K_GAIN}x one)")
 
 
+def _section_deadline(report: Report) -> float:
+    """When K cells must be done: half the time left before the summary, so that cells which never end
+    (a child stuck before its barrier) leave the other half to the sections after them."""
+    now = time.monotonic()
+    return now + max(1.0, (report.deadline - 2 * SUMMARY_S - now) / 2)
+
+
 def _k_cells(report: Report, title: str, config, ks: list[int], warmup: int, steps: int,
              rates: dict[int, float]) -> None:
     for k in ks:
-        out = together(config.to_dict(), k, warmup, steps, report.deadline - 2 * SUMMARY_S, details=k == ks[0])
+        out = together(config.to_dict(), k, warmup, steps, _section_deadline(report), details=k == ks[0])
         rates[k] = out["images_s"]
         gain = f", {rates[k] / rates[ks[0]]:.2f}x K={ks[0]}" if k != ks[0] else ""
         print(f"{title}, K={k} at once: {rates[k]:,.0f} images/s together{gain}", flush=True)

@@ -150,13 +150,13 @@ class Broken(Logger):
 def test_a_failing_optional_logger_is_dropped_with_one_line(tmp_path, capsys):
     loggers = Loggers([MetricsFile(CellRun(tmp_path, build_config({}), 0, 0)), Broken()])
     for epoch in (1, 2):
-        loggers.epoch({"epoch": epoch, "loss": 1.0}, {"train": {"loss": 1.0}})
+        loggers.epoch({"epoch": epoch, "wall_s": 1.0 * epoch, "loss": 1.0}, {"train": {"loss": 1.0}})
     assert [r["epoch"] for r in store.read_metrics(tmp_path)] == [1, 2]
     assert capsys.readouterr().err.splitlines() == ["Broken: OSError: disk full; the cell goes on without it"]
 
 
 def test_after_a_hard_kill_the_file_restarts_at_the_checkpoint_and_wandb_after_the_last_row(tmp_path):
-    store.write_metrics(tmp_path, [{"epoch": e} for e in (1, 2, 3)])  # killed after epoch 3, checkpoint at 1
+    store.write_metrics(tmp_path, [{"epoch": e, "wall_s": 1.0 * e} for e in (1, 2, 3)])  # killed after 3, ckpt at 1
     assert CellRun.resuming(tmp_path, build_config({}), done=1).logged == 3
     assert CellRun.resuming(tmp_path / "new", build_config({}), done=0).logged == 0
     open_loggers(tmp_path, build_config({}), done=1)

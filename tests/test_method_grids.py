@@ -121,7 +121,8 @@ def test_table1_without_a_method_axis_picks_the_simclr_rows():
 def test_table4_matches_all_five_rows():
     agg, exp = agg_of("loss")
     side = compare_with_paper(agg, exp)
-    assert side["paper"].tolist() == [50.9, 51.6, 57.5, 57.9, 63.9] and (side["label"] != "").all()
+    # one row per loss: each at its best of the three hyper-parameter cells (the grid lists NT-Xent first)
+    assert sorted(side["paper"]) == [50.9, 51.6, 57.5, 57.9, 63.9] and (side["label"] != "").all()
 
 
 def sensitivity_exp(tmp_path: Path) -> Path:
