@@ -90,7 +90,7 @@ class TrainState:
     """Everything a checkpoint holds beyond weights and optimiser."""
     epoch: int = 0
     step: int = 0
-    loss_sum: float = 0.0
+    loss_sum: float | list = 0.0  # the epoch's losses so far; by rank (a list) when a stop mid-epoch saved them
     losses: list = field(default_factory=list)
     images: int = 0
     train_s: float = 0.0
@@ -433,7 +433,8 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
 
     while state.epoch < epochs:
         epoch, t0 = state.epoch, time.monotonic()
-        loss_sum = torch.tensor(state.loss_sum, device=device)
+        own = state.loss_sum[dist.rank()] if isinstance(state.loss_sum, list) else state.loss_sum
+        loss_sum = torch.tensor(own, device=device)  # each rank's own part: the epoch's mean over ranks stays exact
         model.train()
         for x, y in batcher.epoch(generator(batcher.device, seed, epoch), start=state.step):
             x, y, step = x.to(device, non_blocking=True), y.to(device, non_blocking=True), state.step
@@ -443,7 +444,8 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
             state.step += 1
             state.images += x.shape[0] * dist.world()
             if _stop_requested(interrupt, state.step, steps, device):
-                state.loss_sum, state.train_s = float(loss_sum), state.train_s + time.monotonic() - t0
+                state.loss_sum = dist.every_rank(float(loss_sum), device)
+                state.train_s += time.monotonic() - t0
                 save()
                 log.close()  # the back-ends' runs end here, before a rerun continues them
                 raise Preempted(f"{interrupt.reason} at epoch {epoch} step {state.step}; checkpoint written")

@@ -187,7 +187,7 @@ def _experiment(args, check: bool = True):
 
 
 def cmd_grid(args) -> int:
-    from . import status
+    from . import sizing, status
     if args.show_config and not args.dry_run:
         print("ablate grid: --show-config prints the cells' configs instead of running them: add --dry-run",
               file=sys.stderr)
@@ -196,7 +196,9 @@ def cmd_grid(args) -> int:
     if args.dry_run:
         rows = status.statuses(args.results, exp)
         print(f"{exp.name}: {len(exp.cells)} cells ({exp.kind}, preset {exp.preset}) from {exp.path}")
-        print(status.render(rows, limit=60))
+        memory, allocation = sizing.report(exp)
+        print(status.render(rows, limit=60, columns=memory))
+        print(allocation)
         print(status.estimate(exp, rows))
         if args.show_config:
             print(resolved_configs(exp.cells), end="")

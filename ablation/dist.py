@@ -30,6 +30,16 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def every_rank(value: float, device: torch.device) -> list[float]:
+    """`value` of every process, by rank (one all-gather, in float64: a float32 value comes back exactly)."""
+    if not active():
+        return [value]
+    mine = torch.tensor([value], dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(world())]
+    dist.all_gather(gathered, mine)
+    return [float(t) for t in gathered]
+
+
 def mean(t: torch.Tensor) -> torch.Tensor:
     """Average a tensor over processes (for logging the loss of the global batch)."""
     if not active():

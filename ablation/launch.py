@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import submitit
 import torch
 
-from . import pack, store
+from . import pack, sizing, store
 from .cell import Interrupt, Preempted, run_cell
 from .config import CellConfig, from_dict
 from .data.folders import check as check_folder
@@ -243,13 +243,20 @@ class CellJob(submitit.helpers.Checkpointable):
         return {"status": result["status"], "metrics": result["metrics"]}
 
 
+def rendezvous() -> submitit.helpers.TorchDistributedEnvironment:
+    """This process's place in its cell's process group, exported as torch's env:// variables from what
+    Slurm sets, on one node or several: RANK (SLURM_PROCID), LOCAL_RANK (SLURM_LOCALID), WORLD_SIZE
+    (SLURM_NTASKS), MASTER_ADDR (the first host of SLURM_JOB_NODELIST), MASTER_PORT (from the job id)."""
+    return submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
 @contextlib.contextmanager
 def _distributed(env: submitit.JobEnvironment) -> Iterator[None]:
     """A process group over the job's tasks when it has more than one."""
     if env.num_tasks <= 1:
         yield
         return
-    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    rendezvous()
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
@@ -270,7 +277,7 @@ def submit_slurm(root: Path, exp: Experiment, cells: list[Cell]) -> list[str]:
                                      slurm_max_num_timeout=exp.slurm.max_requeues, slurm_python=slurm_command())
     executor.update_parameters(name=exp.name, slurm_setup=[BATCH_SHELL_SETUP], **slurm_parameters(exp.slurm))
     s = exp.slurm
-    groups = pack.packs(cells, s.cells_per_gpu, s.gpus_per_node, s.tasks_per_node)
+    groups = pack.packs(cells, s.cells_per_gpu, s.gpus_per_node, s.nodes * s.tasks_per_node)  # DDP: one a job
     try:
         with contextlib.redirect_stderr(io.StringIO()), executor.batch():  # submitit echoes sbatch's errors
             jobs = [executor.submit(CellJob(), g[0].config.to_dict(), str(folder / g[0].id)) if len(g) == 1 else
@@ -316,10 +323,13 @@ def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = Fa
            log: Callable[[str], None] = print) -> dict:
     """Prepare the results folder and start every cell that needs to run; returns what happened.
 
-    Image folders are checked first (one-line error), so a bad data.root fails no cell."""
+    The allocation of Slurm cells (sizing.check) and image folders are checked first (one-line errors), so a
+    cell that cannot fit its GPUs is never submitted and a bad data.root fails no cell."""
+    executor = pick_executor(executor, log)
+    if executor == "slurm":
+        sizing.check(exp)
     for root_dir, classes, per_class in {key for c in exp.cells if (key := _folder_key(c.config)) is not None}:
         check_folder(root_dir, classes, per_class)
-    executor = pick_executor(executor, log)
     folder = store.experiment_dir(root, exp.name)
     with locked(folder):
         prepare(root, exp)

@@ -247,7 +247,8 @@ def measured_rate(rows: list[CellStatus]) -> float | None:
 
 
 def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
-    """Cells x epochs x images still to train, and GPU-hours at a measured or configured rate."""
+    """Cells x epochs x images still to train, and GPU-hours of the cells' allocations (nodes x GPUs per node)
+    at a measured or configured rate."""
     todo = [r.cell for r in rows if r.state != DONE]
     sizes = [s for c in todo if (s := train_size(c.config.data)) is not None]
     if len(sizes) < len(todo):
@@ -261,8 +262,9 @@ def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
     if rate is None and exp.slurm.images_per_s:
         rate, source = exp.slurm.images_per_s, "configured slurm.images_per_s"
     if rate:
-        gpus = max(1, exp.slurm.gpus_per_node)
-        line += f"; about {images / rate / 3600 * gpus:.2f} GPU-hours at {rate:,.0f} images/s per cell ({source})"
+        gpus = max(1, exp.slurm.gpus_per_node) * exp.slurm.nodes  # the whole allocation of a cell
+        line += (f"; about {images / rate / 3600 * gpus:.2f} GPU-hours ({gpus} GPU{'s' * (gpus > 1)} a cell) "
+                 f"at {rate:,.0f} images/s per cell ({source})")
     else:
         line += "; set slurm.images_per_s (or finish one cell) for a GPU-hour estimate"
     return line

@@ -423,8 +423,9 @@ def test_imagenet100_dry_run_prints_gpu_hours(tmp_path, capsys):
     assert main(["grid", "pairwise", "--preset", "imagenet100", "--dry-run", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     images = 49 * 100 * folders.KNOWN_TRAIN_SIZES["imagenet100"]
-    hours = images / 1200 / 3600
-    assert f"{images:,} training images" in out and f"about {hours:.2f} GPU-hours at 1,200 images/s" in out
+    hours = images / 4800 / 3600 * 4  # a cell on 4 GPUs together
+    assert f"{images:,} training images" in out
+    assert f"about {hours:.2f} GPU-hours (4 GPUs a cell) at 4,800 images/s" in out
     assert math.isclose(hours, 143.7, abs_tol=0.01)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 import yaml
 
 from ablation import status, store
@@ -200,10 +201,12 @@ def test_cancelled_cell_is_resubmitted_alone_by_retry(make_grid):
     assert grid.ablate("status")[0] == 0
 
 
-def test_usr2_checkpoints_requeues_and_resumes_bit_exactly(make_grid):
+@pytest.mark.parametrize("tasks", [1, 2])  # one process, and a DDP cell of two (all ranks stop at one step)
+def test_usr2_checkpoints_requeues_and_resumes_bit_exactly(make_grid, tasks):
     long = {"train": {"epochs": 60, "checkpoint_every": 1000}}  # still training when the signal comes
-    grid = make_grid("usr2", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
-    reference = make_grid("usr2-ref", {"kind": "pairwise", "ops": ["crop"]}, cell=long)
+    grid = make_grid("usr2", {"kind": "pairwise", "ops": ["crop"]}, cell=long, slurm={"tasks_per_node": tasks})
+    reference = make_grid("usr2-ref", {"kind": "pairwise", "ops": ["crop"]}, cell=long,
+                          slurm={"tasks_per_node": tasks})
     assert grid.exp.cells[0].id == reference.exp.cells[0].id  # the same cell, in two experiments
     for g in (grid, reference):
         assert g.ablate("grid", "--executor", "slurm")[0] == 0
@@ -433,6 +436,23 @@ def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
 
     states = grid.wait(states_once_ended, "the job's processes to exit")
     assert all("|COMPLETED|0:0" in line for line in states), states  # every process exited cleanly
+
+
+def test_a_two_process_cell_equals_its_one_process_run(make_grid):
+    """With views drawn without randomness (sobel on one view, none on the other) the two ranks' shards make
+    up the one-process batch, so gathered negatives, global batch norm and averaged gradients train the same
+    network: the losses agree within the tolerance of the DDP equality tests (tests/two_processes.py)."""
+    fixed_views = {"augment": {"views": "sobel", "base": "none", "mode": "asymmetric"}, "train": {"epochs": 2}}
+    two = make_grid("ddp-equal", {"kind": "pairwise", "ops": ["sobel"]}, cell=fixed_views,
+                    slurm={"tasks_per_node": 2})
+    one = make_grid("ddp-equal-ref", {"kind": "pairwise", "ops": ["sobel"]}, cell=fixed_views)
+    for g in (two, one):
+        assert g.ablate("grid", "--executor", "slurm")[0] == 0
+    assert two.wait_ended()["sobel"].state == status.DONE, two.diagnose()
+    assert one.wait_ended()["sobel"].state == status.DONE, one.diagnose()
+    ddp, alone = two.result("sobel"), one.result("sobel")
+    assert len(ddp["losses"]) == 2
+    torch.testing.assert_close(torch.tensor(ddp["losses"]), torch.tensor(alone["losses"]))
 
 
 def test_sbatch_refusal_is_a_one_line_error_and_records_no_job(make_grid):
