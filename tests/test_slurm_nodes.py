@@ -75,13 +75,13 @@ def finished(cell: Path) -> dict:
             if result["status"] == "finished":
                 return result
         time.sleep(0.5)
-    logs = "\n".join(p.read_text()[-2000:] for p in sorted(cell.parent.glob(".submitit/*/*_log.*")))
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted(cell.parent.glob(".submitit/*_log.*")))
     raise AssertionError(f"{cell.name} did not finish in {TIMEOUT_S}s\n{logs}")
 
 
 def rank_log(cell: Path, rank: int) -> Path:
     job = json.loads((cell / "job.json").read_text())["job_id"]
-    return cell.parent / ".submitit" / job / f"{job}_{rank}_log.out"
+    return cell.parent / ".submitit" / f"{job}_{rank}_log.out"  # one log folder, made before sbatch
 
 
 def test_a_cell_over_two_nodes_trains_as_its_one_process_run(submit):
