@@ -76,15 +76,14 @@ def scores(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str,
     bool per test image of its top-1 being right (the report's paired intervals use it)."""
     correct = logits.argmax(1) == y
     return {"top1": correct.float().mean().item(), "top5": _topk_accuracy(logits, y, min(5, num_classes)),
-            "per_class": per_class_top1(logits, y, num_classes), "correct": correct.cpu()}
+            "per_class": per_class_top1(correct, y, num_classes), "correct": correct.cpu()}
 
 
-def per_class_top1(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float | None]:
-    """Top-1 on each class's test images (None for a class without any); weighted by the class
-    sizes they average to the top-1, since the prediction is the same top-1 index."""
-    hit = (logits.topk(1, dim=1).indices[:, 0] == y).double()
+def per_class_top1(correct: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Top-1 on each class's test images (None for a class without any), from the per-image ``correct``;
+    weighted by the class sizes they average to the top-1."""
     counts = torch.bincount(y, minlength=num_classes).tolist()
-    hits = torch.bincount(y, weights=hit, minlength=num_classes).tolist()
+    hits = torch.bincount(y, weights=correct.double(), minlength=num_classes).tolist()
     return [h / n if n else None for h, n in zip(hits, counts)]
 
 
