@@ -185,7 +185,7 @@ def sgd_epochs(cfg: CellConfig) -> int:
 
 def eval_record(cfg: CellConfig) -> dict:
     """result.json's account of how the linear metrics were measured."""
-    used = protocols(cfg) + (random_init_protocol(cfg),) * cfg.eval.random_init
+    used = protocols(cfg) + ((random_init_protocol(cfg),) if cfg.eval.random_init else ())
     return {LINEAR_PROTOCOL: cfg.eval.linear, "compared": list(protocols(cfg)[1:]),
             "random_init_protocol": random_init_protocol(cfg) if cfg.eval.random_init else None,
             **({"sgd_epochs": sgd_epochs(cfg), "sgd_batch": cfg.eval.sgd_batch} if SGD in used else {})}
