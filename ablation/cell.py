@@ -1,6 +1,7 @@
 """Run one cell: pretraining with the cell's method, then a linear and a kNN probe of the frozen encoder.
 
-Resumable and bit-exact: every random draw comes from a generator seeded by
+The training itself (setup, step, an epoch's batches) is ablation.training's; this module is the cell's
+life cycle around it. Resumable and bit-exact: every random draw comes from a generator seeded by
 (seed, epoch) for the shuffle and (seed, epoch, step) for the augmentations, so a
 checkpoint only needs the weights (the method's heads and target networks included), the optimiser
 and the position (epoch, step).
@@ -12,7 +13,6 @@ A checkpoint that cannot be loaded ends the run with status `corrupt`, naming th
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import platform
 import sys
@@ -22,28 +22,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from . import accel, dist, store
-from .augment import TwoViews, parse_spec
+from . import dist, store
+from .augment import parse_spec
 from .config import CellConfig, from_dict, read_yaml
-from .data import (
-    DeviceBatcher,
-    FolderSet,
-    ImageSet,
-    fits_on_device,
-    load_dataset,
-    load_folder,
-    source_views,
-    stream_batcher,
-)
-from .data.protocol import SourceViews
-from .data.stream import StreamBatcher
+from .data import ImageSet, load_data
 from .identity import settings, signature
 from .loggers import open_loggers
-from .methods import Method, build_method
+from .methods import Method
 from .metrics_log import EpochLog
-from .model import global_batch_norm
 from .names import (
     CORRUPT,
     EVAL_RECORD,
@@ -53,7 +40,6 @@ from .names import (
     KNN_TOP1,
     LBFGS,
     LINEAR_PROTOCOL,
-    LINEAR_PROTOCOLS,
     LINEAR_TOP1,
     LINEAR_TOP5,
     ONLINE,
@@ -62,10 +48,9 @@ from .names import (
     SGD,
     protocol_metric,
 )
-from .optim import build_optimizer, scaled_lr, warmup_cosine
-from .probe import OnlineHead, capture_features, extract_features, knn_correct, linear_probe, sgd_probe
+from .probe import OnlineHead, extract_features, knn_correct, linear_probe, sgd_probe
 from .progress import Progress
-from .seeding import stable_seed
+from .training import Training, initial_method, protocols, resolve_device
 
 INTERRUPT_POLL_STEPS = 8  # under DDP, steps between two checks of the ranks' interrupt flags
 SGD_AUGMENT = "crop"  # the sgd protocol's views of the training images: Appendix B.6's random crop + flip
@@ -99,42 +84,6 @@ class TrainState:
     resumed_at: list = field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device: '{name}' requested but no CUDA device is available; use auto or cpu")
-    return device
-
-
-def generator(device: torch.device, *keys: int) -> torch.Generator:
-    """A generator whose seed is a stable hash of `keys` (seed, epoch[, step])."""
-    return torch.Generator(device=device).manual_seed(stable_seed(*keys))
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_dataset(data_key: tuple) -> tuple[ImageSet, ImageSet]:
-    """Data sets stay in memory across the cells of a local grid (they differ in augmentation only)."""
-    name, root, size, download, per_class, n_train, n_test, seed = data_key
-    return load_dataset(name, root, size, download, None, per_class=per_class, n_train=n_train, n_test=n_test,
-                        seed=seed)
-
-
-def load_data(cfg: CellConfig) -> tuple[ImageSet, ImageSet]:
-    d = cfg.data
-    if d.name == "folder":
-        return load_folder(d)  # resident (ImageSet, or FolderSet at a larger stored size) or streamed
-    return _cached_dataset((d.name, d.root, d.size, d.download, d.per_class, d.n_train, d.n_test, d.data_seed))
-
-
-def build_model(cfg: CellConfig, device: torch.device, n_classes: int) -> Method:
-    """The cell's method (encoder + its heads), initialised from the cell's seed (so the random-init
-    baseline is the same encoder)."""
-    torch.manual_seed(cfg.train.seed)
-    return build_method(cfg, n_classes).to(device, memory_format=torch.channels_last)
-
-
 def _save(path: Path, model, optimizer, scheduler, state: TrainState, online: OnlineHead | None) -> None:
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "state": vars(state),
@@ -163,13 +112,6 @@ def _versions() -> dict:
     from . import __version__
     return {"ablation": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "kornia": kornia.__version__, "python": platform.python_version()}
-
-
-def protocols(cfg: CellConfig) -> tuple[str, ...]:
-    """The linear protocols a cell scores: its own (eval.linear, the one behind linear_top1) first, then,
-    with eval.compare, the others."""
-    own = cfg.eval.linear
-    return (own, *[p for p in LINEAR_PROTOCOLS if p != own]) if cfg.eval.compare else (own,)
 
 
 def random_init_protocol(cfg: CellConfig) -> str:
@@ -315,56 +257,13 @@ def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, sho
             raise
 
 
-def train_step(net: torch.nn.Module, method: Method, views: TwoViews | SourceViews, x: torch.Tensor,
-               y: torch.Tensor, g: torch.Generator, optimizer, scheduler, cfg: CellConfig,
-               progress: tuple[int, int]) -> torch.Tensor:
-    """One step of the cell's method: its views of the batch, its networks in one forward pass (`net`:
-    the method as DDP and torch.compile wrap it), its loss, the update, then the method's own update
-    at `progress` = (steps done, total steps). Returns the loss as a tensor on the device: nothing
-    here waits for the device."""
-    precision = cfg.train.precision
-    inputs = tuple(accel.model_input(v, precision, x.device) for v in method.views(views, x, g))
-    with accel.autocast(precision, x.device):
-        outputs = net(inputs)
-    loss = method.loss(outputs, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    method.update(*progress)
-    return loss.detach()
-
-
-def _batcher(cfg: CellConfig, train: ImageSet | FolderSet, device: torch.device) -> DeviceBatcher | StreamBatcher:
-    """The training set on the device when it fits (airbench-style), else batches moved per step;
-    a streamed folder's loader."""
-    if isinstance(train, FolderSet) and train.stored is None:
-        return stream_batcher(cfg.data, cfg.augment, cfg.train.batch_size, train, device, (dist.rank(), dist.world()))
-    images = train.stored if isinstance(train, FolderSet) else train.images
-    resident = cfg.data.resident == "always" or (
-        cfg.data.resident == "auto" and fits_on_device(images.numel(), device))
-    images = images.to(device) if resident else images
-    return DeviceBatcher(images, train.labels, cfg.train.batch_size, drop_last=True,
-                         shard=(dist.rank(), dist.world()), to=device)
-
-
-def build_optimisation(cfg: CellConfig, model: Method, steps: int):
-    """Optimiser with the scaled learning rate, and its warmup + cosine schedule over the whole run."""
-    lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size, cfg.optim.lr_scaling)
-    optimizer = build_optimizer(model, cfg.optim.name, lr, cfg.optim.weight_decay, cfg.optim.momentum,
-                                model.bias_lr_scale())
-    total = steps * cfg.train.epochs
-    scheduler = warmup_cosine(optimizer, min(round(cfg.optim.warmup_epochs * steps), total - 1), total)
-    return optimizer, scheduler
-
-
 def _probe_all(cfg: CellConfig, model: Method, train: ImageSet, test: ImageSet, device: torch.device,
                final_loss: float, online: OnlineHead | None) -> tuple[dict, dict]:
     """The final metrics and per-image correctness, the random-init floor's included."""
     metrics, correct = evaluate(cfg, model.encoder, train, test, device, online)
     metrics |= {FINAL_LOSS: final_loss, RANDOM_INIT_TOP1: None}
     if cfg.eval.random_init:
-        baseline = build_model(cfg, device, len(train.classes)).encoder
+        baseline = initial_method(cfg, device, len(train.classes)).encoder
         floor, floor_correct = evaluate(cfg, baseline, train, test, device, only=(random_init_protocol(cfg),))
         metrics[RANDOM_INIT_TOP1], correct["random_init"] = floor[LINEAR_TOP1], floor_correct["linear"]
     return metrics, correct
@@ -391,28 +290,16 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         store.write_yaml(out / store.CONFIG, cfg.to_dict())
     device = resolve_device(cfg.train.device)
     train, test = load_data(cfg)
-    model = build_model(cfg, device, len(train.classes))
-    if dist.active() and cfg.model.sync_bn:  # every network of the method (a target too), before the optimiser
-        model = global_batch_norm(model)
-    batcher = _batcher(cfg, train, device)
-    steps, epochs, seed = len(batcher), cfg.train.epochs, cfg.train.seed
-    optimizer, scheduler = build_optimisation(cfg, model, steps)
-    online = (OnlineHead(model.dim, len(train.classes), cfg.train.batch_size, steps * epochs, device)
-              if ONLINE in protocols(cfg) else None)
-    seen = capture_features(model.encoder) if online else []
+    run = Training.setup(cfg, train, device)
+    model, steps, epochs = run.method, run.steps, cfg.train.epochs
     ckpt = out / store.CHECKPOINT
     state = TrainState()
     if ckpt.exists():
-        state = _load(ckpt, model, optimizer, scheduler, online)
+        state = _load(ckpt, model, run.optimizer, run.scheduler, run.online)
         state.resumed_at.append({"epoch": state.epoch, "step": state.step})
     prior_wall = state.wall_s
-    net = accel.CompiledStep(model, DistributedDataParallel(model) if dist.active() else model,
-                             accel.uses_compile(cfg.train.compile, device))
-    views = (source_views(cfg.data, cfg.augment, train) if isinstance(train, FolderSet)
-             else TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode))
-    rank_key = [dist.rank()] if dist.world() > 1 else []  # each rank draws its own augmentations
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
-    log = EpochLog(model, views, batcher, steps, cfg.train.log_every, state,
+    log = EpochLog(model, run.views, run.batcher, steps, cfg.train.log_every, state,
                    probe=lambda: evaluate(cfg, model.encoder, train, test, device, only=(LBFGS,))[0],
                    loggers=open_loggers(out, cfg, state.epoch) if dist.is_main() else None)
 
@@ -420,27 +307,14 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         held()
         state.wall_s = prior_wall + time.monotonic() - start
         if dist.is_main():
-            _save(ckpt, model, optimizer, scheduler, state, online)
-
-    def run_step(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, key: tuple,
-                 progress: tuple[int, int]) -> torch.Tensor:
-        """The method's step, then the online head's on the features the step's views gave."""
-        seen.clear()  # features of anything since the last step (an embedding measurement, a failed compile)
-        loss = train_step(m, model, views, x, y, generator(device, *key), optimizer, scheduler, cfg, progress)
-        if online:
-            online.step(torch.cat(seen), y)
-        return loss
+            _save(ckpt, model, run.optimizer, run.scheduler, state, run.online)
 
     while state.epoch < epochs:
         epoch, t0 = state.epoch, time.monotonic()
         own = state.loss_sum[dist.rank()] if isinstance(state.loss_sum, list) else state.loss_sum
         loss_sum = torch.tensor(own, device=device)  # each rank's own part: the epoch's mean over ranks stays exact
-        model.train()
-        for x, y in batcher.epoch(generator(batcher.device, seed, epoch), start=state.step):
-            x, y, step = x.to(device, non_blocking=True), y.to(device, non_blocking=True), state.step
-            key, progress = (seed, epoch, step, *rank_key), (epoch * steps + step + 1, steps * epochs)
-            # the generator is made in the step: an eager retry after a failed compilation draws the same views
-            loss_sum += net.run(lambda m: run_step(m, x, y, key, progress))  # noqa: B023 (called at once)
+        for step, x, y in run.epoch(epoch, start=state.step):
+            loss_sum += run.step(x, y, epoch, step)
             state.step += 1
             state.images += x.shape[0] * dist.world()
             if _stop_requested(interrupt, state.step, steps, device):
@@ -455,7 +329,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
         state.losses.append(epoch_loss)
         held()
-        log.epoch(state, epoch_loss, scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
+        log.epoch(state, epoch_loss, run.scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
             return log.finish(_finish(out, cfg, FAILED, state, device, {FINAL_LOSS: epoch_loss},
@@ -466,7 +340,7 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == epochs:
             save()
 
-    metrics, correct = (_probe_all(cfg, model, train, test, device, state.losses[-1], online) if dist.is_main()
+    metrics, correct = (_probe_all(cfg, model, train, test, device, state.losses[-1], run.online) if dist.is_main()
                         else ({}, {}))
     held()
     if dist.is_main():

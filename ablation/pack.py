@@ -71,11 +71,11 @@ def _count(cfg: CellConfig) -> tuple[float, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from .accel import uses_bf16
-    from .cell import build_model
+    from .training import initial_method
 
     b, s = cfg.train.batch_size, cfg.data.size
-    with torch.random.fork_rng(devices=[]):  # build_model seeds the global generator
-        model = build_model(cfg, torch.device("meta"), COST_CLASSES)
+    with torch.random.fork_rng(devices=[]):  # initial_method seeds the global generator
+        model = initial_method(cfg, torch.device("meta"), COST_CLASSES)
     x = torch.empty(b, 3, s, s, device="meta").contiguous(memory_format=torch.channels_last)
     kept: list[int] = []
 

@@ -175,10 +175,10 @@ def _measure_here(cfg: CellConfig, steps: int) -> int:
     import torch
 
     from .augment.pipeline import TwoViews
-    from .cell import build_model, build_optimisation, generator, train_step
+    from .training import build_optimisation, generator, initial_method, train_step
 
     torch.set_num_threads(1)
-    model = build_model(cfg, torch.device("cpu"), 10)
+    model = initial_method(cfg, torch.device("cpu"), 10)
     optimizer, scheduler = build_optimisation(cfg, model, steps)
     views = TwoViews(cfg.augment.views, base=cfg.augment.base, mode=cfg.augment.mode)
     b, s = cfg.train.batch_size, cfg.data.size

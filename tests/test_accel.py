@@ -10,9 +10,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ablation import accel
 from ablation.augment import TwoViews
-from ablation.cell import build_model, build_optimisation, generator, train_step
 from ablation.config import build_config
 from ablation.data import DeviceBatcher
+from ablation.training import build_optimisation, generator, initial_method, train_step
 
 TINY = ["data.size=16", "model.width=4", "model.head_hidden=16", "model.out_dim=8", "train.batch_size=16",
         "augment.mode=symmetric"]
@@ -46,7 +46,7 @@ class HostTraffic(TorchDispatchMode):
 
 def _cell(*extra: str):
     cfg = build_config({}, TINY + list(extra))
-    model = build_model(cfg, torch.device("cpu"), 10)
+    model = initial_method(cfg, torch.device("cpu"), 10)
     optimizer, scheduler = build_optimisation(cfg, model, steps=4)
     return cfg, model, optimizer, scheduler
 

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ablation import store
 from ablation.augment import TwoViews
-from ablation.cell import Preempted, build_model, run_cell
+from ablation.cell import Preempted, run_cell
 from ablation.cli import main
 from ablation.config import build_config
 from ablation.methods import REGISTRY, Method, describe_methods, param, register
@@ -23,6 +23,7 @@ from ablation.methods.barlow_twins import barlow_twins_loss
 from ablation.methods.byol import byol_loss, target_momentum
 from ablation.methods.simsiam import simsiam_loss
 from ablation.model import GlobalBatchNorm, global_batch_norm
+from ablation.training import initial_method
 
 NAMES = sorted(REGISTRY)
 SMALL_HEADS = ["method_args.predictor_hidden=16"]  # byol and simsiam: a predictor as small as the head
@@ -94,7 +95,7 @@ def test_barlow_twins_loss_is_zero_for_identical_decorrelated_views():
 def test_supervised_loss_is_cross_entropy_of_the_labels():
     cfg = build_config({}, TINY + ["method=supervised"])
     torch.manual_seed(0)
-    model = build_model(cfg, torch.device("cpu"), n_classes=10)
+    model = initial_method(cfg, torch.device("cpu"), n_classes=10)
     x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 3, 9, 3])
     logits = model.classifier(model.features(x))
     want = sum(-torch.log(torch.exp(logits[i, y[i]]) / torch.exp(logits[i]).sum()) for i in range(4)) / 4
@@ -104,7 +105,7 @@ def test_supervised_loss_is_cross_entropy_of_the_labels():
 
 def test_supervised_trains_on_one_view_of_the_cell_augmentations():
     pair = TwoViews("color", base="crop", mode="symmetric")
-    model = build_model(build_config({}, TINY + ["method=supervised"]), torch.device("cpu"), 10)
+    model = initial_method(build_config({}, TINY + ["method=supervised"]), torch.device("cpu"), 10)
     x = torch.rand(4, 3, 16, 16)
     (view,) = model.views(pair, x, torch.Generator().manual_seed(1))
     assert torch.equal(view, pair.one(x, torch.Generator().manual_seed(1)))
@@ -115,7 +116,7 @@ def test_supervised_trains_on_one_view_of_the_cell_augmentations():
 def test_simclr_is_the_encoder_and_head_of_before_methods():
     """z = head(encoder(x)) of both views as one batch, and a state dict of the encoder and head only, so
     a SimCLR checkpoint written before methods existed loads."""
-    model = build_model(build_config({}, TINY), torch.device("cpu"), 10).eval()
+    model = initial_method(build_config({}, TINY), torch.device("cpu"), 10).eval()
     x1, x2 = torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16)
     z = model((x1, x2))
     assert torch.equal(z, model.head(model.encoder(torch.cat([x1, x2]))))
@@ -125,7 +126,7 @@ def test_simclr_is_the_encoder_and_head_of_before_methods():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_global_batch_norm_reaches_every_network_of_a_method(name):
-    model = build_model(method_cell(name), torch.device("cpu"), 10)
+    model = initial_method(method_cell(name), torch.device("cpu"), 10)
     params = [id(p) for p in model.parameters()]
     converted = global_batch_norm(model)
     norms = [m for m in converted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -145,7 +146,7 @@ def test_target_momentum_rises_from_base_to_one_on_a_cosine():
 
 def test_byol_target_is_an_ema_of_the_online_network_and_not_trained():
     cfg = build_config({}, TINY + ["method=byol", "method_args={momentum: 0.9, predictor_hidden: 16}"])
-    model = build_model(cfg, torch.device("cpu"), 10)
+    model = initial_method(cfg, torch.device("cpu"), 10)
     target = list(model.target.parameters())
     assert target and not any(p.requires_grad for p in target)
     assert any(k.startswith("target.") for k in model.state_dict())  # so the checkpoint carries it
@@ -218,7 +219,7 @@ def toy_method():
 
 def test_adding_a_method_is_one_registered_class(toy_method):
     cfg = build_config({}, TINY + ["method=test_alignment", "method_args.floor=0.5", "train.epochs=1"])
-    assert build_model(cfg, torch.device("cpu"), 10).floor == 0.5
+    assert initial_method(cfg, torch.device("cpu"), 10).floor == 0.5
     with pytest.raises(ValueError, match="'test_alignment' parameter 'flor' \\(did you mean 'floor'\\?\\)"):
         build_config({}, ["method=test_alignment", "method_args.flor=0.5"])
     with pytest.raises(ValueError, match="test_alignment.*floor.*20.*0.0, 10.0"):
@@ -277,7 +278,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     # BYOL under DDP with global batch norm (its target's too): after a few steps on different shards,
     # both ranks hold the same target
     cfg = build_config({}, TINY + ["method=byol", "method_args={momentum: 0.5, predictor_hidden: 16}"])
-    model = global_batch_norm(build_model(cfg, torch.device("cpu"), 10))
+    model = global_batch_norm(initial_method(cfg, torch.device("cpu"), 10))
     net = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     pair = TwoViews("crop+color", mode="symmetric")
@@ -303,6 +304,6 @@ def test_two_processes_equal_one_process_and_targets_stay_in_sync(tmp_path: Path
         torch.testing.assert_close(results[name], grads, msg=name)
     first, second = results["byol_targets"]
     assert torch.equal(first, second)
-    initial = build_model(build_config({}, TINY + ["method=byol", "method_args={momentum: 0.5, predictor_hidden: 16}"]),
-                          torch.device("cpu"), 10)
+    byol = build_config({}, TINY + ["method=byol", "method_args={momentum: 0.5, predictor_hidden: 16}"])
+    initial = initial_method(byol, torch.device("cpu"), 10)
     assert not torch.equal(first, torch.cat([p.flatten() for p in initial.target.parameters()]))

@@ -16,8 +16,9 @@ import yaml
 from test_cell import StopAfter
 
 from ablation import launch, store
-from ablation.cell import Preempted, load_data, run_cell
+from ablation.cell import Preempted, run_cell
 from ablation.config import build_config
+from ablation.data import load_data
 from ablation.grid import load_experiment
 from ablation.metrics_log import embedding_stats
 from ablation.names import PER_CLASS

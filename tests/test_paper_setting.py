@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from ablation.augment import parse_spec
-from ablation.cell import build_model, build_optimisation, sgd_epochs
+from ablation.cell import sgd_epochs
 from ablation.config import build_config
 from ablation.data.serve import EVAL_CENTRE, eval_centre
 from ablation.grid import load_experiment
 from ablation.optim import scaled_lr
+from ablation.training import build_optimisation, initial_method
 from analysis.paper import compare_with_paper
 
 GPU_PRESETS = ("cifar10", "imagenet", "imagenet100")
@@ -75,7 +76,7 @@ def test_barlow_twins_biases_learn_at_its_authors_rate():
     """Barlow Twins' LARS: weights 0.2 x B/256, biases and batch-norm parameters 0.0048 x B/256."""
     for method, ratio in (("barlow_twins", 0.0048 / 0.2), ("simclr", 1.0), ("byol", 1.0)):
         cfg = build_config({}, [f"method={method}", "model.width=4"])
-        optimizer, _ = build_optimisation(cfg, build_model(cfg, torch.device("cpu"), 10), steps=10)
+        optimizer, _ = build_optimisation(cfg, initial_method(cfg, torch.device("cpu"), 10), steps=10)
         weights, biases = optimizer.param_groups
         assert biases["initial_lr"] == pytest.approx(weights["initial_lr"] * ratio)
 
@@ -92,7 +93,7 @@ def test_figure8_sweeps_32_to_2048_and_runs_no_head_once(preset):
 def test_gpu_presets_build_the_reference_codes_projection_head(preset, width):
     """Hidden width = the width of h, batch norm after every linear layer, the output's without a shift."""
     cfg = cells("temperature", preset)[0].config
-    model = build_model(cfg, torch.device("cpu"), 10)
+    model = initial_method(cfg, torch.device("cpu"), 10)
     linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
     norms = [m for m in model.head if isinstance(m, torch.nn.BatchNorm1d)]
     assert model.dim == width and [(m.in_features, m.out_features) for m in linears] == [(width, width),

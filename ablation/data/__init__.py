@@ -1,5 +1,6 @@
 """Data: whole splits as uint8 tensors (embedded shapes, CIFAR, STL-10, image folders), batched on the device;
-image folders too big to hold streamed from disk (stream.py), either chosen by size (serve.py).
+image folders too big to hold streamed from disk (stream.py), either chosen by size (serve.py); a cell's splits
+and batcher from its config (loading.py).
 
 Names load on first use, so `ablation.data.folders` (no torch) serves `ablate status` without importing torch.
 """
@@ -10,7 +11,7 @@ import importlib
 _WHERE = {"DeviceBatcher": "batcher", "fits_on_device": "batcher", "make_embedded": "embedded",
           "FolderSet": "serve", "load_folder": "serve", "source_views": "serve", "stream_batcher": "serve",
           "DATASETS": "sources", "ImageFiles": "sources", "ImageSet": "sources", "default_cache_dir": "sources",
-          "load_dataset": "sources"}
+          "load_dataset": "sources", "load_data": "loading", "training_batcher": "loading"}
 __all__ = sorted(_WHERE)
 
 
