@@ -270,30 +270,17 @@ def _measure(config: dict, warmup: int, steps: int, threads: int, barrier, queue
 
     torch.set_num_threads(threads)
 
-    from ablation import accel
-    from ablation.augment import TwoViews
-    from ablation.cell import build_model, build_optimisation, generator, load_data, resolve_device, train_step
     from ablation.config import CellConfig, from_dict
-    from ablation.data import DeviceBatcher
+    from ablation.data import load_data
+    from ablation.training import Training, generator, resolve_device
 
     cfg = from_dict(CellConfig, config)
     device = resolve_device(cfg.train.device)
     train, _ = load_data(cfg)
-    model = build_model(cfg, device, len(train.classes))
-    batcher = DeviceBatcher(train.images.to(device), train.labels, cfg.train.batch_size)
-    optimizer, scheduler = build_optimisation(cfg, model, len(batcher))
-    net = accel.CompiledStep(model, model, accel.uses_compile(cfg.train.compile, device))
-    views = TwoViews(cfg.augment.views, mode=cfg.augment.mode)
-    batches = (xy for epoch in range(10**9) for xy in batcher.epoch(generator(device, 0, epoch)))
-    total = len(batcher) * cfg.train.epochs
-
-    def step(i: int) -> None:
-        x, y = next(batches)
-        net.run(lambda m: train_step(m, model, views, x, y, generator(device, 0, 0, i), optimizer, scheduler, cfg,
-                                     (min(i + 1, total), total)))
-
-    for i in range(warmup):
-        step(i)
+    training = Training.setup(cfg, train, device)  # a cell's own setup and step (ablation.training)
+    step = training.stepper()
+    for _ in range(warmup):
+        step()
     _sync(device)
     if fault == "crash":
         os._exit(3)  # no exception, no message: only the exit code tells
@@ -301,15 +288,15 @@ def _measure(config: dict, warmup: int, steps: int, threads: int, barrier, queue
         time.sleep(10**6)
     barrier.wait(timeout=wait_s)
     t0 = time.time()
-    for i in range(steps):
-        step(warmup + i)
+    for _ in range(steps):
+        step()
     _sync(device)
     out = {"images": steps * cfg.train.batch_size, "t0": t0, "t1": time.time()}
     if details:
-        x, _ = next(batches)
+        _, x, _ = next(training.epoch(0))
         t = time.perf_counter()
         for i in range(steps):
-            views(x, generator(device, 1, 0, i))
+            training.views(x, generator(device, 1, 0, i))
         _sync(device)
         out["augment_s"] = (time.perf_counter() - t) / steps
         out["step_s"] = (out["t1"] - t0) / steps
@@ -317,8 +304,8 @@ def _measure(config: dict, warmup: int, steps: int, threads: int, barrier, queue
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 torch.cuda.set_sync_debug_mode("warn")
-                for i in range(3):
-                    step(10**6 + i)
+                for _ in range(3):
+                    step()
                 torch.cuda.set_sync_debug_mode("default")
             out["syncs"] = sum("synchroniz" in str(w.message) for w in caught)
             out["sync_sources"] = sorted({str(w.message).splitlines()[0][:120] for w in caught})

@@ -6,9 +6,10 @@ images (the real CIFAR-10 JPEG copy in ../shared when present, else the embedded
 and norm parameters excluded). Both run the model channels_last under bf16 autocast on CUDA (fp32 on
 CPU), so the ratio measures what differs: data path, augmentation, loss, optimiser, and compilation.
 
-Ours, the cell's own `train_step` (ablation.cell) as a cell runs it: uint8 set on the device,
-DeviceBatcher, TwoViews("crop+color(s=0.5)", mode="symmetric") per batch on the device with a per-step
-generator, NT-Xent, multi-tensor LARS with its warmup + cosine schedule, and the model compiled with
+Ours, a cell's own training (ablation.training: `Training.setup`, then `Training.step` on the batches of
+`Training.epoch`), nothing rebuilt here: uint8 set on the device, DeviceBatcher, the cell's views (its
+augment.base, then "crop+color(s=0.5)", mode="symmetric") per batch on the device with the cell's per-step
+generators, NT-Xent, multi-tensor LARS with its warmup + cosine schedule, and the model compiled with
 torch.compile where the cell would (--compile, default the cell's auto: on CUDA).
 Reference, lightly's SimCLR recipe: the images served as PIL images (as torchvision's CIFAR10
 does) through `SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)`, a shuffling
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import itertools
 import math
 import os
 import sys
@@ -42,13 +42,12 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ablation.accel import CompiledStep, uses_compile
-from ablation.augment import TwoViews
-from ablation.cell import build_model, build_optimisation, generator, resolve_device, train_step
-from ablation.config import build_config
-from ablation.data import DeviceBatcher, ImageSet, load_dataset
+from ablation.accel import uses_compile
+from ablation.config import CellConfig, build_config
+from ablation.data import ImageSet, load_dataset
 from ablation.model import build_encoder
 from ablation.optim import scaled_lr
+from ablation.training import Training, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_CANDIDATES = (REPO.parent / "shared" / "datasets" / "cifar10-jpeg", REPO / "shared" / "datasets" / "cifar10-jpeg")
@@ -106,38 +105,22 @@ def encoder(name: str, seed: int) -> tuple[nn.Module, int]:
     return build_encoder(name, cifar_stem=True)
 
 
-def ours(data: ImageSet, batch: int, device: torch.device, seed: int, encoder_name: str = "resnet18",
-         compile_setting: str = "auto") -> Callable[[], Step]:
-    """A factory of step functions over fresh epochs, calling the cell's own `train_step`."""
-    cfg = build_config({}, [f"model.encoder={encoder_name}", "model.cifar_stem=true", "model.head_hidden=2048",
-                            "model.out_dim=128", f"train.batch_size={batch}", f"train.seed={seed}",
-                            f"augment.views={VIEWS}", "augment.mode=symmetric", f"loss.temperature={TEMPERATURE}",
-                            "optim.name=lars", "optim.lr_scaling=sqrt", f"optim.weight_decay={WEIGHT_DECAY}",
-                            f"optim.momentum={MOMENTUM}", f"train.device={device}",
-                            f"train.compile={compile_setting}"])
-    model = build_model(cfg, device, len(data.classes))
-    net = CompiledStep(model, model, uses_compile(cfg.train.compile, device))
-    batcher = DeviceBatcher(data.images.to(device), data.labels.to(device), batch, drop_last=True)
-    optimizer, scheduler = build_optimisation(cfg, model, len(batcher))
-    views = TwoViews(VIEWS, mode="symmetric")
-    model.train()
+def our_config(batch: int, device: torch.device, seed: int, encoder_name: str = "resnet18",
+               compile_setting: str = "auto") -> CellConfig:
+    """The cell that ours trains: the recipe above as a cell's config."""
+    return build_config({}, [f"model.encoder={encoder_name}", "model.cifar_stem=true", "model.head_hidden=2048",
+                             "model.out_dim=128", f"train.batch_size={batch}", f"train.seed={seed}",
+                             f"augment.views={VIEWS}", "augment.mode=symmetric", f"loss.temperature={TEMPERATURE}",
+                             "optim.name=lars", "optim.lr_scaling=sqrt", f"optim.weight_decay={WEIGHT_DECAY}",
+                             f"optim.momentum={MOMENTUM}", f"train.device={device}",
+                             f"train.compile={compile_setting}"])
 
-    def batches() -> Iterator[tuple[int, int, Tensor, Tensor]]:
-        for epoch in itertools.count():
-            for step, (x, y) in enumerate(batcher.epoch(generator(device, seed, epoch))):
-                yield epoch, step, x, y
 
-    def start() -> Step:
-        source = batches()
+def ours(cfg: CellConfig, data: ImageSet) -> Callable[[], Step]:
+    """A factory of step functions over fresh epochs: a cell's own setup and step (ablation.training)."""
+    training = Training.setup(cfg, data, resolve_device(cfg.train.device))
 
-        def step() -> None:
-            epoch, i, x, y = next(source)
-            total = len(batcher) * cfg.train.epochs  # the method's schedule (none for SimCLR) stops at its end
-            progress = (min(epoch * len(batcher) + i + 1, total), total)
-            net.run(lambda m: train_step(m, model, views, x, y, generator(device, seed, epoch, i), optimizer,
-                                         scheduler, cfg, progress))
-        return step
-    return start
+    return training.stepper
 
 
 class PILImages(Dataset):
@@ -235,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"{lightly_version}, {len(data)} images from {source}, {args.encoder}, batch {args.batch}, "
           f"{args.warmup} warmup + {args.steps} timed steps x {args.rounds} rounds, reference workers "
           f"{args.workers}", flush=True)
-    sides = {"ours": ours(data, args.batch, device, args.seed, args.encoder, args.compile)}
+    sides = {"ours": ours(our_config(args.batch, device, args.seed, args.encoder, args.compile), data)}
     if args.reference == "lightly":
         sides["lightly"] = lightly_recipe(data, args.batch, device, args.seed, args.workers, args.encoder)
     best = dict.fromkeys(sides, 0.0)
