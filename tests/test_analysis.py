@@ -124,7 +124,7 @@ def test_missing_and_failed_cells_are_nan_never_zero(tmp_path: Path) -> None:
     exp_dir = pairwise_exp(tmp_path, "partial", cells)
     summary, agg = analysis.load_summary(exp_dir)
     assert set(summary["status"]) == {"finished", "pending", "failed", "launched"}
-    assert (summary["status"] == "launched").sum() == 2  # a local claim and a Slurm job alike
+    assert (summary["status"] == "launched").sum() == 4  # a local claim and a Slurm job alike, two seeds each
     m = analysis.heatmap_matrix(summary, OPS)
     for first, second in missing:
         assert math.isnan(m.loc[first, second])
