@@ -33,10 +33,13 @@ from .methods import Method
 from .metrics_log import EpochLog
 from .names import (
     CORRUPT,
+    EPOCHS_DONE,
     EVAL_RECORD,
     FAILED,
     FINAL_LOSS,
     FINISHED,
+    IMAGES_PER_S,
+    IMAGES_SEEN,
     KNN_TOP1,
     LBFGS,
     LINEAR_PROTOCOL,
@@ -46,6 +49,7 @@ from .names import (
     PER_CLASS,
     RANDOM_INIT_TOP1,
     SGD,
+    WALL_TIME_S,
     protocol_metric,
 )
 from .probe import OnlineHead, extract_features, knn_correct, linear_probe, sgd_probe
@@ -180,10 +184,10 @@ def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: 
             metrics: dict, reason: str | None = None, files: tuple[str, ...] = ()) -> dict:
     result = {**_identity(out, cfg), "status": status, "reason": reason, "metrics": metrics,
               EVAL_RECORD: eval_record(cfg),
-              "epochs_done": state.epoch, "images_seen": state.images, "resumed_at": state.resumed_at,
+              EPOCHS_DONE: state.epoch, IMAGES_SEEN: state.images, "resumed_at": state.resumed_at,
               "losses": state.losses,
-              "wall_time_s": round(state.wall_s, 3), "train_time_s": round(state.train_s, 3),
-              "images_per_s": round(state.images / state.train_s, 1) if state.train_s else None,
+              WALL_TIME_S: round(state.wall_s, 3), "train_time_s": round(state.train_s, 3),
+              IMAGES_PER_S: round(state.images / state.train_s, 1) if state.train_s else None,
               "epoch_s": state.epoch_s,
               "device": str(device), "seed": cfg.train.seed, "versions": _versions(),
               "config": cfg.to_dict(), **({"files": list(files)} if files else {})}

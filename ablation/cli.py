@@ -12,7 +12,7 @@ import yaml
 
 from . import store
 from .grid import preset_names
-from .names import DONE, EXECUTORS, FINISHED, METRICS
+from .names import DONE, EXECUTORS, FINISHED, INTERRUPTED, METRICS
 
 EPILOG = """examples:
   ablate grid                                  # Figure 5 on the embedded data, on this machine
@@ -160,9 +160,9 @@ def cmd_preview(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .cell import Preempted, run_cell
+    from .cell import Interrupt, Preempted, run_cell
     from .config import load_config
-    from .launch import Interrupt, interrupt_on_signals
+    from .local import interrupt_on_signals
     cfg = load_config(args.config, args.overrides)
     interrupt = Interrupt()
     try:
@@ -187,7 +187,7 @@ def _experiment(args, check: bool = True):
 
 
 def cmd_grid(args) -> int:
-    from . import sizing, status
+    from . import cost, sizing, status
     if args.show_config and not args.dry_run:
         print("ablate grid: --show-config prints the cells' configs instead of running them: add --dry-run",
               file=sys.stderr)
@@ -199,17 +199,17 @@ def cmd_grid(args) -> int:
         memory, allocation = sizing.report(exp)
         print(status.render(rows, limit=60, columns=memory))
         print(allocation)
-        print(status.estimate(exp, rows))
+        print(cost.estimate(exp, rows))
         if args.show_config:
             print(resolved_configs(exp.cells), end="")
         return 0
-    from . import launch, pack
-    workers = pack.local_workers(args.workers, [c.config for c in exp.cells])
+    from . import launch, local
+    workers = local.local_workers(args.workers, [c.config for c in exp.cells])
     outcome = launch.launch(args.results, exp, args.executor, args.retry, workers)
     if outcome["executor"] == "slurm" and not args.wait:
         print(f"submitted {len(outcome['submitted'])} jobs. Follow with: {follow_command(args, exp)}")
         return 0
-    if launch.INTERRUPTED in outcome.get("ran", {}).values():
+    if INTERRUPTED in outcome.get("ran", {}).values():
         print("stopped by a signal; launch again to resume", file=sys.stderr)
         return 130
     if outcome["executor"] == "slurm":
@@ -232,8 +232,8 @@ def follow_command(args: argparse.Namespace, exp) -> str:
 
 
 def _watch(results: Path, exp, every_s: float = 10.0) -> int:
-    from . import monitor
-    return monitor.watch(results, exp, every_s)
+    from . import status
+    return status.watch(results, exp, every_s)
 
 
 def _finish(results: Path, exp) -> int:
@@ -255,12 +255,12 @@ def _finish(results: Path, exp) -> int:
 
 
 def cmd_status(args) -> int:
-    from . import monitor
+    from . import status
     exp = _experiment(args, check=False)  # cell ids need no torch import
     if args.watch:
-        return monitor.watch(args.results, exp, args.every)
-    snap = monitor.snapshot(args.results, exp)
-    print(json.dumps(monitor.document(snap), indent=2) if args.json else monitor.table(snap))
+        return status.watch(args.results, exp, args.every)
+    snap = status.snapshot(args.results, exp)
+    print(json.dumps(status.document(snap), indent=2) if args.json else status.table(snap))
     return 0 if all(r.state == DONE for r in snap.rows) else 1
 
 

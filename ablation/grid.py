@@ -11,7 +11,7 @@ An experiment file holds
                             or product (axes: {key: [values]}), seeds: [...]
     figure                  optional: how analysis draws a product grid (kind: budget, see FIGURE_KEYS);
                             a preset may override it, as it may the grid
-    slurm                   resources for `ablate grid --executor slurm`
+    slurm                   resources for `ablate grid --executor slurm` (ablation.slurm.config)
 A cell whose method has a recipe for the preset in methods.yaml (beside presets.yaml) gets it on top
 of the preset, below everything else. The whole experiment is resolved and validated before anything runs.
 """
@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import CellConfig, from_dict, merge, opt, read_yaml, set_dotted, validate
+from .config import CellConfig, from_dict, merge, read_yaml, set_dotted, validate
 from .errors import did_you_mean
 from .identity import settings, signature, spec_keys
-from .names import GRID_KINDS, PAPER_TABLES
+from .names import GRID_KINDS, PAPER_TABLES, pair_spec
+from .slurm.config import SlurmConfig, read_slurm
 from .store import check_name
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
@@ -37,36 +38,6 @@ SEED_KEY = "train.seed"  # replicates differ in it; it is never a swept setting
 # figure kind -> the keys it needs: which swept key is the budget (x), the lines (hue) and the panels
 # (facet), and which hue values are compositions and which single ops (analysis never guesses them)
 FIGURE_KEYS = {"budget": ("x", "hue", "facet", "compositions", "singles")}
-
-
-@dataclass
-class SlurmConfig:
-    partition: Optional[str] = opt(None, "partition (none: the cluster's default)")
-    nodes: int = opt(1, "nodes per cell: a DDP cell over nodes x tasks_per_node processes, the global batch split "
-                     "evenly over them (packs of cells stay on one node)", low=1, high=1024)
-    gpus_per_node: int = opt(1, "GPUs per node of a cell", low=0, high=64)
-    tasks_per_node: int = opt(1, "processes per node of a cell, one per GPU; more than one process in all runs DDP "
-                              "with gathered negatives and global batch norm", low=1, high=64)
-    gpu_mem_gb: float = opt(80.0, "memory of one GPU in GB: a launch refuses cells whose estimated peak per rank "
-                            "exceeds it (`ablate grid --dry-run` shows the estimate)", low=1.0)
-    cells_per_gpu: int = opt(0, "cells one job runs at once on each of its GPUs (CPU jobs: in all); 0: automatic, "
-                             "from the model's cost and the GPU's memory (1 for CPU jobs and DDP cells)",
-                             low=0, high=64)
-    gres: Optional[str] = opt(None, "generic resources per job, e.g. shard:1 where the cluster shares GPUs as "
-                              "shards (then gpus_per_node: 0)")
-    cpus_per_task: int = opt(8, "CPUs per process", low=1, high=1024)
-    mem_gb: Optional[int] = opt(None, "memory per cell in GB (none: the partition's default)", low=1)
-    timeout_min: int = opt(240, "time limit per job; a cell that hits it checkpoints and requeues", low=1)
-    account: Optional[str] = opt(None, "Slurm account")
-    qos: Optional[str] = opt(None, "quality of service")
-    constraint: Optional[str] = opt(None, "node features, e.g. a100")
-    array_parallelism: int = opt(64, "how many cells of one launch run at once", low=1)
-    signal_delay_s: int = opt(120, "seconds before the time limit when Slurm sends USR2", low=10)
-    max_requeues: int = opt(10, "time-limit requeues before a cell gives up", low=0)
-    images_per_s: Optional[float] = opt(None, "throughput of one cell (all its ranks together), for --dry-run "
-                                        "estimates before any cell ran",
-                                        low=0.0)
-    extra: Optional[dict] = opt(None, "extra sbatch parameters, e.g. {exclude: node3}")
 
 
 @dataclass
@@ -266,7 +237,7 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
             set_dotted(slurm_tree, assignment.removeprefix("slurm."))
         else:
             set_dotted(cell_tree, assignment)
-    slurm = _check_slurm(from_dict(SlurmConfig, slurm_tree, "slurm."))
+    slurm = read_slurm(slurm_tree)
     kind, ops, axes, points = _grid_points(grid, "grid")
     _check_figure(figure, axes)
     seeds = grid.get("seeds") or [None]
@@ -315,12 +286,6 @@ def _check_figure(figure: dict | None, axes: list) -> None:
             raise ValueError(f"figure.{role}: '{figure[role]}' is not a swept key; swept: {', '.join(axes)}")
 
 
-def pair_spec(first: str, second: str) -> str:
-    """A pairwise cell's views and label: the op alone on the diagonal (Figure 5's single
-    transformations), else the composition first+second."""
-    return first if first == second else f"{first}+{second}"
-
-
 def preset_names() -> list[str]:
     """The project's shared presets (experiments/presets.yaml), for help texts."""
     return list(_shared(EXPERIMENTS_DIR / "presets.yaml", "presets"))
@@ -344,31 +309,6 @@ def _recipe(recipes: dict, method: Any, preset: str) -> dict:
     return recipe or {}
 
 
-def _check_slurm(slurm: SlurmConfig) -> SlurmConfig:
-    if slurm.cells_per_gpu > 1 and slurm.tasks_per_node > 1:
-        raise ValueError(f"slurm.cells_per_gpu: {slurm.cells_per_gpu} cells per GPU need tasks_per_node 1 "
-                         f"(got {slurm.tasks_per_node}); a DDP cell has its GPUs to itself")
-    if slurm.cells_per_gpu > 1 and slurm.nodes > 1:
-        raise ValueError(f"slurm.cells_per_gpu: {slurm.cells_per_gpu} cells per GPU need nodes 1 (got {slurm.nodes}); "
-                         f"packs of cells run on one node")
-    if slurm.gres and slurm.gpus_per_node:
-        raise ValueError(f"slurm.gres: '{slurm.gres}' with gpus_per_node {slurm.gpus_per_node}; "
-                         f"ask for GPUs one way: set gpus_per_node: 0 with gres")
-    return slurm
-
-
 def cell_identity(exp: Experiment, cell: Cell) -> dict:
     """cell.json: who this cell is within its experiment."""
     return {"id": cell.id, "experiment": exp.name, "label": cell.label, "coords": cell.coords, "seed": cell.seed}
-
-
-def slurm_parameters(slurm: SlurmConfig) -> dict:
-    """submitit executor parameters from the slurm section."""
-    params = {"slurm_partition": slurm.partition, "gpus_per_node": slurm.gpus_per_node or None,
-              "tasks_per_node": slurm.tasks_per_node, "cpus_per_task": slurm.cpus_per_task,
-              "timeout_min": slurm.timeout_min, "slurm_account": slurm.account, "slurm_qos": slurm.qos,
-              "slurm_constraint": slurm.constraint, "slurm_array_parallelism": slurm.array_parallelism,
-              "slurm_signal_delay_s": slurm.signal_delay_s, "slurm_additional_parameters": slurm.extra,
-              "mem_gb": slurm.mem_gb, "slurm_gres": slurm.gres, "nodes": slurm.nodes}
-    return {k: v for k, v in params.items() if v is not None}
-

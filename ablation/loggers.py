@@ -22,7 +22,7 @@ from typing import Any, Callable
 from . import store
 from .config import CellConfig
 from .identity import signature
-from .names import FINISHED
+from .names import EPOCH, FINISHED
 
 Groups = dict[str, dict[str, Any]]  # {"train": {"loss": ..}, "embedding": {..}, "probe": {..}}
 DEFAULT_PROJECT = "ablation"
@@ -39,7 +39,7 @@ class CellRun:
     @classmethod
     def resuming(cls, cell_dir: Path, cfg: CellConfig, done: int) -> CellRun:
         """A cell that resumes after `done` epochs; what it logged before is read from metrics.jsonl."""
-        logged = max((r["epoch"] for r in store.read_metrics(cell_dir)), default=0)
+        logged = max((r[EPOCH] for r in store.read_metrics(cell_dir)), default=0)
         return cls(Path(cell_dir), cfg, done, max(done, logged))
 
 
@@ -64,7 +64,7 @@ class MetricsFile(Logger):
 
     def __init__(self, run: CellRun):
         self.cell_dir = run.cell_dir
-        self.rows = [r for r in store.read_metrics(run.cell_dir) if r["epoch"] <= run.done]
+        self.rows = [r for r in store.read_metrics(run.cell_dir) if r[EPOCH] <= run.done]
         store.write_metrics(run.cell_dir, self.rows)
 
     def epoch(self, row: dict, groups: Groups) -> None:
@@ -91,7 +91,7 @@ class TensorBoard(Logger):
         for group, values in groups.items():
             for key, value in values.items():
                 if value is not None:
-                    self.writer.add_scalar(f"{group}/{key}", value, row["epoch"])
+                    self.writer.add_scalar(f"{group}/{key}", value, row[EPOCH])
         self.writer.flush()
 
     def close(self) -> None:
@@ -144,10 +144,10 @@ class WandB(Logger):
         self.exit_code = 1  # a run closed before the cell's result (interrupted) did not finish
 
     def epoch(self, row: dict, groups: Groups) -> None:
-        if row["epoch"] <= self.logged:  # already in the run: a step is never taken back
+        if row[EPOCH] <= self.logged:  # already in the run: a step is never taken back
             return
         values = {f"{group}/{key}": v for group, part in groups.items() for key, v in part.items() if v is not None}
-        self.run.log({**values, "epoch": row["epoch"]}, step=row["epoch"])
+        self.run.log({**values, EPOCH: row[EPOCH]}, step=row[EPOCH])
 
     def finish(self, result: dict) -> None:
         metrics = result.get("metrics") or {}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .loggers import Loggers
 from .methods import Method
+from .names import ALIGN, EPOCH, IMAGES_PER_S, LOSS, LR, POS_SIM, STEP, TIME, UNIFORM, WALL_S
 
 # Images of the fixed batch whose two views measure the embeddings after every epoch: the same
 # images and the same augmentation draws each epoch, so the curve follows the model only.
@@ -44,7 +45,7 @@ def embedding_stats(z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tenso
     (Wang & Isola 2020, alpha = t = 2). Collapse shows as uniform -> 0, a trivial task as pos_sim -> 1."""
     z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
     uniform = torch.stack([torch.pdist(z).square().mul(-2).exp().mean().log() for z in (z1, z2)]).mean()
-    return {"pos_sim": (z1 * z2).sum(1).mean(), "align": (z1 - z2).square().sum(1).mean(), "uniform": uniform}
+    return {POS_SIM: (z1 * z2).sum(1).mean(), ALIGN: (z1 - z2).square().sum(1).mean(), UNIFORM: uniform}
 
 
 def _number(value: float) -> float | None:
@@ -105,14 +106,14 @@ class EpochLog:
         images, seconds = state.images - self.images, state.train_s - self.train_s
         self.images, self.train_s = state.images, state.train_s
         parts = {
-            "train": {"loss": _number(loss), "lr": _number(lr),
-                      "images_per_s": round(images / seconds, 1) if seconds > 0 else None},
+            "train": {LOSS: _number(loss), LR: _number(lr),
+                      IMAGES_PER_S: round(images / seconds, 1) if seconds > 0 else None},
             "embedding": embedding,
             "probe": ({k: v for k, v in self.probe().items() if isinstance(v, float)}
                       if self.log_every and state.epoch % self.log_every == 0 else {}),
         }
-        row = {"epoch": state.epoch, "step": state.epoch * self.steps, "wall_s": round(wall_s, 3),
-               "time": round(time.time(), 3), **parts["train"], **parts["embedding"], **parts["probe"]}
+        row = {EPOCH: state.epoch, STEP: state.epoch * self.steps, WALL_S: round(wall_s, 3),
+               TIME: round(time.time(), 3), **parts["train"], **parts["embedding"], **parts["probe"]}
         self.loggers.epoch(row, parts)
         return row
 

@@ -33,10 +33,18 @@ LINEAR_PROTOCOLS = (LBFGS, SGD, ONLINE)
 
 # ---- experiments and launching
 GRID_KINDS = ("pairwise", "product")
+
 EXECUTORS = ("auto", "slurm", "local")
 # The paper's tables and figures an experiment can reproduce, and how the paper names them.
 PAPER_TABLES = {"figure5": "Figure 5", "table1": "Table 1", "table4": "Table 4", "table5": "Table 5",
                 "figure8": "Figure 8", "tableB1": "Table B.1"}
+
+
+def pair_spec(first: str, second: str) -> str:
+    """A pairwise cell's views and label (summary.csv's `label`): the op alone on the diagonal (Figure 5's
+    single transformations), else the composition first+second."""
+    return first if first == second else f"{first}+{second}"
+
 
 # ---- result.json "status": written by the cell (corrupt: a file of the cell cannot be read)
 FINISHED, FAILED, CORRUPT = "finished", "failed", "corrupt"
@@ -46,6 +54,14 @@ DONE, RUNNING, QUEUED, UNKNOWN, TODO, CANCELLED, TIMEOUT = (
     "done", "running", "queued", "unknown", "todo", "cancelled", "timeout")
 STATES = (DONE, RUNNING, QUEUED, UNKNOWN, TODO, FAILED, CORRUPT, CANCELLED, TIMEOUT)
 RETRYABLE = (FAILED, CORRUPT, CANCELLED, TIMEOUT)  # rerun by `ablate grid --retry`
+ENDED = (DONE, FAILED, CORRUPT, CANCELLED, TIMEOUT)  # a todo cell has not ended: it waits for a launch
+
+# ---- how a launch's run of one cell ended (local workers, packs): FINISHED, INTERRUPTED (stopped by a signal
+# with a checkpoint: the next launch resumes it) or "failed: why"
+INTERRUPTED = "interrupted"
+
+# ---- summary.csv "status" of a cell without a result.json: LAUNCHED (it has a job.json) or PENDING (never launched)
+LAUNCHED, PENDING = "launched", "pending"
 
 # ---- metrics in result.json
 LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1, RANDOM_INIT_TOP1, FINAL_LOSS = (
@@ -60,6 +76,17 @@ def protocol_metric(protocol: str) -> str:
     """The metric holding one protocol's linear top-1 (eval.compare: every protocol's, beside linear_top1)."""
     return f"{LINEAR_TOP1}_{protocol}"
 
+
+# ---- result.json: how the run went, beside status and metrics (analysis reads them as columns)
+EPOCHS_DONE, IMAGES_SEEN, WALL_TIME_S, IMAGES_PER_S = "epochs_done", "images_seen", "wall_time_s", "images_per_s"
+RUN_STATS = (EPOCHS_DONE, IMAGES_SEEN, WALL_TIME_S, IMAGES_PER_S)
+
+# ---- metrics.jsonl: one row per trained epoch (ablation/metrics_log.py writes them). Training: EPOCH (epochs
+# done), STEP, WALL_S (seconds since the run started), TIME (unix time), LOSS, LR, IMAGES_PER_S; embedding
+# statistics of a method with projections: POS_SIM, ALIGN, UNIFORM; the probes (every train.log_every epochs)
+# under their result.json names (LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1).
+EPOCH, STEP, WALL_S, TIME, LOSS, LR = "epoch", "step", "wall_s", "time", "loss", "lr"
+POS_SIM, ALIGN, UNIFORM = "pos_sim", "align", "uniform"
 
 # result.json's "eval": how the cell's linear metrics were measured (the protocol of linear_top1 and its kin)
 EVAL_RECORD, LINEAR_PROTOCOL = "eval", "linear_protocol"

@@ -1,123 +1,55 @@
-"""Several cells on one GPU: how many (K), and K cells at once in one Slurm job or one local launch.
+"""Several cells on one GPU: how many (K), the packs of cells that one Slurm job runs, and running a pack.
 
 A small cell leaves a large GPU mostly idle: its kernels are short and one host thread launches
 them one after another. K cells in K processes on the same GPU fill the gaps. K is the smaller
 of what the device memory holds and what keeps the GPU busy: a step that already costs
-SATURATING_FLOP is left alone (K = 1). Both come from the cell's config, counted on the meta device
-(nothing is computed or allocated), so a launcher can size packs on a machine without a GPU.
+SATURATING_FLOP is left alone (K = 1). Both come from the cell's config (ablation.cost counts them
+on the meta device), so a launcher can size packs on a machine without a GPU.
 
 A pack is a static group of cells submitted as one Slurm job (each cell belongs to exactly one job;
-its job.json names it), run as one process per cell, K at a time. Every cell is still a normal
-cell: it resumes from its own checkpoint, writes its own result atomically, and a finished one is
-skipped. A preemption signal reaches every cell process (and the job forwards it): each writes
-its checkpoint at its next step boundary, then the job requeues itself.
+its job.json names it; ablation.slurm.jobs.PackJob runs it), run as one process per cell, K at a
+time. Every cell is still a normal cell: it resumes from its own checkpoint, writes its own result
+atomically, and a finished one is skipped. A preemption signal reaches every cell process (and the
+job forwards it): each writes its checkpoint at its next step boundary, then the job requeues itself.
 """
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
-import submitit
 import torch
 
 from . import store
 from .config import CellConfig, from_dict
-from .data.serve import serving
-from .slurm_entry import release as release_usr2
-from .slurm_entry import requeue as requeue_job
-from .status import train_size
+from .cost import PROCESS_BYTES, step_cost
+from .names import FINISHED, INTERRUPTED
 
 AUTO_MAX = 8             # cells per GPU at most when K is automatic
 SATURATING_FLOP = 1e12   # a training step this costly (several ms of an H100-class GPU) keeps a GPU busy alone
-PROCESS_BYTES = 2**30    # per cell process: CUDA context, kernels, allocator slack
 MEMORY_FRACTION = 0.9    # of the device memory that the K cells may fill
-COST_CLASSES = 1000      # classes a supervised cell's classifier is counted with (at most ImageNet's)
 PREEMPTED_EXIT = 75      # a cell process that stopped on a signal after writing its checkpoint
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 PR_SET_PDEATHSIG = 1     # prctl option: the signal a process gets when its parent ends
 POLL_S = 0.1             # how soon the pack sees an interrupt or a cell that ended (a wait, not a busy loop)
 
 
-_COSTS: dict[tuple, tuple[float, int]] = {}
-
-
-def step_cost(cfg: CellConfig) -> tuple[float, int]:
-    """(FLOPs, bytes on the device) of one cell's training, from its config.
-
-    FLOPs: forward and backward of one step of the method's networks over its views (not its loss),
-    counted by FlopCounterMode on the meta device. Bytes: the tensors autograd keeps for the backward
-    pass (half under bf16), four copies of the weights (weights, gradients, momentum, spare), the
-    augmentation's working copies of the views, and the resident uint8 training set when its size is
-    known. Cells that differ only in what does not change the cost (augmentations, loss, seed, ...)
-    share one count.
-    """
-    m, d, t = cfg.model, cfg.data, cfg.train
-    key = (tuple(vars(m).values()), cfg.method, json.dumps(cfg.method_args, sort_keys=True),
-           json.dumps(vars(d), sort_keys=True), t.batch_size, t.precision)
-    if key not in _COSTS:
-        _COSTS[key] = _count(cfg)
-    return _COSTS[key]
-
-
-def _count(cfg: CellConfig) -> tuple[float, int]:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .accel import uses_bf16
-    from .training import initial_method
-
-    b, s = cfg.train.batch_size, cfg.data.size
-    with torch.random.fork_rng(devices=[]):  # initial_method seeds the global generator
-        model = initial_method(cfg, torch.device("meta"), COST_CLASSES)
-    x = torch.empty(b, 3, s, s, device="meta").contiguous(memory_format=torch.channels_last)
-    kept: list[int] = []
-
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        kept.append(t.numel() * t.element_size())
-        return t
-
-    with FlopCounterMode(display=False) as flops, torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        outputs = model((x,) * model.n_views)
-        sum(o.float().sum() for o in (outputs if isinstance(outputs, tuple) else (outputs,))
-            if o.requires_grad).backward()
-    bf16 = uses_bf16(cfg.train.precision, torch.device("cuda"))
-    weights = sum(p.numel() for p in model.parameters()) * 4
-    views = model.n_views * b * 3 * s * s * 4
-    nbytes = sum(kept) // (2 if bf16 else 1) + 4 * weights + 8 * views + resident_bytes(cfg.data)
-    return float(flops.get_total_flops()), nbytes
-
-
-def resident_bytes(data) -> int:
-    """The uint8 training set that a cell keeps on its device (data: the cell's DataConfig): its known
-    size (data.per_class counted, a folder's files counted) at the stored side; none when the cell
-    keeps it off the device (data.resident=never) or streams a folder; none when the size is unknown."""
-    size = train_size(data)
-    if size is None or data.resident == "never":
-        return 0
-    side = (data.stored_size or data.size) if data.name == "folder" else data.size
-    if data.name == "folder" and serving(data.serve, side, size[0]) == "stream":
-        return 0
-    return size[0] * 3 * side * side
-
-
-def auto_cells_per_gpu(cfg: CellConfig, device_bytes: int | None = None) -> int:
+def auto_cells_per_gpu(cfg: CellConfig, gpu_bytes: int | None = None) -> int:
     """K for cells like `cfg`: enough to keep a GPU busy, at most AUTO_MAX, and within
-    MEMORY_FRACTION of `device_bytes` (not checked when None, e.g. on a submit host without a GPU)."""
+    MEMORY_FRACTION of `gpu_bytes` (not checked when None, e.g. on a submit host without a GPU)."""
     flops, nbytes = step_cost(cfg)
     k = min(AUTO_MAX, max(1, math.ceil(SATURATING_FLOP / max(flops, 1.0))))
-    if device_bytes is not None:
-        k = min(k, int(MEMORY_FRACTION * device_bytes // (nbytes + PROCESS_BYTES)))
+    if gpu_bytes is not None:
+        k = min(k, int(MEMORY_FRACTION * gpu_bytes // (nbytes + PROCESS_BYTES)))
     return max(1, k)
 
 
-def device_bytes(index: int = 0) -> int | None:
+def gpu_memory(index: int = 0) -> int | None:
     """Total memory of CUDA device `index`, or None without a GPU."""
     return torch.cuda.get_device_properties(index).total_memory if torch.cuda.is_available() else None
 
@@ -142,25 +74,6 @@ def packs(cells: list, cells_per_gpu: int, gpus: int, tasks: int) -> list[list]:
         by_size.setdefault(cells_per_job(cells_per_gpu, gpus, tasks, cell.config), []).append(cell)
     return [same[j * len(same) // n:(j + 1) * len(same) // n]  # n jobs of near-equal size
             for size, same in by_size.items() for n in [math.ceil(len(same) / size)] for j in range(n)]
-
-
-def local_workers(setting: str | int, configs: list[CellConfig]) -> int:
-    """`--workers`: a number, or 'auto': on every GPU of this machine, K for the costliest of
-    `configs` (1 without a GPU)."""
-    if setting != "auto":
-        return int(setting)
-    if not torch.cuda.is_available() or not configs:
-        return 1
-    return sum(min(auto_cells_per_gpu(c, device_bytes(i)) for c in configs) for i in range(torch.cuda.device_count()))
-
-
-def bind_worker_to_gpu(counter) -> None:
-    """ProcessPoolExecutor initializer: the i-th worker uses GPU i mod the GPU count ('cuda' means it)."""
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
-    if torch.cuda.is_available():
-        torch.cuda.set_device(index % torch.cuda.device_count())
 
 
 # ---------------------------------------------------------------- running a pack
@@ -193,7 +106,7 @@ def _cell_process(config: dict, folder: str, gpu: int | None, threads: int, pare
         torch.cuda.set_device(gpu)
     try:
         result = run_cell(from_dict(CellConfig, config), Path(folder), interrupt)
-        code = 0 if result["status"] == store.FINISHED else 1
+        code = 0 if result["status"] == FINISHED else 1
     except Preempted as stop:
         print(f"{Path(folder).name}: {stop}", file=sys.stderr, flush=True)
         code = PREEMPTED_EXIT
@@ -205,10 +118,10 @@ def _cell_process(config: dict, folder: str, gpu: int | None, threads: int, pare
 
 def _outcome(folder: str, exitcode: int | None) -> str:
     if exitcode == PREEMPTED_EXIT:
-        return "interrupted"
+        return INTERRUPTED
     result = store.read_result(Path(folder)) or {}
-    if result.get("status") == store.FINISHED:
-        return store.FINISHED
+    if result.get("status") == FINISHED:
+        return FINISHED
     return f"failed: {result.get('reason') or f'cell process exited with code {exitcode}'}"
 
 
@@ -222,8 +135,8 @@ def run_pack(configs: list[dict], folders: list[str], at_once: int, interrupt, g
     are told to checkpoint. Returns {folder: finished | interrupted | failed: why}.
     """
     spawn = multiprocessing.get_context("spawn")
-    todo = [i for i, f in enumerate(folders) if (store.read_result(Path(f)) or {}).get("status") != store.FINISHED]
-    outcome = {folders[i]: store.FINISHED for i in range(len(folders)) if i not in todo}
+    todo = [i for i, f in enumerate(folders) if (store.read_result(Path(f)) or {}).get("status") != FINISHED]
+    outcome = {folders[i]: FINISHED for i in range(len(folders)) if i not in todo}
     running: dict[int, multiprocessing.process.BaseProcess] = {}
     gpu_of: dict[int, int | None] = {}
     told = False
@@ -241,7 +154,7 @@ def run_pack(configs: list[dict], folders: list[str], at_once: int, interrupt, g
             log(f"cell {Path(folders[i]).name}: started (pid {running[i].pid})")
         if interrupt.requested and not told:  # a signal may reach the cells directly too: asking twice is harmless
             told = True
-            outcome.update({folders[i]: "interrupted" for i in todo})
+            outcome.update({folders[i]: INTERRUPTED for i in todo})
             todo = []
             for p in running.values():
                 _signal(p, signal.SIGUSR2)
@@ -262,40 +175,3 @@ def _signal(process: multiprocessing.process.BaseProcess, signum: int) -> None:
         os.kill(process.pid, signum)
     except ProcessLookupError:  # it has just ended
         pass
-
-
-def _threads_each(at_once: int) -> int:
-    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or os.cpu_count() or 1
-    return max(1, cpus // max(1, at_once))
-
-
-def _log(line: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
-
-
-class PackJob(submitit.helpers.Checkpointable):
-    """The Slurm job of a pack: its cells, K at a time, on the job's GPUs (see the module doc).
-
-    A submitit Checkpointable: on USR2 every cell checkpoints, then the job requeues itself and
-    the new run resumes the unfinished cells. Raises when a cell failed, so Slurm records it.
-    """
-
-    def __call__(self, configs: list[dict], folders: list[str], cells_per_gpu: int) -> dict:
-        from .cell import Interrupt
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        per_gpu = cells_per_gpu or (auto_cells_per_gpu(from_dict(CellConfig, configs[0]), device_bytes())
-                                    if gpus else 1)
-        at_once = min(len(configs), per_gpu * max(1, gpus))
-        requeue = signal.getsignal(signal.SIGUSR2)  # submitit's: calls checkpoint(), requeues, exits
-        interrupt = Interrupt()
-        signal.signal(signal.SIGUSR2, lambda *_: interrupt.request("preemption or time-limit signal"))
-        release_usr2()  # held since the process started (ablation.slurm_entry): a held one arrives now
-        _log(f"pack of {len(configs)} cells, {at_once} at once on {gpus or 'no'} GPU(s)")
-        outcome = run_pack(configs, folders, at_once, interrupt, gpus, _threads_each(at_once), _log)
-        if interrupt.requested and "interrupted" in outcome.values() and callable(requeue):
-            requeue_job(requeue)  # exits the process once the job is requeued
-        failed = {Path(f).name: why for f, why in outcome.items() if why != store.FINISHED}
-        if failed:
-            raise RuntimeError(f"cells did not finish: {failed}")
-        return {"status": store.FINISHED, "cells": len(folders)}

@@ -4,12 +4,12 @@ A cell's global batch is split evenly over its ranks (slurm.nodes x slurm.tasks_
 Its memory per rank is linear in the batch per rank: a fixed part (weights, gradients, optimiser state,
 the weights that autograd keeps, a resident training set) and a part per image (the activations that
 autograd keeps for the backward pass, the augmentation's working copies of the views). Both come from
-`pack.step_cost`, which counts them on the meta device (nothing is computed or allocated), at two small
+`cost.step_cost`, which counts them on the meta device (nothing is computed or allocated), at two small
 batches. Counting every tensor autograd saves overcounts the activations (a convolution's input and the
 batch norm's output before it share memory), so the part per image is scaled by the ratio of a measured
 peak to the count, per encoder (CALIBRATION; measured on the CPU in fp32 with `measure_peak_bytes`, which
 tests/test_sizing.py checks again on other batches and sizes). On a GPU the caching allocator and the
-kernels' workspaces add ALLOCATOR_SLACK, and the CUDA context pack.PROCESS_BYTES; that part is assumed,
+kernels' workspaces add ALLOCATOR_SLACK, and the CUDA context cost.PROCESS_BYTES; that part is assumed,
 not measured here.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from .config import CellConfig, from_dict
+from .cost import PROCESS_BYTES, step_cost
 
 # measured / counted bytes per image of a training step, fp32 on the CPU (data.size 32: small_cnn at batch
 # 64 and 512, resnet18 at 8 and 32; resnet50 without the CIFAR stem at 64 px, batch 4 and 16)
@@ -54,8 +55,6 @@ def at_batch(cfg: CellConfig, batch: int) -> CellConfig:
 
 def footprint(cfg: CellConfig) -> Footprint:
     """The cell's step as counted on the meta device, its part per image calibrated (see the module doc)."""
-    from .pack import step_cost
-
     small, large = (step_cost(at_batch(cfg, b))[1] for b in COUNTED_AT)
     per_image = (large - small) / (COUNTED_AT[1] - COUNTED_AT[0])
     return Footprint(small - per_image * COUNTED_AT[0], per_image * CALIBRATION[cfg.model.encoder])
@@ -68,15 +67,11 @@ def ranks(slurm) -> int:
 
 def device_bytes(fp: Footprint, batch_per_rank: int) -> float:
     """Peak bytes on one GPU of a rank that trains `batch_per_rank` images a step."""
-    from .pack import PROCESS_BYTES
-
     return ALLOCATOR_SLACK * fp.bytes(batch_per_rank) + PROCESS_BYTES
 
 
 def step_capacity(gpu_mem_gb: float) -> float:
     """The bytes a step may use on a GPU of `gpu_mem_gb` (the inverse of `device_bytes`)."""
-    from .pack import PROCESS_BYTES
-
     return (gpu_mem_gb * GB - PROCESS_BYTES) / ALLOCATOR_SLACK
 
 

@@ -1,4 +1,6 @@
-"""The state of every cell (from its files and one `sacct` call), status tables and cost estimates.
+"""The state of a grid: every cell's state (from its files and one `sacct` call), its progress (from its
+metrics.jsonl) and the grid's ETA, shown as a status table, as one JSON document, or as a view that
+refreshes until every cell has ended: what `ablate status` prints.
 
 A cell is done only when its result.json says "finished". A submitted cell has a job.json
 (executor, job id); its live state comes from `sacct`. A cell whose files cannot be read is
@@ -8,25 +10,26 @@ A cell is done only when its result.json says "finished". A submitted cell has a
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import socket
 import statistics
-import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import store
-from .data.folders import train_size as folder_train_size
 from .grid import Cell, Experiment
 from .names import (
     CANCELLED,
     CORRUPT,
     DONE,
+    ENDED,
+    EPOCH,
     FAILED,
     FINISHED,
+    IMAGES_PER_S,
+    LOSS,
     PRIMARY_METRIC,
     QUEUED,
     RETRYABLE,
@@ -35,19 +38,13 @@ from .names import (
     TIMEOUT,
     TODO,
     UNKNOWN,
+    WALL_S,
+    WALL_TIME_S,
 )
+from .slurm.sacct import CELL_STATE, live_states
 
-# sacct state -> cell state (a requeued job is queued again; PREEMPTED without requeue is a failure;
-# a job that COMPLETED without a finished result.json failed)
-SACCT = {"PENDING": QUEUED, "REQUEUED": QUEUED, "REQUEUE_HOLD": QUEUED, "REQUEUE_FED": QUEUED,
-         "RESIZING": QUEUED, "SUSPENDED": QUEUED, "RUNNING": RUNNING, "COMPLETING": RUNNING,
-         "CONFIGURING": RUNNING, "STAGE_OUT": RUNNING, "SIGNALING": RUNNING, "CANCELLED": CANCELLED,
-         "TIMEOUT": TIMEOUT, "DEADLINE": TIMEOUT, "COMPLETED": FAILED, "FAILED": FAILED, "NODE_FAIL": FAILED,
-         "OUT_OF_MEMORY": FAILED, "BOOT_FAIL": FAILED, "PREEMPTED": FAILED}
 LOST_AFTER_S = 600  # a submitted job that sacct never heard of after this long is treated as failed
-# Training images per epoch of the known data sets (folders are counted only when asked).
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "stl10": 5_000}
-TRAIN_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}  # balanced: data.per_class caps each
+CLEAR = "\033[H\033[2J"
 
 
 @dataclass
@@ -63,48 +60,6 @@ class CellStatus:
 
 
 # ---------------------------------------------------------------- states
-
-def expand_array(job_id: str) -> list[str]:
-    """sacct shows pending array tasks as 12_[3-5,7%2]; name each task (12_3, 12_4, 12_5, 12_7)."""
-    m = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job_id)
-    if not m:
-        return [job_id]
-    ids = []
-    for part in m.group(2).split(","):
-        lo, _, hi = part.partition("-")
-        ids += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
-    return ids
-
-
-def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
-    """{job id: (state, elapsed)} from `sacct -X -n -P -o JobID,State,Elapsed` output."""
-    states: dict[str, tuple[str, str]] = {}
-    for line in text.splitlines():
-        parts = line.split("|")
-        if len(parts) == 3 and parts[1]:
-            for jid in expand_array(parts[0]):
-                states[jid] = (parts[1].split()[0], parts[2])  # "CANCELLED by 0" -> CANCELLED
-    return states
-
-
-def sacct(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
-    """Live states of `job_ids` from one `sacct` call (a requeued job shows its latest run);
-    None when sacct is missing or does not answer, so that no job is taken for lost.
-
-    Array tasks are asked for by their array's id: sacct names pending tasks only as a range.
-    """
-    if not job_ids:
-        return {}
-    if not shutil.which("sacct"):
-        return None
-    arrays = sorted({jid.split("_")[0] for jid in job_ids})
-    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State,Elapsed", "-j", ",".join(arrays)]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        return None
-    return parse_sacct(out.stdout) if out.returncode == 0 else None
-
 
 def process_start(pid: int) -> str | None:
     """When process `pid` started (clock ticks after boot, /proc/PID/stat field 22), which tells it
@@ -149,7 +104,7 @@ def statuses(root: Path, exp: Experiment) -> list[CellStatus]:
             jobs[c.id] = store.read_job(folder / c.id)
         except store.Corrupt as err:
             jobs[c.id], bad[c.id] = None, err
-    live = sacct([str(j.get("job_id")) for j in jobs.values() if j and j.get("executor") == "slurm"])
+    live = live_states([str(j.get("job_id")) for j in jobs.values() if j and j.get("executor") == "slurm"])
     rows = []
     for cell in exp.cells:
         try:
@@ -201,7 +156,7 @@ def cell_status(cell: Cell, result: dict | None, job: dict | None, live: dict | 
         return CellStatus(cell, UNKNOWN, job_id, reason="sacct did not answer")
     if job_id in live:
         state, elapsed = live[job_id]
-        return CellStatus(cell, SACCT.get(state, QUEUED), job_id, elapsed, reason=f"slurm: {state}")
+        return CellStatus(cell, CELL_STATE.get(state, QUEUED), job_id, elapsed, reason=f"slurm: {state}")
     lost = time.time() - job.get("submitted", time.time()) > LOST_AFTER_S
     return CellStatus(cell, FAILED if lost else QUEUED, job_id, reason="unknown to sacct" if lost else None)
 
@@ -240,44 +195,121 @@ def _brief(reason: str | None, width: int = 60) -> str:
     return line if len(line) <= width else line[:width - 3] + "..."
 
 
-def measured_rate(rows: list[CellStatus]) -> float | None:
-    """Median training images/s of the finished cells."""
-    rates = [r.result["images_per_s"] for r in rows if r.state == DONE and r.result and r.result.get("images_per_s")]
-    return statistics.median(rates) if rates else None
+# ---------------------------------------------------------------- progress (`ablate status`)
+
+@dataclass
+class Snapshot:
+    """Every cell's state and latest metrics row (None before its first epoch), and the grid's ETA;
+    `unreadable`: why a cell's metrics.jsonl cannot be read (its progress is then unknown)."""
+    experiment: Experiment
+    rows: list[CellStatus]
+    latest: dict[str, dict | None]
+    eta_s: float | None
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
-def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
-    """Cells x epochs x images still to train, and GPU-hours of the cells' allocations (nodes x GPUs per node)
-    at a measured or configured rate."""
-    todo = [r.cell for r in rows if r.state != DONE]
-    sizes = [s for c in todo if (s := train_size(c.config.data)) is not None]
-    if len(sizes) < len(todo):
-        return (f"cost: {len(todo)} cells to run (image count unknown for data.name=folder: "
-                f"data.root not found; set it to the folder)")
-    images = sum(s[0] * c.config.train.epochs for s, c in zip(sizes, todo))
-    sources = sorted({s[1] for s in sizes if s[1]})
-    line = (f"cost: {len(todo)} cells x epochs x images = {images:,} training images"
-            + (f" (images per epoch: {'; '.join(sources)})" if sources else ""))
-    rate, source = measured_rate(rows), "measured"
-    if rate is None and exp.slurm.images_per_s:
-        rate, source = exp.slurm.images_per_s, "configured slurm.images_per_s"
-    if rate:
-        gpus = max(1, exp.slurm.gpus_per_node) * exp.slurm.nodes  # the whole allocation of a cell
-        line += (f"; about {images / rate / 3600 * gpus:.2f} GPU-hours ({gpus} GPU{'s' * (gpus > 1)} a cell) "
-                 f"at {rate:,.0f} images/s per cell ({source})")
-    else:
-        line += "; set slurm.images_per_s (or finish one cell) for a GPU-hour estimate"
-    return line
+def snapshot(root: Path, exp: Experiment) -> Snapshot:
+    folder = store.experiment_dir(root, exp.name)
+    rows = statuses(root, exp)
+    logs, unreadable = {}, {}
+    for r in rows:
+        try:
+            logs[r.cell.id] = store.read_metrics(folder / r.cell.id)
+        except store.Corrupt as err:  # a status never fails on one cell: it shows the cell's progress as unknown
+            logs[r.cell.id], unreadable[r.cell.id] = [], str(err)
+    return Snapshot(exp, rows, {cid: log[-1] if log else None for cid, log in logs.items()},
+                    eta(folder, rows, logs), unreadable)
 
 
-def train_size(d) -> tuple[int, str] | None:
-    """(training images per epoch, where a folder's count comes from) of a cell's DataConfig, or None
-    when unknown."""
-    if d.name == "folder":
-        return folder_train_size(d.root, d.classes, d.per_class)
-    if d.name == "embedded":
-        return d.n_train, ""
-    if d.name not in TRAIN_SIZES:
+def eta(folder: Path, rows: list[CellStatus], logs: dict[str, list[dict]]) -> float | None:
+    """Seconds until every cell has ended, if the cells left run as many at a time as run now.
+
+    Work left: each unended cell's epochs to go at the median seconds per epoch of the grid's
+    cells so far (wall time over epochs, start-up included), plus the median time a finished cell
+    spent after its last epoch (the probes). None before any cell has finished an epoch.
+    """
+    paces = [log[-1][WALL_S] / log[-1][EPOCH] for log in logs.values() if log]
+    if not paces:
         return None
-    images = TRAIN_SIZES[d.name]
-    return (images if d.per_class is None else min(images, TRAIN_CLASSES[d.name] * d.per_class)), ""
+    tails = [result[WALL_TIME_S] - logs[r.cell.id][-1][WALL_S] for r in rows
+             if r.state == DONE and logs[r.cell.id] and (result := store.read_record(folder / r.cell.id / store.RESULT))
+             and result.get(WALL_TIME_S) is not None]
+    pace, tail = statistics.median(paces), statistics.median(tails) if tails else 0.0
+    left = [r for r in rows if r.state not in ENDED]
+    work = sum((r.cell.config.train.epochs - _epoch(logs[r.cell.id])) * pace + tail for r in left)
+    return work / max(1, sum(r.state == RUNNING for r in rows))
+
+
+def _epoch(log: list[dict]) -> int:
+    return log[-1][EPOCH] if log else 0
+
+
+def cells(snap: Snapshot) -> list[dict]:
+    """One record per cell: what the table shows, as numbers."""
+    out = []
+    for r in snap.rows:
+        row = snap.latest[r.cell.id] or {}
+        out.append({"label": r.cell.label, "id": r.cell.id, "seed": r.cell.seed, "coords": r.cell.coords,
+                    "state": r.state, "job": r.job_id, "elapsed": r.elapsed, EPOCH: row.get(EPOCH),
+                    "epochs": r.cell.config.train.epochs, LOSS: row.get(LOSS),
+                    IMAGES_PER_S: row.get(IMAGES_PER_S), PRIMARY_METRIC: r.metric, "reason": r.reason,
+                    "log_error": snap.unreadable.get(r.cell.id)})
+    return out
+
+
+def document(snap: Snapshot) -> dict:
+    """`ablate status --json`: the experiment, every cell, the totals and the ETA."""
+    return {"experiment": snap.experiment.name, "time": round(time.time(), 3), "cells": cells(snap),
+            "totals": totals(snap.rows), "total": len(snap.rows), "ended": _ended(snap.rows),
+            "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1)}
+
+
+def _ended(rows: list[CellStatus]) -> bool:
+    return all(r.state in ENDED for r in rows)
+
+
+def table(snap: Snapshot, limit: int | None = None) -> str:
+    """The status table with epoch (done/total), latest loss and images/s; while cells remain, the
+    totals line ends with the ETA (the table's last line stays its totals)."""
+    records = cells(snap)
+    columns = {
+        "epoch": {c["id"]: f"{c[EPOCH]}/{c['epochs']}" if c[EPOCH] is not None else "unreadable log"
+                  for c in records if c[EPOCH] is not None or c["log_error"]},
+        "loss": {c["id"]: f"{c[LOSS]:.4f}" for c in records if c[LOSS] is not None},
+        "img/s": {c["id"]: f"{c[IMAGES_PER_S]:.0f}" for c in records if c[IMAGES_PER_S] is not None},
+    }
+    text = render(snap.rows, limit=limit, columns=columns)
+    if _ended(snap.rows):
+        return text
+    left = sum(r.state not in ENDED for r in snap.rows)
+    running = sum(r.state == RUNNING for r in snap.rows)
+    when = "unknown until a cell has finished an epoch" if snap.eta_s is None else _duration(snap.eta_s)
+    return text + f"; eta: {when} ({left} cells left, {running} running)"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def watch(root: Path, exp: Experiment, every_s: float = 5.0, stream: TextIO | None = None) -> int:
+    """Redraw the table every `every_s` seconds until every cell has ended (on a terminal in place,
+    elsewhere only when it changed); 0 when all are done, 1 when some did not finish, 130 on Ctrl-C."""
+    stream = stream or sys.stdout
+    tty, shown = stream.isatty(), None
+    try:
+        while True:
+            snap = snapshot(root, exp)
+            text = table(snap)
+            if tty:
+                stream.write(CLEAR + text + "\n")
+            elif text != shown:
+                stream.write(text + "\n\n")
+            stream.flush()
+            shown = text
+            if _ended(snap.rows):
+                return 0 if all(r.state == DONE for r in snap.rows) else 1
+            time.sleep(every_s)
+    except KeyboardInterrupt:
+        return 130

@@ -1,7 +1,7 @@
 """The results layout, atomic file writes, locks, and reading the layout's files back.
 
     results/<experiment>/experiment.json      what the grid is (kind, ops/axes, swept and fixed settings)
-    results/<experiment>/<cell-id>/cell.json  identity: id, label, coords, settings, seed
+    results/<experiment>/<cell-id>/cell.json  identity: id, experiment, label, coords, seed
     results/<experiment>/<cell-id>/config.yaml  the fully resolved config
     results/<experiment>/<cell-id>/result.json  written once, at the end: the only proof of done
 
@@ -29,7 +29,7 @@ from typing import IO, Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from .names import CORRUPT, FAILED, FINISHED
+from .names import CORRUPT, EPOCH, FAILED, FINISHED, WALL_S
 
 EXPERIMENT, CELL, CONFIG, RESULT, CHECKPOINT, JOB = (
     "experiment.json", "cell.json", "config.yaml", "result.json", "checkpoint.pt", "job.json")
@@ -305,7 +305,7 @@ def _metrics_row(path: Path, n: int, line: str) -> dict:
         raise Corrupt(path, f"line {n} is not valid JSON ({err})") from None
     if not isinstance(row, dict):
         raise Corrupt(path, f"line {n} is not a JSON object")
-    epoch, wall = row.get("epoch"), row.get("wall_s")
+    epoch, wall = row.get(EPOCH), row.get(WALL_S)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         raise Corrupt(path, f"line {n} has no epoch (an integer >= 1), got {epoch!r}")
     if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not wall >= 0:

@@ -18,14 +18,15 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ablation.names import EPOCH, KNN_TOP1, LINEAR_TOP1, LOSS, POS_SIM, UNIFORM
 from ablation.store import Corrupt, read_metrics
 
 from .table import axes_of, facet_axes, facet_label, setup_line
 
 # metrics.jsonl fields drawn, in column order, with their axis labels; probes only where logged
-CURVES = {"loss": "training loss", "pos_sim": "positive-pair cosine", "uniform": "uniformity",
-          "linear_top1": "linear top-1 (%)", "knn_top1": "kNN top-1 (%)"}
-PERCENT = ("linear_top1", "knn_top1")
+CURVES = {LOSS: "training loss", POS_SIM: "positive-pair cosine", UNIFORM: "uniformity",
+          LINEAR_TOP1: "linear top-1 (%)", KNN_TOP1: "kNN top-1 (%)"}
+PERCENT = (LINEAR_TOP1, KNN_TOP1)
 LINE = "setting"
 ROW = "facet, 1st"  # pairwise grids with facets: one row of panels per facet and first transformation
 
@@ -98,7 +99,7 @@ def plot_curves(curves: pd.DataFrame, exp: dict[str, Any]) -> Figure:
             ax: Any = axes[i][j]
             shown = group.dropna(subset=[metric])
             if not shown.empty:
-                sns.lineplot(data=shown, x="epoch", y=metric, hue=LINE, hue_order=g.lines, palette=palette,
+                sns.lineplot(data=shown, x=EPOCH, y=metric, hue=LINE, hue_order=g.lines, palette=palette,
                              errorbar="sd", marker="o", markersize=3, ax=ax, legend=False)
             ax.set(xlabel="epoch" if i == len(g.rows) - 1 else "", ylabel="")
             if i == 0:

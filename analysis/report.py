@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ablation import store
-from ablation.grid import pair_spec
-from ablation.names import ACCURACIES, FINAL_LOSS, FINISHED, LBFGS, ONLINE, RANDOM_INIT_TOP1, SGD
+from ablation.names import ACCURACIES, FINAL_LOSS, FINISHED, LBFGS, ONLINE, RANDOM_INIT_TOP1, SGD, pair_spec
 from ablation.names import PAPER_TABLES as SOURCES
 
 from .classes import class_change

@@ -1,7 +1,8 @@
 """Grid results -> pandas tables: one row per cell (summary.csv) and one per label (summary_agg.csv).
 
 Reads the results layout (experiment.json, <cell>/cell.json, result.json, job.json) through
-ablation.store only, so analysis never depends on the code that trains or launches cells. The
+ablation.store, and names through ablation.names, only: analysis never depends on the code that trains or
+launches cells. The
 columns of a product grid are the settings experiment.json says it swept (exact dotted keys); a
 cell whose files cannot be read is a row with status `corrupt` and the file in `reason`.
 """
@@ -15,9 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ablation import store
-from ablation.names import CORRUPT, FINISHED, LBFGS, METRICS, PER_CLASS
-
-RUN_STATS = ("epochs_done", "images_seen", "wall_time_s", "images_per_s")
+from ablation.names import CORRUPT, FINISHED, LAUNCHED, LBFGS, METRICS, PENDING, PER_CLASS, RUN_STATS, UNKNOWN
 
 
 def load_experiment(exp_dir: str | Path) -> dict[str, Any]:
@@ -69,10 +68,10 @@ def _cell_ids(exp_dir: Path, exp: dict[str, Any]) -> list[str]:
 
 def _status(result: dict | None, job: dict | None) -> str:
     if result is not None:
-        return str(result.get("status", "unknown"))
+        return str(result.get("status", UNKNOWN))
     if job is not None:  # submitted or claimed; the live Slurm state is `ablate status`'s job
-        return str(job.get("state") or job.get("status") or "launched")
-    return "pending"
+        return LAUNCHED
+    return PENDING
 
 
 def _read(cell_dir: Path) -> tuple[dict, dict | None, dict | None, store.Corrupt | None]:

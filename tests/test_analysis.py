@@ -12,7 +12,7 @@ import pytest
 
 import analysis
 from ablation import store
-from ablation.grid import pair_spec
+from ablation.names import pair_spec
 from analysis.paper import compare_with_paper, paper_table, spearman
 from analysis.report import pairwise_findings
 from analysis.table import markdown_table
@@ -116,14 +116,15 @@ def test_heatmap_matrix_values_order_and_average(full_grid: Path) -> None:
 
 def test_missing_and_failed_cells_are_nan_never_zero(tmp_path: Path) -> None:
     extra = {("color", "blur"): {"status": "failed", "top1": 0.0, "reason": "NaN loss"},
-             ("blur", "crop"): {"job": {"state": "running"}},
+             ("blur", "crop"): {"job": {"executor": "local", "pid": 1, "host": "elsewhere", "submitted": 0.0}},
              ("blur", "blur"): {"job": {"executor": "slurm", "job_id": "7"}}}
     missing = [("crop", "color"), ("color", "blur"), ("blur", "crop"), ("blur", "blur")]
     cells = pairwise_cells(base_value, skip={("crop", "color"), ("blur", "crop"), ("blur", "blur")},
                            extra=extra)
     exp_dir = pairwise_exp(tmp_path, "partial", cells)
     summary, agg = analysis.load_summary(exp_dir)
-    assert set(summary["status"]) == {"finished", "pending", "failed", "running", "launched"}
+    assert set(summary["status"]) == {"finished", "pending", "failed", "launched"}
+    assert (summary["status"] == "launched").sum() == 4  # a local claim and a Slurm job alike, two seeds each
     m = analysis.heatmap_matrix(summary, OPS)
     for first, second in missing:
         assert math.isnan(m.loc[first, second])

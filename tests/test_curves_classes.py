@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 import analysis
-from ablation.grid import pair_spec
-from ablation.names import PER_CLASS
+from ablation.names import PER_CLASS, pair_spec
 from ablation.store import write_metrics
 from analysis.classes import TOP1, class_change
 from analysis.curves import groups, load_curves, plot_curves

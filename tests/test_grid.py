@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from ablation.cli import main
-from ablation.grid import EXPERIMENTS_DIR, SHARED_FILES, load_experiment, pair_spec, preset_names
+from ablation.grid import EXPERIMENTS_DIR, SHARED_FILES, load_experiment, preset_names
+from ablation.names import pair_spec
 
 SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem not in SHARED_FILES)
 PRESETS = tuple(preset_names())

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablation import launch, status, store
+from ablation import launch, local, status, store
 from ablation.cli import main
 from ablation.grid import Cell, load_experiment
+from ablation.slurm import sacct
 
 TINY = {"data": {"n_train": 256, "n_test": 128, "size": 16},
         "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
@@ -137,7 +138,7 @@ def test_claims_of_live_and_dead_local_processes(tmp_path):
     rows = {r.cell.id: r for r in status.statuses(root, exp)}
     assert rows[live.id].state == status.RUNNING
     assert rows[dead.id].state == status.FAILED and "without a result" in rows[dead.id].reason
-    assert launch.claim(root, exp).id == exp.cells[2].id  # skips the running and the failed cell
+    assert local.claim(root, exp).id == exp.cells[2].id  # skips the running and the failed cell
     assert [r.cell.id for r in launch.select(status.statuses(root, exp), retry=True)] == [dead.id, exp.cells[3].id]
 
 
@@ -165,12 +166,12 @@ not a record
 
 
 def test_sacct_output_names_every_array_task():
-    states = status.parse_sacct(SACCT_OUTPUT)
+    states = sacct.parse(SACCT_OUTPUT)
     assert states["12_1"] == ("CANCELLED", "00:00:03")
     assert {k for k, (s, _) in states.items() if s == "PENDING"} == {"12_3", "12_4", "12_5", "12_7"}
     assert states["13"][0] == "REQUEUED" and states["14"][0] == "TIMEOUT"
-    assert status.expand_array("12_[3-5%2]") == ["12_3", "12_4", "12_5"]
-    assert status.expand_array("12_3") == ["12_3"]
+    assert sacct.expand_array("12_[3-5%2]") == ["12_3", "12_4", "12_5"]
+    assert sacct.expand_array("12_3") == ["12_3"]
 
 
 @pytest.mark.parametrize("sacct_state, result, state", [
@@ -196,7 +197,7 @@ def test_job_unknown_to_sacct_is_queued_at_first_and_lost_later():
 
 def test_without_an_answer_from_sacct_no_job_is_taken_for_lost(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sacct on this PATH
-    assert status.sacct(["12_1"]) is None and status.sacct([]) == {}
+    assert sacct.live_states(["12_1"]) is None and sacct.live_states([]) == {}
     cell = Cell("abc", "crop", {}, 0, None)
     old = {"executor": "slurm", "job_id": "12_1", "submitted": time.time() - status.LOST_AFTER_S - 1}
     row = status.cell_status(cell, None, old, None)
@@ -275,7 +276,7 @@ def test_a_claim_whose_process_id_was_reused_is_not_running(tmp_path):
     exp = load_experiment(str(pairwise(tmp_path)))
     root = tmp_path / "results"
     launch.prepare(root, exp)
-    claim = launch.claim(root, exp)
+    claim = local.claim(root, exp)
     job_path = root / exp.name / claim.id / "job.json"
     job = json.loads(job_path.read_text())
     assert job["pid"] == os.getpid() and status.pid_alive(job)

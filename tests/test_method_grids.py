@@ -14,8 +14,9 @@ from test_analysis import OPS, assert_figures, base_value, write_experiment
 from test_grid import NEEDS, PRESETS, write
 
 import analysis
-from ablation.grid import EXPERIMENTS_DIR, load_experiment, pair_spec
+from ablation.grid import EXPERIMENTS_DIR, load_experiment
 from ablation.methods import REGISTRY
+from ablation.names import pair_spec
 from analysis.figures import plot_heatmap
 from analysis.paper import compare_with_paper, paper_table
 from analysis.sensitivity import drop_table

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablation import pack
+from ablation import cost, local, pack
 from ablation.cell import Interrupt, run_cell
 from ablation.config import CellConfig, build_config
 from ablation.grid import load_experiment
@@ -28,10 +28,10 @@ class Cell:
 def test_auto_k_fills_a_gpu_with_small_cells_and_leaves_a_costly_one_alone():
     small = load_experiment("pairwise", "embedded").cells[0].config
     resnet = load_experiment("pairwise", "cifar10").cells[0].config
-    assert pack.step_cost(resnet)[0] > pack.SATURATING_FLOP > 100 * pack.step_cost(small)[0]
+    assert cost.step_cost(resnet)[0] > pack.SATURATING_FLOP > 100 * cost.step_cost(small)[0]
     assert pack.auto_cells_per_gpu(small) == pack.AUTO_MAX and pack.auto_cells_per_gpu(resnet) == 1
     assert pack.auto_cells_per_gpu(small, 141 * 10**9) == pack.AUTO_MAX
-    per_cell = pack.step_cost(small)[1] + pack.PROCESS_BYTES
+    per_cell = cost.step_cost(small)[1] + cost.PROCESS_BYTES
     assert pack.auto_cells_per_gpu(small, int(3.5 * per_cell / pack.MEMORY_FRACTION)) == 3  # memory-bound
     assert pack.auto_cells_per_gpu(small, 10**6) == 1  # never below one
     smaller_batch = build_config({}, ["model.encoder=resnet18", "train.batch_size=128", "model.head_hidden=2048"])
@@ -43,20 +43,20 @@ def test_memory_estimate_counts_the_training_set_as_the_cell_holds_it(tmp_path):
     its stored side, nothing when kept off the device or streamed."""
     def data(*overrides: str):
         return build_config({}, list(overrides)).data
-    assert pack.resident_bytes(data("data.name=cifar10")) == 50_000 * 3 * 32 * 32
-    assert pack.resident_bytes(data("data.name=cifar10", "data.per_class=100")) == 1_000 * 3 * 32 * 32
-    assert pack.resident_bytes(data("data.name=cifar10", "data.resident=never")) == 0
+    assert cost.resident_bytes(data("data.name=cifar10")) == 50_000 * 3 * 32 * 32
+    assert cost.resident_bytes(data("data.name=cifar10", "data.per_class=100")) == 1_000 * 3 * 32 * 32
+    assert cost.resident_bytes(data("data.name=cifar10", "data.resident=never")) == 0
     for split, n in (("train", 5), ("test", 1)):
         for name in ("a", "b"):
             (tmp_path / split / name).mkdir(parents=True)
             for i in range(n):
                 (tmp_path / split / name / f"{i}.jpg").touch()  # counted, never decoded
     folder = ["data.name=folder", f"data.root={tmp_path}", "data.stored_size=48"]
-    assert pack.resident_bytes(data(*folder)) == 10 * 3 * 48 * 48
-    assert pack.resident_bytes(data(*folder, "data.per_class=2")) == 4 * 3 * 48 * 48
-    assert pack.resident_bytes(data(*folder, "data.serve=stream")) == 0
+    assert cost.resident_bytes(data(*folder)) == 10 * 3 * 48 * 48
+    assert cost.resident_bytes(data(*folder, "data.per_class=2")) == 4 * 3 * 48 * 48
+    assert cost.resident_bytes(data(*folder, "data.serve=stream")) == 0
     full, capped = (build_config({}, ["data.name=cifar10", *extra]) for extra in ([], ["data.per_class=10"]))
-    assert pack.step_cost(full)[1] - pack.step_cost(capped)[1] == (50_000 - 100) * 3 * 32 * 32
+    assert cost.step_cost(full)[1] - cost.step_cost(capped)[1] == (50_000 - 100) * 3 * 32 * 32
 
 
 def test_packs_hold_every_cell_once_in_near_equal_jobs():
@@ -135,9 +135,9 @@ def test_an_interrupted_pack_checkpoints_every_cell_and_resumes_bit_exactly(tmp_
 
 def test_local_workers_are_numbers_or_one_per_gpu_share_without_a_gpu():
     cfg = build_config({}, TINY)
-    assert pack.local_workers(3, [cfg]) == 3
+    assert local.local_workers(3, [cfg]) == 3
     if not torch.cuda.is_available():
-        assert pack.local_workers("auto", [cfg]) == 1
+        assert local.local_workers("auto", [cfg]) == 1
 
 
 @pytest.mark.parametrize("slurm, message", [
@@ -150,7 +150,7 @@ def test_slurm_packing_settings_that_contradict_are_errors(slurm, message):
 
 
 def test_gres_reaches_sbatch_through_submitit():
-    from ablation.grid import slurm_parameters
+    from ablation.slurm.submit import executor_parameters
     exp = load_experiment("pairwise", "embedded", ["slurm.gres=shard:1", "slurm.gpus_per_node=0"], check=False)
-    params = slurm_parameters(exp.slurm)
+    params = executor_parameters(exp.slurm)
     assert params["slurm_gres"] == "shard:1" and "gpus_per_node" not in params

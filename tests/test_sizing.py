@@ -7,17 +7,18 @@ import re
 
 import pytest
 
-from ablation import launch, pack, sizing
+from ablation import cost, pack, sizing
 from ablation.cli import main
 from ablation.config import build_config
 from ablation.grid import load_experiment
+from ablation.slurm import jobs
 
 TOLERANCE = 0.25  # the estimate is within 25% of the measured peak of a CPU training step
 
 
 def estimate_on_cpu(cfg) -> float:
     """The estimate of the step alone (the measurement holds no training set)."""
-    return sizing.footprint(cfg).bytes(cfg.train.batch_size) - pack.resident_bytes(cfg.data)
+    return sizing.footprint(cfg).bytes(cfg.train.batch_size) - cost.resident_bytes(cfg.data)
 
 
 @pytest.mark.slow  # measures in a child process
@@ -114,7 +115,7 @@ def test_a_two_node_job_maps_each_task_to_its_rank_and_the_first_node(monkeypatc
     for key, value in {**JOB, "SLURM_NODEID": str(node), "SLURM_LOCALID": str(local),
                        "SLURM_PROCID": str(4 * node + local)}.items():
         monkeypatch.setenv(key, value)
-    launch.rendezvous()
+    jobs.rendezvous()
     assert {k: os.environ[k] for k in EXPORTED if k != "MASTER_PORT"} == {
         "MASTER_ADDR": "gpu07", "RANK": str(4 * node + local), "WORLD_SIZE": "8", "LOCAL_RANK": str(local),
         "LOCAL_WORLD_SIZE": "4"}

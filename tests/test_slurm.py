@@ -282,7 +282,7 @@ def alive(pid: int) -> bool:
 
 
 def test_sigkill_of_a_pack_ends_its_cells_and_status_never_calls_them_failed_while_they_run(make_grid):
-    """The pack's process (ablation.slurm_entry, which runs K cells) killed: its cells checkpoint and end
+    """The pack's process (ablation.slurm.entry, which runs K cells) killed: its cells checkpoint and end
     with it instead of training on outside Slurm; while one still holds its lock no cell is called
     failed; --retry then resumes both."""
     grid = make_grid("pack-kill", SEEDS, cell={"train": {"epochs": 150, "checkpoint_every": 1}},

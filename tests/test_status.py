@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablation import launch, monitor, status, store
+from ablation import launch, status, store
 from ablation.cli import main
 from ablation.grid import load_experiment
 
@@ -128,7 +128,7 @@ def test_watch_returns_when_a_cell_failed(tmp_path):
     launch.prepare(root, exp)
     store.write_json(root / exp.name / exp.cells[0].id / store.RESULT, {"status": "failed", "reason": "x"})
     with open(os.devnull, "w") as sink:
-        assert monitor.watch(root, exp, every_s=0.01, stream=sink) == 1
+        assert status.watch(root, exp, every_s=0.01, stream=sink) == 1
 
 
 @pytest.mark.parametrize("line, why", [('{"epoch": 1, "wall_s": 0.5, "lo', "line 2 is not valid JSON"),

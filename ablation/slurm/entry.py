@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 
-if __name__ == "__main__":  # the first thing the process does (what is imported before is tiny)
+if __name__ == "__main__":  # the first thing the process does (ablation and ablation.slurm import nothing)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
 
 import os  # noqa: E402  (after the mask, on purpose)
@@ -26,7 +26,7 @@ import traceback  # noqa: E402
 
 def command() -> str:
     """submitit's `python` for the cell's tasks; submitit appends `-u -m submitit.core._submit FOLDER`."""
-    script = 'trap "" USR2; exec "$0" -u -m ablation.slurm_entry "$@"'
+    script = 'trap "" USR2; exec "$0" -u -m ablation.slurm.entry "$@"'
     return f"/bin/sh -c {shlex.quote(script)} {shlex.quote(sys.executable)}"
 
 
