@@ -27,6 +27,7 @@ from .config import CellConfig, from_dict, merge, opt, read_yaml, set_dotted, va
 from .errors import did_you_mean
 from .identity import settings, signature, spec_keys
 from .names import GRID_KINDS, PAPER_TABLES
+from .registered import check_registered
 from .store import check_name
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
@@ -283,7 +284,7 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
             try:
                 config = from_dict(CellConfig, tree)
                 if check:
-                    validate(config)
+                    validate(config, check_registered)
             except ValueError as err:
                 raise ValueError(f"cell '{label}': {err}") from None
             cell = Cell(signature(config), label, coords, config.train.seed, config)
