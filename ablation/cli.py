@@ -127,8 +127,8 @@ def _workers(text: str) -> str | int:
 
 
 def _config_help() -> str:
-    from .config import describe
-    return "\n".join(f"  {key} {default!r}: {doc}" for key, default, doc in describe())
+    from .registered import key_docs
+    return "\n".join(f"  {key} {default!r}: {doc}" for key, default, doc in key_docs())
 
 
 def _print_registry(entries: list[dict]) -> None:
@@ -163,7 +163,8 @@ def cmd_run(args) -> int:
     from .cell import Interrupt, Preempted, run_cell
     from .config import load_config
     from .local import interrupt_on_signals
-    cfg = load_config(args.config, args.overrides)
+    from .registered import check_registered
+    cfg = load_config(args.config, args.overrides, check_registered)
     interrupt = Interrupt()
     try:
         with interrupt_on_signals(interrupt):

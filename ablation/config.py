@@ -1,7 +1,9 @@
 """One typed, validated config per cell: dataclasses built from YAML plus dotted overrides.
 
 Every field carries its documentation and its allowed values in its metadata, so
-validation, `--help`-style listings and error messages all come from one place.
+validation, `--help`-style listings and error messages all come from one place. Names that a
+registry holds (augmentation ops, methods) are checked one layer up, in ablation/registered.py:
+the registries import this module, so it imports neither of them.
 A cell's identity (ablation/identity.py) is a hash of the canonical meaning of the resolved
 config and the schema version, never of the overrides that produced it; fields marked
 `identity=False` cannot change a result and are left out of it.
@@ -14,7 +16,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import yaml
 
@@ -28,31 +30,16 @@ SCHEMA_VERSION = 3
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
-        high: float | None = None, identity: bool = True, spec: bool = False,
-        registry: Callable[[], tuple] | None = None, args_of: str | None = None) -> Any:
+        high: float | None = None, identity: bool = True, spec: bool = False, args_of: str | None = None) -> Any:
     """A config field with its documentation and allowed values.
 
     identity=False: the field cannot change a result (how many workers decode, how often to
     checkpoint), so it is not part of the cell id. spec=True: the value is an augmentation spec,
-    compared by its canonical form. registry: the allowed values are the names of a registry (it
-    imports torch, so they are asked for only when needed), checked in `validate` instead of `choices`.
-    args_of: the value is the parameters of the registered method named by that sibling field,
-    compared as the method takes them (coerced, defaults left out).
+    compared by its canonical form. args_of: the value is the parameters of the registered method
+    named by that sibling field, compared as the method takes them (coerced, defaults left out).
     """
     return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high,
-                                            "identity": identity, "spec": spec, "registry": registry,
-                                            "args_of": args_of})
-
-
-def allowed(meta: typing.Mapping) -> tuple | None:
-    """The allowed values of a field: its registry's names, or its choices (None: any value of its type)."""
-    registry = meta.get("registry")
-    return registry() if registry else meta.get("choices")
-
-
-def _method_names() -> tuple:
-    from .methods import REGISTRY  # imports torch: only `validate` and `ablate run --help` ask
-    return tuple(REGISTRY)
+                                            "identity": identity, "spec": spec, "args_of": args_of})
 
 
 @dataclass
@@ -185,8 +172,7 @@ class CellConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    method: str = opt("simclr", "training method; `ablate methods` lists each one's parameters",
-                      registry=_method_names)
+    method: str = opt("simclr", "training method; `ablate methods` lists each one's parameters")
     method_args: Optional[dict] = opt(None, "parameters of the method, e.g. {momentum: 0.99} for byol",
                                       args_of="method")
 
@@ -286,20 +272,15 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def validate(cfg: CellConfig) -> CellConfig:
-    """Cross-field checks that need other modules (augmentation specs parse, devices exist)."""
-    from .augment import parse_spec
-    from .methods import check_method
+Check = Callable[[CellConfig], object]  # raises ValueError for a config that cannot be used
 
-    for key in ("views", "base"):
-        try:
-            parse_spec(getattr(cfg.augment, key))
-        except ValueError as err:
-            raise ValueError(f"augment.{key}: {err}") from None
-    try:
-        check_method(cfg.method, cfg.method_args)
-    except ValueError as err:
-        raise ValueError(f"method: {err}") from None
+
+def validate(cfg: CellConfig, check: Check | None = None) -> CellConfig:
+    """Cross-field checks (loss options, data set keys, devices), after ``check``: whoever builds a config
+    for use passes registered.check_registered (augmentation specs parse, the method is registered),
+    which this module cannot import."""
+    if check is not None:
+        check(cfg)
     if cfg.loss.semi_hard and cfg.loss.name not in names.SEMI_HARD_LOSSES:
         raise ValueError(f"loss.semi_hard: applies to {', '.join(names.SEMI_HARD_LOSSES)}, "
                          f"not '{cfg.loss.name}'")
@@ -335,12 +316,14 @@ def _validate_folder_keys(data: DataConfig) -> None:
                          f"stored images are cropped down to data.size")
 
 
-def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ()) -> CellConfig:
-    """Resolve a config from a nested dict and `key=value` overrides; raises ValueError on any problem."""
+def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = (), check: Check | None = None
+                 ) -> CellConfig:
+    """Resolve a config from a nested dict and `key=value` overrides; raises ValueError on any problem
+    (``check``: see `validate`)."""
     tree = merge({}, tree or {})
     for assignment in overrides:
         set_dotted(tree, assignment)
-    return validate(from_dict(CellConfig, tree))
+    return validate(from_dict(CellConfig, tree), check)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -357,23 +340,26 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> CellConfig:
-    """A cell config from an optional YAML file plus dotted overrides."""
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), check: Check | None = None
+                ) -> CellConfig:
+    """A cell config from an optional YAML file plus dotted overrides (``check``: see `validate`)."""
     tree = read_yaml(path) if path else {}
     try:
-        return build_config(tree, overrides)
+        return build_config(tree, overrides, check)
     except ValueError as err:
         raise ValueError(f"{path}: {err}" if path else str(err)) from None
 
 
-def describe(cls: type = CellConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, doc) for every leaf: the documented defaults."""
+def key_docs(cls: type = CellConfig, prefix: str = "", choices: Mapping[str, tuple] | None = None
+             ) -> list[tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every leaf: the documented defaults. ``choices``: the allowed values
+    of keys that a registry holds (registered.key_docs gives them), by dotted key."""
     rows = []
     for f in dataclasses.fields(cls):
         if f.default_factory is not dataclasses.MISSING:  # a section
-            rows += describe(typing.cast(type, f.default_factory), f"{prefix}{f.name}.")
+            rows += key_docs(typing.cast(type, f.default_factory), f"{prefix}{f.name}.", choices)
         else:
-            values = allowed(f.metadata)
+            values = (choices or {}).get(prefix + f.name, f.metadata["choices"])
             doc = f.metadata["doc"] + (f" [{' | '.join(values)}]" if values else "")
             doc += "" if f.metadata["identity"] else " (not part of the cell id)"
             rows.append((prefix + f.name, f.default, doc))

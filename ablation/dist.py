@@ -1,8 +1,10 @@
-"""torch.distributed facts the cell needs, valid with or without a process group."""
+"""torch.distributed facts the cell, the losses and the global batch norm need, valid with or without a
+process group."""
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather, all_reduce
 
 
 def active() -> bool:
@@ -47,6 +49,26 @@ def mean(t: torch.Tensor) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t)
     return t / world()
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks along dim 0, in rank order, so gradients flow back to each owner.
+
+    The backward sums the incoming gradients over ranks. Each rank's input therefore receives the
+    gradient of every rank's loss, which DDP's mean over ranks needs. Every rank must pass the same
+    shape. Without torch.distributed (or with one process) ``x`` is returned unchanged.
+    """
+    if not active():
+        return x
+    return torch.cat(all_gather(x), dim=0)
+
+
+def sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over all ranks, differentiable: the backward sums the gradients of every rank's
+    loss (what a global batch statistic needs under DDP). Without a process group: ``x`` itself."""
+    if not active():
+        return x
+    return all_reduce(x)
 
 
 def barrier() -> None:

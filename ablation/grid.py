@@ -27,6 +27,7 @@ from .config import CellConfig, from_dict, merge, read_yaml, set_dotted, validat
 from .errors import did_you_mean
 from .identity import settings, signature, spec_keys
 from .names import GRID_KINDS, PAPER_TABLES, pair_spec
+from .registered import check_registered
 from .slurm.config import SlurmConfig, read_slurm
 from .store import check_name
 
@@ -254,7 +255,7 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
             try:
                 config = from_dict(CellConfig, tree)
                 if check:
-                    validate(config)
+                    validate(config, check_registered)
             except ValueError as err:
                 raise ValueError(f"cell '{label}': {err}") from None
             cell = Cell(signature(config), label, coords, config.train.seed, config)

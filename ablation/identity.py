@@ -2,7 +2,8 @@
 
 The cell id is a hash of the canonical meaning of the resolved config and the schema version:
 - augmentation specs count by their canonical form, so `crop+color`, `crop + color` and
-  `crop+color(s=1.0)` are one cell;
+  `crop+color(s=1.0)` are one cell; it spells ops and parameters as first registered, so renaming
+  one (with its old name in registry.OP_RENAMES) keeps every finished cell's id;
 - fields declared `identity=False` in config.py cannot change a result (data.workers,
   data.download, train.checkpoint_every, eval.batch_size, the log section) and are left out;
 - only values that depart from the defaults count (as in dora's signatures): a new option whose
@@ -29,20 +30,22 @@ from typing import Any
 
 from .config import SCHEMA_VERSION, CellConfig
 from .names import METHOD_REVISIONS
+from .registry import OP_RENAMES
 
 
 @functools.lru_cache(maxsize=4096)
 def canonical_spec(spec: str) -> str:
-    """The canonical string of an augmentation spec: the form `format_spec(parse_ops(spec))` gives.
+    """The canonical string of an augmentation spec: the form `format_spec(parse_ops(spec), first_names=True)`
+    gives, every op and parameter spelled as first registered, so a rename (registry.OP_RENAMES) keeps ids.
 
     Without parentheses a spec is only op names joined by '+', whose canonical form is the names
     without spaces; that needs no registry, and so no torch.
     """
     if "(" not in spec:
-        ops = [token.strip() for token in spec.split("+")]
+        ops = [OP_RENAMES.first(token.strip()) for token in spec.split("+")]
         return "none" if spec.strip().lower() in ("", "none") else "+".join(ops)
     from .augment.spec import format_spec, parse_ops
-    return format_spec(parse_ops(spec))
+    return format_spec(parse_ops(spec), first_names=True)
 
 
 REVISION = "_revision"  # in a method's canonical parameters: names.METHOD_REVISIONS (never a parameter name)

@@ -18,34 +18,12 @@ take the full factor.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from ablation import dist
 from ablation.errors import choices_error
 from ablation.names import LOSSES, SEMI_HARD_LOSSES
-
-
-def _rank_and_world() -> tuple[int, int]:
-    """(rank, world size), or (0, 1) when not running distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from all ranks along dim 0, in rank order, so gradients flow back to each owner.
-
-    The backward sums the incoming gradients over ranks. Each rank's input therefore receives the
-    gradient of every rank's loss, which DDP's mean over ranks needs. Every rank must pass the same
-    shape. Without torch.distributed (or with one process) ``x`` is returned unchanged.
-    """
-    _, world = _rank_and_world()
-    if world == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
 
 
 def _nt_xent(sim: Tensor, pos: Tensor, neg: Tensor, temperature: float, margin: float) -> Tensor:
@@ -78,11 +56,11 @@ def _similarities(z1: Tensor, z2: Tensor, normalize: bool) -> tuple[Tensor, Tens
     Candidates are ordered [all first views; all second views] across ranks. This rank's image i
     sits at global index rank * n + i.
     """
-    rank, _ = _rank_and_world()
+    rank = dist.rank()
     n = z1.shape[0]
     if normalize:
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    big1, big2 = gather_with_grad(torch.cat([z1, z2], dim=1)).split(z1.shape[1], dim=1)
+    big1, big2 = dist.gather_with_grad(torch.cat([z1, z2], dim=1)).split(z1.shape[1], dim=1)
     total = big1.shape[0]
     sim = torch.cat([z1, z2]) @ torch.cat([big1, big2]).T
     rows = torch.arange(2 * n, device=sim.device)
@@ -131,7 +109,7 @@ def contrastive_loss(
                          f"not '{name}'")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
-    total = z1.shape[0] * _rank_and_world()[1]
+    total = z1.shape[0] * dist.world()
     if total < 2:
         raise ValueError(f"contrastive losses need at least 2 images in the (global) batch; got {total}")
     dtype = torch.promote_types(z1.dtype, torch.float32)

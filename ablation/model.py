@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import TypeVar
 
 import torch
-import torch.distributed as torch_dist
 import torchvision
 from torch import nn
-from torch.distributed.nn.functional import all_reduce
 
+from . import dist
 from .errors import choices_error
 from .names import ENCODERS, HEADS
 
@@ -112,13 +111,12 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input (N, C, ...), got {input.dim()}D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and torch_dist.is_available() and torch_dist.is_initialized()
-                and torch_dist.get_world_size() > 1):
+        if not (self.training and dist.active()):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32 at least
         count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device)
-        total = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        total = dist.sum_with_grad(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
         c, n = xf.shape[1], total[-1]
         mean = total[:c] / n
         var = (total[c:2 * c] / n - mean * mean).clamp_min(0)

@@ -6,7 +6,7 @@ Adding a choice (a data set, an encoder, a loss, a metric, a cell state) starts 
 tests/test_names.py checks that each implementing module covers exactly these names. A registry is
 itself the one list of its names: augmentation ops (ablation.augment.REGISTRY) and training methods
 (ablation.methods.REGISTRY) are registered where they are implemented, and config validation and the
-CLI read their names from the registry (the `method` key: `registry=` in config.py).
+CLI read their names from the registry (checked one layer above config.py, in ablation/registered.py).
 """
 from __future__ import annotations
 

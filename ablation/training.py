@@ -26,7 +26,7 @@ from .config import CellConfig
 from .data import FolderSet, ImageSet, source_views
 from .data.batcher import DeviceBatcher
 from .data.loading import training_batcher
-from .data.protocol import SourceViews
+from .data.source_crop import SourceViews
 from .data.stream import StreamBatcher
 from .methods import Method, build_method
 from .model import global_batch_norm

@@ -1,16 +1,21 @@
 """Config: typed, validated, overridable; identity is a hash of the resolved config."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from ablation.config import CellConfig, build_config, describe, load_config
+from ablation.cli import main
+from ablation.config import CellConfig, build_config, key_docs, load_config
 from ablation.identity import signature
+from ablation.registered import check_registered
 
 
 def test_defaults_resolve_and_every_leaf_is_documented():
     cfg = build_config()
     assert isinstance(cfg, CellConfig)
-    rows = describe()
+    rows = key_docs()
     assert {key for key, _, _ in rows} >= {"train.epochs", "augment.views", "loss.temperature", "data.name"}
     assert all(doc.strip() for _, _, doc in rows)
 
@@ -42,7 +47,28 @@ def test_int_widens_to_float_but_bool_is_not_an_int():
 ])
 def test_bad_config_names_key_value_and_choices(tree, message):
     with pytest.raises(ValueError, match=message):
-        build_config(tree)
+        build_config(tree, check=check_registered)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("augment.views=crop+colr", "augment.views: unknown augmentation 'colr' (did you mean 'color'?)"),
+    ("augment.base=crop(scale_mn=0.5)", "augment.base: unknown 'crop' parameter 'scale_mn'"),
+    ("method=byl", "method: unknown method 'byl' (did you mean 'byol'?)"),
+    ("method_args={momentum: 0.5}", "method: method 'simclr' takes no parameters; got 'momentum'"),
+])
+def test_ablate_run_refuses_a_name_no_registry_holds_before_anything_runs(tmp_path, capsys, override, message):
+    out = tmp_path / "cell"
+    assert main(["run", "--set", override, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ablate run: error: {message}") and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.slow  # spawns a Python process: a fresh interpreter is the only place to see what is imported
+def test_config_builds_without_importing_a_registry():
+    code = ("import sys; from ablation.config import build_config; build_config(); "
+            "loaded = {'ablation.augment', 'ablation.methods', 'torch'} & set(sys.modules); assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_bad_override_syntax():
@@ -86,7 +112,7 @@ def test_yaml_syntax_errors_are_one_line_naming_the_file_or_the_override(tmp_pat
 
 
 def test_keys_outside_the_cell_id_are_documented():
-    docs = {key: doc for key, _, doc in describe()}
+    docs = {key: doc for key, _, doc in key_docs()}
     outside = {key for key, doc in docs.items() if doc.endswith("(not part of the cell id)")}
     assert outside == {"data.workers", "data.download", "train.checkpoint_every", "eval.batch_size", "log.wandb",
                        "log.wandb_project"}

@@ -30,7 +30,7 @@ from ablation.cell import Preempted, run_cell
 from ablation.cli import main
 from ablation.config import build_config
 from ablation.data import folders, stream
-from ablation.data import protocol as P
+from ablation.data import source_crop
 from ablation.data.folders import Split, scan
 from ablation.data.sources import ImageFiles
 from ablation.data.stream import StreamBatcher, UnreadableImage, decode_crops
@@ -161,9 +161,9 @@ def test_reduced_scale_decode_matches_full_decode_then_crop(tmp_path):
     image.paste(Image.open(next((tmp_path / "train" / "amber").iterdir())).resize((600, 500)))
     image.save(tmp_path / "big.jpg", quality=95)
     crop = parse_spec("crop(scale_min=0.9,flip=false)").ops[0]
-    u = torch.tensor([[0.5] * P.TRIES + [0.5] * P.TRIES + [0.3, 0.7, 0.9, 0.0]])  # areas, ratios, x, y, flip, apply
+    u = torch.tensor([[0.5] * source_crop.TRIES + [0.5] * source_crop.TRIES + [0.3, 0.7, 0.9, 0.0]])  # areas, ratios, x, y, flip, apply
     got = decode_crops(str(tmp_path / "big.jpg"), crop, u, 64)[0]
-    box, _ = P.boxes(crop, u, torch.tensor([500.0]), torch.tensor([600.0]))
+    box, _ = source_crop.boxes(crop, u, torch.tensor([500.0]), torch.tensor([600.0]))
     x0, y0, bw, bh = (int(v) for v in box[0])
     assert min(bw, bh) >= 128  # so the 1/2-scale path ran
     full = TF.pil_to_tensor(Image.open(tmp_path / "big.jpg").convert("RGB"))
@@ -177,7 +177,7 @@ def test_region_decoding_equals_whole_image_decoding(photos, monkeypatch):
     whole-image decode (up to libjpeg's chroma upsampling at the region's edge)."""
     assert stream._jpegcrop is not None, "setup.py builds ablation/data/_jpegcrop where libjpeg's headers are"
     files = scan(photos, "train", per_class=24).files  # 96 images: the exact share varies less than with 32
-    u = P.draw(len(files) * 2, torch.Generator().manual_seed(3)).view(len(files), 2, P.DRAWS)
+    u = source_crop.draw(len(files) * 2, torch.Generator().manual_seed(3)).view(len(files), 2, source_crop.DRAWS)
     crop = parse_spec("crop").ops[0]
     region = torch.stack([decode_crops(f, crop, d, 96) for f, d in zip(files, u)])
     monkeypatch.setattr(stream, "_jpegcrop", None)
@@ -193,10 +193,10 @@ def test_source_boxes_are_the_crop_ops_boxes_for_the_same_uniforms(spec, shape):
     fit, then torchvision's fallback) for the same uniforms, in the op's order of drawing them."""
     crop, (h, w), n = parse_spec(spec).ops[0], shape, 4000
     g = torch.Generator().manual_seed(5)
-    areas, ratios = torch.rand(n, P.TRIES, generator=g), torch.rand(n, P.TRIES, generator=g)
+    areas, ratios = torch.rand(n, source_crop.TRIES, generator=g), torch.rand(n, source_crop.TRIES, generator=g)
     x, y, flip = (torch.rand(n, 1, generator=g) for _ in range(3))
     u = torch.cat([areas, ratios, x, y, flip, torch.zeros(n, 1)], 1)  # apply: always
-    box, flipped = P.boxes(crop, u, torch.full((n,), float(h)), torch.full((n,), float(w)))
+    box, flipped = source_crop.boxes(crop, u, torch.full((n,), float(h)), torch.full((n,), float(w)))
     want = crop.draw(torch.zeros(n, 3, h, w), torch.Generator().manual_seed(5))
     assert torch.equal(box, want["box"]) and torch.equal(flipped, want["flip"])
 
@@ -208,7 +208,7 @@ def test_one_crop_per_view_keeps_the_papers_crop_area():
     crop = parse_spec("crop").ops[0]
     n = 20000
     h, w = torch.full((n,), 375.0), torch.full((n,), 500.0)
-    box, flip = P.boxes(crop, P.draw(n, torch.Generator().manual_seed(0)), h, w)
+    box, flip = source_crop.boxes(crop, source_crop.draw(n, torch.Generator().manual_seed(0)), h, w)
     area = box[:, 2] * box[:, 3] / (h * w)
     torch.manual_seed(0)
     ref = torch.tensor([T.RandomResizedCrop.get_params(torch.zeros(1, 375, 500), [0.08, 1.0], [3 / 4, 4 / 3])
@@ -224,8 +224,8 @@ def test_one_crop_per_view_keeps_the_papers_crop_area():
 def test_one_view_methods_take_the_first_source_crop(views, base, mode):
     """A one-view method (supervised) on a folder with its first crop at the source: the first crop drawn
     for the image, then the rest of the pipeline on the device (without device ops: the first view)."""
-    proto = P.protocol(views, base, mode)
-    source = P.SourceViews(proto, 16, stored=True)
+    proto = source_crop.split_source_crop(views, base, mode)
+    source = source_crop.SourceViews(proto, 16, stored=True)
     x = torch.rand(6, 3, 40, 40, generator=torch.Generator().manual_seed(1))
     one = source.one(x, torch.Generator().manual_seed(2))
     first, _ = source(x, torch.Generator().manual_seed(2))
@@ -326,7 +326,7 @@ def test_stream_sample_spreads_over_the_classes_with_fixed_source_crops(photos):
     assert torch.equal(sample, batcher.sample(5))
     picked = [i * len(split.files) // 5 for i in range(5)]
     assert {split.labels[i] for i in picked} == set(split.labels)  # files are class by class; all are in
-    u = P.draw(10, torch.Generator().manual_seed(stream.SAMPLE_SEED)).view(5, 2, P.DRAWS)
+    u = source_crop.draw(10, torch.Generator().manual_seed(stream.SAMPLE_SEED)).view(5, 2, source_crop.DRAWS)
     assert torch.equal(sample[1], decode_crops(split.files[picked[1]], crop, u[1], 24))
 
 
@@ -365,7 +365,7 @@ def test_corrupt_jpeg_fails_the_cell_with_its_path_and_no_hang(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "failed" and str(bad) in result["reason"] and "\n" not in result["reason"]
     with pytest.raises(UnreadableImage, match=str(bad)):
-        decode_crops(str(bad), None, torch.zeros(1, P.DRAWS), 16)
+        decode_crops(str(bad), None, torch.zeros(1, source_crop.DRAWS), 16)
 
 
 def png16(path: Path, h: int = 40, w: int = 56) -> None:
@@ -381,7 +381,7 @@ def png16(path: Path, h: int = 40, w: int = 56) -> None:
 
 def test_a_16_bit_png_is_read_as_8_bits_streamed_and_resident(tmp_path):
     png16(tmp_path / "deep.png")
-    crops = decode_crops(str(tmp_path / "deep.png"), None, torch.zeros(1, P.DRAWS), 16)
+    crops = decode_crops(str(tmp_path / "deep.png"), None, torch.zeros(1, source_crop.DRAWS), 16)
     image, _ = ImageFiles([str(tmp_path / "deep.png")], [0], ["a"], 16)[0]
     assert crops.dtype == image.dtype == torch.uint8 and int(image.max()) > 128
 
@@ -390,7 +390,7 @@ def test_an_empty_image_file_is_named_streamed_and_resident(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.touch()
     with pytest.raises(UnreadableImage, match=re.escape(f"cannot decode image {empty}: empty file")):
-        decode_crops(str(empty), None, torch.zeros(1, P.DRAWS), 16)
+        decode_crops(str(empty), None, torch.zeros(1, source_crop.DRAWS), 16)
     with pytest.raises(ValueError, match=re.escape(f"cannot decode image {empty}")):
         ImageFiles([str(empty)], [0], ["a"], 16)[0]
 
@@ -407,7 +407,7 @@ def test_imagenet_presets_crop_once_per_view_from_the_full_image(name, preset):
     exp = load_experiment(name, preset)
     for cell in exp.cells:
         a = cell.config.augment
-        got = P.protocol(a.views, a.base, a.mode).describe()
+        got = source_crop.split_source_crop(a.views, a.base, a.mode).describe()
         if a.mode == "asymmetric" or name == "budget":
             assert got == {"first_crop": "crop(flip=false)", "crops_per_image": 1, "base": "none",
                            "views": parse_spec(a.views).spec, "mode": a.mode}, cell.label

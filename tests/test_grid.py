@@ -66,6 +66,8 @@ def test_presets_and_slurm_overrides(tmp_path):
 @pytest.mark.parametrize("spec, message", [
     ({"grid": {"kind": "pairwise", "ops": ["crop", "colr"]}}, r"cell 'crop\+colr'.*'colr'.*color"),
     ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"trian": {}}}, r"unknown config key 'trian'.*train"),
+    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"method": "byl"}},
+     r"cell 'crop': method: unknown method 'byl' \(did you mean 'byol'\?\)"),
     ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"train": {"epochs": "x"}}},
      r"train.epochs: expected int, got 'x'"),
     ({"grid": {"kind": "product", "axes": {"loss.temperature": [0.5, -1]}}},

@@ -6,10 +6,16 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import yaml
 
-from ablation.augment import parse_spec
+from ablation import status, store
+from ablation.augment import REGISTRY, Augmentation, param, parse_spec, register
 from ablation.config import build_config
+from ablation.grid import load_experiment
 from ablation.identity import canonical_spec, departures, settings, signature
+from ablation.names import DONE, FINISHED, PRIMARY_METRIC, TODO
+from ablation.registry import OP_RENAMES, Renames
 
 
 def cell_id(*overrides: str) -> str:
@@ -112,3 +118,70 @@ def test_a_method_revision_makes_new_ids_for_that_method_only():
     bt, simclr = build_config({}, ["method=barlow_twins"]), build_config({}, [])
     assert departures(bt)["method_args"] == {"_revision": 1}
     assert "method_args" not in departures(simclr)
+
+
+# ---- renamed ops and parameters keep finished cells ------------------------------------------------
+
+def register_scale(name: str, factor: str) -> type:
+    """A test op that scales the image, registered under `name` with its one parameter called `factor`."""
+    return register(type(name, (Augmentation,), {
+        "name": name, "doc": "scale the image", "__annotations__": {factor: "float"},
+        factor: param(1.0, 0.0, 1.0, "the scale"), "transform": lambda self, x, params: x * getattr(self, factor)}))
+
+
+def grid_with(tmp_path, views: str):
+    """The one-cell experiment `renamed` whose views are `views` (rewritten in place: one results folder)."""
+    path = tmp_path / "renamed.yaml"
+    path.write_text(yaml.safe_dump({"cell": {"augment": {"views": views}},
+                                    "grid": {"kind": "product", "axes": {"augment.mode": ["symmetric"]}}}))
+    return load_experiment(str(path))
+
+
+@pytest.fixture
+def scale_ops():
+    """The test ops registered by a test, gone afterwards; canonical specs cached during the test forgotten
+    (renames are fixed at import in real use; here the test makes one while it runs)."""
+    canonical_spec.cache_clear()
+    yield
+    for name in ("test_scale", "test_shrink"):
+        REGISTRY.pop(name, None)
+    canonical_spec.cache_clear()
+
+
+def test_a_renamed_op_and_parameter_keep_finished_cells_finished(tmp_path, scale_ops, monkeypatch):
+    register_scale("test_scale", "amount")
+    before = grid_with(tmp_path, "crop+test_scale(amount=0.5)")
+    [cell] = before.cells
+    folder = store.experiment_dir(tmp_path, before.name) / cell.id
+    store.write_json(folder / store.RESULT, {"status": FINISHED, "metrics": {PRIMARY_METRIC: 0.5}, "wall_time_s": 1.0})
+    assert [row.state for row in status.statuses(tmp_path, before)] == [DONE]
+
+    # the rename: the op becomes test_shrink and its parameter factor; without an alias that is a new cell
+    REGISTRY.pop("test_scale")
+    shrink = register_scale("test_shrink", "factor")
+    assert [row.state for row in status.statuses(tmp_path, grid_with(tmp_path, "crop+test_shrink(factor=0.5)"))] \
+        == [TODO]
+
+    monkeypatch.setitem(OP_RENAMES.names, "test_scale", "test_shrink")
+    monkeypatch.setitem(OP_RENAMES.params, "test_scale", {"amount": "factor"})
+    canonical_spec.cache_clear()
+    after = grid_with(tmp_path, "crop+test_shrink(factor=0.5)")
+    assert after.cells[0].id == cell.id
+    assert [row.state for row in status.statuses(tmp_path, after)] == [DONE]
+    # the old spelling builds the renamed op, in the same cell
+    old = grid_with(tmp_path, "crop+test_scale(amount=0.5)")
+    assert old.cells[0].id == cell.id and isinstance(parse_spec(old.cells[0].config.augment.views).ops[1], shrink)
+    assert parse_spec("test_scale(amount=0.5)")(torch.ones(1, 3, 2, 2)).max() == 0.5
+    with pytest.raises(ValueError, match="'test_scale' is an old name of 'test_shrink'"):
+        register_scale("test_scale", "amount")
+
+
+def test_renames_follow_chains_and_refuse_ambiguity():
+    renames = Renames({"a": "b", "b": "c"}, {"a": {"x": "y"}})
+    assert renames.current("a") == renames.current("b") == renames.current("c") == "c"
+    assert renames.first("c") == renames.first("b") == "a" and renames.first("d") == "d"
+    assert renames.current_param("c", "x") == "y" and renames.first_param("c", "y") == "x"
+    with pytest.raises(ValueError, match="both renamed to 'c'"):
+        Renames({"a": "c", "b": "c"}).first("c")
+    with pytest.raises(ValueError, match="loop"):
+        Renames({"a": "b", "b": "a"}).current("a")

@@ -8,7 +8,8 @@ import pytest
 import torch
 import two_processes as two
 
-from ablation.losses import LOSSES, SEMI_HARD_LOSSES, contrastive_loss, gather_with_grad
+from ablation.dist import gather_with_grad
+from ablation.losses import LOSSES, SEMI_HARD_LOSSES, contrastive_loss
 
 
 def naive_loss(name: str, z1, z2, temperature: float, normalize: bool, margin: float, semi_hard: bool = False):

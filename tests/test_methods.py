@@ -23,6 +23,7 @@ from ablation.methods.barlow_twins import barlow_twins_loss
 from ablation.methods.byol import byol_loss, target_momentum
 from ablation.methods.simsiam import simsiam_loss
 from ablation.model import GlobalBatchNorm, global_batch_norm
+from ablation.registered import check_registered
 from ablation.training import initial_method
 
 NAMES = sorted(REGISTRY)
@@ -221,9 +222,9 @@ def test_adding_a_method_is_one_registered_class(toy_method):
     cfg = build_config({}, TINY + ["method=test_alignment", "method_args.floor=0.5", "train.epochs=1"])
     assert initial_method(cfg, torch.device("cpu"), 10).floor == 0.5
     with pytest.raises(ValueError, match="'test_alignment' parameter 'flor' \\(did you mean 'floor'\\?\\)"):
-        build_config({}, ["method=test_alignment", "method_args.flor=0.5"])
+        build_config({}, ["method=test_alignment", "method_args.flor=0.5"], check_registered)
     with pytest.raises(ValueError, match="test_alignment.*floor.*20.*0.0, 10.0"):
-        build_config({}, ["method=test_alignment", "method_args.floor=20"])
+        build_config({}, ["method=test_alignment", "method_args.floor=20"], check_registered)
     with pytest.raises(ValueError, match="already registered"):
         @register
         class Again(Method):
@@ -242,7 +243,7 @@ def test_a_registered_method_trains_a_cell(toy_method, tmp_path):
 
 def test_unknown_method_names_the_choices():
     with pytest.raises(ValueError, match="method: unknown method 'byl' \\(did you mean 'byol'\\?\\).*simsiam"):
-        build_config({}, ["method=byl"])
+        build_config({}, ["method=byl"], check_registered)
 
 
 def test_help_lists_the_methods_and_ablate_methods_their_parameters(capsys):

@@ -86,7 +86,7 @@ def fitting_sides(u_area: Tensor, u_ratio: Tensor, h: Tensor, w: Tensor, scale: 
                   ratio: tuple[float, float]) -> Tensor:
     """(B, 2) integer box sides (width, height) on images of h x w pixels ((B,) float tensors):
     torchvision's retry loop, every try at once. Shared by the `crop` op and the crops drawn at the
-    source of an image folder (data.protocol), so both follow the same definition.
+    source of an image folder (data.source_crop), so both follow the same definition.
 
     Try k of a sample takes area U[scale] (u_area[:, k]) and log-uniform aspect ratio (u_ratio[:, k]),
     uniforms (B, tries) in [0, 1); the first try whose rounded box fits is kept, and a sample with none

@@ -3,6 +3,9 @@
 Grammar: ops joined by '+'; an op is ``name`` or ``name(key=value, ...)`` with scalar values
 (true/false, int, float, bare word). A YAML list holds such strings or ``{name: {key: value}}``
 mappings. "" and "none" mean no op. The canonical form lists only non-default parameters.
+
+Ops and parameters that were renamed (ablation/registry.py OP_RENAMES) parse under any of their
+names; the form cell ids hash spells them as they were first registered, so a rename keeps ids.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import re
 from typing import Any, Iterable
 
 from ..errors import choices_error
+from ..registry import OP_RENAMES, lookup
 from .registry import REGISTRY, Augmentation
 
 _TOKEN = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
@@ -35,13 +39,17 @@ def parse_ops(spec: SpecLike) -> list[Augmentation]:
     raise ValueError(f"an augmentation spec must be a string or a list, got {type(spec).__name__}: {spec!r}")
 
 
-def format_spec(ops: Iterable[Augmentation]) -> str:
-    """Canonical string of a sequence of ops ("none" when empty); ``parse_ops`` reads it back."""
+def format_spec(ops: Iterable[Augmentation], first_names: bool = False) -> str:
+    """Canonical string of a sequence of ops ("none" when empty); ``parse_ops`` reads it back.
+
+    first_names: every op and parameter spelled as it was first registered (the form cell ids hash).
+    """
     parts = []
     for op in ops:
-        changed = op.changed()
-        args = ",".join(f"{key}={_format_value(value)}" for key, value in changed.items())
-        parts.append(f"{op.name}({args})" if args else op.name)
+        name = OP_RENAMES.first(op.name) if first_names else op.name
+        args = ",".join(f"{OP_RENAMES.first_param(op.name, key) if first_names else key}={_format_value(value)}"
+                        for key, value in op.changed().items())
+        parts.append(f"{name}({args})" if args else name)
     return "+".join(parts) or "none"
 
 
@@ -90,17 +98,21 @@ def _parse_token(token: str) -> Augmentation:
 
 
 def build_op(name: str, params: dict[str, Any], token: str | None = None) -> Augmentation:
-    """Instantiate a registered op, naming the offending spec token in every error."""
+    """Instantiate a registered op under any of its names, naming the offending spec token in every error."""
     token = token or name
-    if name not in REGISTRY:
-        raise choices_error("augmentation", name, REGISTRY)
-    cls = REGISTRY[name]
+    name = OP_RENAMES.current(name)
+    cls = lookup(REGISTRY, "augmentation", name)
     fields = [f.name for f in dataclasses.fields(cls)]
-    for key in params:
-        if key not in fields:
+    current: dict[str, Any] = {}
+    for key, value in params.items():
+        renamed = OP_RENAMES.current_param(name, key)
+        if renamed not in fields:
             raise choices_error(f"'{name}' parameter", key, fields)
+        if renamed in current:
+            raise ValueError(f"bad augmentation spec '{token}': parameter '{renamed}' is given twice")
+        current[renamed] = value
     try:
-        return cls(**params)
+        return cls(**current)
     except ValueError as err:
         raise ValueError(f"bad augmentation spec '{token}': {err}") from None
 

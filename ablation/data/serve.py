@@ -2,7 +2,7 @@
 
 - resident: decoded once (and cached) at data.stored_size, kept as uint8 on the device or in host
   memory (data.resident); with a stored size above data.size the first crop is drawn there on the
-  device (protocol.py). At stored size = data.size this is exactly the path of CIFAR and the
+  device (source_crop.py). At stored size = data.size this is exactly the path of CIFAR and the
   embedded set, and the cell gets a plain ImageSet.
 - stream: loader workers read, decode and crop every image each epoch from the full image (stream.py).
 auto: resident when train + test at the stored size fit in MAX_RESIDENT_BYTES, else stream.
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import protocol as P
 from .folders import Split, classes_key, scan
+from .source_crop import SourceViews, split_source_crop
 from .sources import MAX_RESIDENT_BYTES, ImageSet, folder_sets
 from .stream import LazyImages, StreamBatcher
 
@@ -96,14 +96,14 @@ def _load(root: str, size: int, stored_size: int | None, serve: str, classes: tu
 def stream_batcher(data, augment, batch_size: int, train: FolderSet, device: torch.device,
                    shard: tuple[int, int]) -> StreamBatcher:
     """The streaming loader of a cell (data, augment: the cell's config sections)."""
-    proto = P.protocol(augment.views, augment.base, augment.mode)
+    first = split_source_crop(augment.views, augment.base, augment.mode)
     if train.split is None:
         raise ValueError("stream_batcher: the training set is not streamed")
-    return StreamBatcher(train.split, batch_size, shard, data.size, proto.crop, proto.crops, data.workers,
+    return StreamBatcher(train.split, batch_size, shard, data.size, first.crop, first.crops, data.workers,
                          device, data.decode)
 
 
-def source_views(data, augment, train: FolderSet) -> P.SourceViews:
+def source_views(data, augment, train: FolderSet) -> SourceViews:
     """The cell's two views when the first crop is taken at the source (streamed or stored images)."""
-    return P.SourceViews(P.protocol(augment.views, augment.base, augment.mode), data.size,
+    return SourceViews(split_source_crop(augment.views, augment.base, augment.mode), data.size,
                          stored=train.stored is not None)

@@ -30,10 +30,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from ..augment.ops import Crop
 from ..seeding import stable_seed
-from . import protocol as P
 from .batcher import spread
 from .folders import Split
+from .source_crop import DRAWS, boxes, draw
 from .sources import eight_bits, loader_workers, quiet_decoders
 
 try:  # region decoding (setup.py builds it where libjpeg's headers are); else whole images
@@ -98,13 +99,13 @@ def _read(path: str) -> Encoded:
     return Encoded(path, data, image.shape[1], image.shape[2], eight_bits(image))
 
 
-def _boxes(items: Sequence[Encoded], crop: P.Crop | None, u: Tensor, centre: float = 1.0
+def _boxes(items: Sequence[Encoded], crop: Crop | None, u: Tensor, centre: float = 1.0
            ) -> tuple[list[list[list[float]]], list[list[bool]]]:
     """Boxes and flips of every image's crops (u: (images, crops, DRAWS)), as Python lists, in one draw."""
     n = u.shape[1]
     h = torch.tensor([e.height for e in items], dtype=torch.float32).repeat_interleave(n)
     w = torch.tensor([e.width for e in items], dtype=torch.float32).repeat_interleave(n)
-    box, flip = P.boxes(crop, u.flatten(0, 1), h, w, centre)
+    box, flip = boxes(crop, u.flatten(0, 1), h, w, centre)
     return box.view(len(items), n, 4).tolist(), flip.view(len(items), n).tolist()
 
 
@@ -171,7 +172,7 @@ def _decode(item: Encoded, box: list[list[float]], flip: list[bool], size: int, 
     _crops(torch.from_numpy(pixels).permute(2, 0, 1), box, flip, scale, size, out)
 
 
-def decode_crops(path: str, crop: P.Crop | None, u: Tensor, size: int, centre: float = 1.0) -> Tensor:
+def decode_crops(path: str, crop: Crop | None, u: Tensor, size: int, centre: float = 1.0) -> Tensor:
     """The crops (k, 3, size, size) uint8 of one image for the draws u (k, DRAWS), decoded on this CPU."""
     item = _read(path)
     (box,), (flip,) = _boxes([item], crop, u[None], centre)
@@ -196,7 +197,7 @@ class StepSampler(Sampler):
 class StepBatches(Dataset):
     """Loader item (epoch seed, step) -> this rank's crops and labels of global batch `step`."""
 
-    def __init__(self, split: Split, batch_size: int, shard: tuple[int, int], size: int, crop: P.Crop | None,
+    def __init__(self, split: Split, batch_size: int, shard: tuple[int, int], size: int, crop: Crop | None,
                  crops: int, decode: str = "workers"):
         self.files, self.labels = split.files, torch.tensor(split.labels, dtype=torch.int64)
         self.batch_size, self.shard, self.size, self.crop, self.crops = batch_size, shard, size, crop, crops
@@ -218,8 +219,8 @@ class StepBatches(Dataset):
         rank, world = self.shard
         b, n = self.batch_size, self.crops
         idx = self.order(epoch_seed)[step * b:(step + 1) * b].tensor_split(world)[rank]
-        u = P.draw(b * n, torch.Generator().manual_seed(stable_seed(epoch_seed, step)))
-        u = u.view(b, n, P.DRAWS).tensor_split(world)[rank]
+        u = draw(b * n, torch.Generator().manual_seed(stable_seed(epoch_seed, step)))
+        u = u.view(b, n, DRAWS).tensor_split(world)[rank]
         items = [_read(self.files[i]) for i in idx.tolist()]
         box, flip = _boxes(items, self.crop, u)
         if self.decode == "device":
@@ -268,7 +269,7 @@ def _one_line(err: UnreadableImage) -> UnreadableImage:
 class StreamBatcher:
     """Per-step batches of a streamed folder, with the interface of DeviceBatcher (len, device, epoch)."""
 
-    def __init__(self, split: Split, batch_size: int, shard: tuple[int, int], size: int, crop: P.Crop | None,
+    def __init__(self, split: Split, batch_size: int, shard: tuple[int, int], size: int, crop: Crop | None,
                  crops: int, workers: int, device: torch.device, decode: str = "workers"):
         rank, world = shard
         if batch_size < world or batch_size > len(split.files):
@@ -291,7 +292,7 @@ class StreamBatcher:
         `seed`: uint8 (n, crops, 3, S, S), the input the views take, the same on every rank and every
         call: a fixed batch for measurements (decoded here, on this CPU)."""
         files = [self.dataset.files[i] for i in spread(len(self.dataset.files), n).tolist()]
-        u = P.draw(len(files) * self.crops, torch.Generator().manual_seed(seed)).view(len(files), self.crops, P.DRAWS)
+        u = draw(len(files) * self.crops, torch.Generator().manual_seed(seed)).view(len(files), self.crops, DRAWS)
         crops = [decode_crops(path, self.dataset.crop, u[j], self.size) for j, path in enumerate(files)]
         return torch.stack(crops) if crops else torch.empty(0, self.crops, 3, self.size, self.size, dtype=torch.uint8)
 
@@ -328,7 +329,7 @@ class LazyImages:
         return len(self.files)
 
     def _one(self, path: str) -> Tensor:
-        return decode_crops(path, None, torch.zeros(1, P.DRAWS), self.size, self.centre)[0]
+        return decode_crops(path, None, torch.zeros(1, DRAWS), self.size, self.centre)[0]
 
     def __getitem__(self, index: slice) -> Tensor:
         if not isinstance(index, slice):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..losses import gather_with_grad
+from ..dist import gather_with_grad
 from .registry import Method, param, register
 
 

@@ -11,20 +11,19 @@ resumes it exactly. Parameters are declared as for augmentations and set with ``
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
-from ..augment import TwoViews, param
-from ..augment.registry import coerce, describe, registrable_name
+from ..augment import TwoViews
 from ..config import CellConfig
 from ..errors import choices_error
 from ..model import build_encoder, build_head
+from ..registry import coerce, declared_params, entry_docs, lookup, param, registrable_name
 
 if TYPE_CHECKING:
-    from ..data.protocol import SourceViews
+    from ..data.source_crop import SourceViews
 
 __all__ = ["REGISTRY", "Method", "build_method", "check_method", "describe_methods", "param", "register"]
 
@@ -40,7 +39,7 @@ class Method(nn.Module):
       under DDP, torch.compile and bf16 autocast on a GPU (the cell's hot path);
     - ``loss(outputs, labels)``: the scalar loss in float32, run eager and outside autocast. Under
       DDP it sees this rank's share of the batch; a loss that needs the whole batch gathers it
-      (``ablation.losses.gather_with_grad``);
+      (``ablation.dist.gather_with_grad``);
     - ``project(x)`` where the method has a projection: the embeddings whose alignment and
       uniformity the per-epoch log measures (ablation/metrics_log.py); None skips that measurement.
     """
@@ -96,23 +95,13 @@ def register(cls: type) -> type:
     """Class decorator: record a Method subclass under its unique ``name``, with its declared parameters."""
     name = registrable_name(cls, Method, REGISTRY, "method")
     method = cast(type[Method], cls)  # a Method subclass: registrable_name checked it
-    annotated = inspect.get_annotations(cls)
-    params = {}
-    for key, value in vars(cls).items():
-        if isinstance(value, dataclasses.Field):
-            if key not in annotated:
-                raise ValueError(f"{name}: parameter '{key}' needs a type annotation, e.g. '{key}: float = param(...)'")
-            value.name = key
-            params[key] = value
-    method.params = {**method.params, **params}
+    method.params = {**method.params, **declared_params(cls, name)}
     REGISTRY[name] = method
     return cls
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in REGISTRY:
-        raise choices_error("method", name, REGISTRY)
-    return REGISTRY[name]
+    return lookup(REGISTRY, "method", name)
 
 
 def resolve_args(cls: type[Method], args: dict[str, Any]) -> dict[str, Any]:
@@ -137,4 +126,4 @@ def build_method(cfg: CellConfig, n_classes: int) -> Method:
 
 def describe_methods() -> list[dict[str, Any]]:
     """Every registered method with its doc and parameters."""
-    return describe(REGISTRY, lambda cls: cls.params.values())
+    return entry_docs(REGISTRY, lambda cls: cls.params.values())

@@ -1,4 +1,4 @@
-"""SimCLR: a projection head and a contrastive loss over the 2N views, negatives gathered across ranks."""
+"""SimCLR: a projector and a contrastive loss over the 2N views, negatives gathered across ranks."""
 from __future__ import annotations
 
 import torch
@@ -11,11 +11,13 @@ from .registry import Method, register
 @register
 class SimCLR(Method):
     name = "simclr"
-    doc = ("contrastive (the paper): head model.head, loss loss.name (NT-Xent, NT-Logistic, margin, "
+    doc = ("contrastive (the paper): projector model.head, loss loss.name (NT-Xent, NT-Logistic, margin, "
            "semi-hard mining) over both views of the global batch")
 
     def __init__(self, cfg, n_classes: int, **args) -> None:
         super().__init__(cfg, n_classes, **args)
+        # the projector, as every method calls it; the attribute keeps the name its checkpoints' keys
+        # (head.*) were written under, so an interrupted cell resumes from its checkpoint
         self.head = self.projection_head(cfg)
         self.loss_config = cfg.loss
 
@@ -23,7 +25,7 @@ class SimCLR(Method):
         return self.head(self.features(x))
 
     def forward(self, views: tuple[Tensor, ...]) -> Tensor:
-        """z = head(encoder(x)) of both views as one batch."""
+        """z = projector(encoder(x)) of both views as one batch."""
         return self.project(torch.cat(views))
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:

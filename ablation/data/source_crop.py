@@ -3,7 +3,7 @@
 Images of an ImageNet-like folder differ in size, so the pipeline's first random resized crop is
 drawn from the full image (streaming) or from the stored image (resident, data.stored_size) and
 resized to data.size; the remaining ops run batched on the device at data.size. Which crop comes
-first follows the paper's protocol for the experiment:
+first follows the paper's protocol for the experiment (`split_source_crop`):
 
 - a base crop (augment.base starting with `crop`, Figure 5's asymmetric protocol): one crop per
   image, shared by both views; the targeted ops then run on the device, on one branch;
@@ -33,9 +33,9 @@ X, Y, FLIP, APPLY = range(2 * TRIES, DRAWS)
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """The first crop (None: centre square), how many per image (1: shared, 2: one per view), and the
-    base and views that run on the device after it."""
+class SourceCrop:
+    """The first crop, taken at the source (None: the centre square), how many per image (1: shared,
+    2: one per view), and the base and views that run on the device after it."""
     crop: Crop | None
     crops: int
     base: Compose
@@ -47,14 +47,14 @@ class Protocol:
                 "base": self.base.spec, "views": self.views.spec, "mode": self.mode}
 
 
-def protocol(views: str, base: str, mode: str) -> Protocol:
+def split_source_crop(views: str, base: str, mode: str) -> SourceCrop:
     """Split the first crop off an augmentation setting (see the module docstring)."""
     base_c, views_c = parse_spec(base), parse_spec(views)
     if base_c.ops and isinstance(base_c.ops[0], Crop):
-        return Protocol(base_c.ops[0], 1, Compose(base_c.ops[1:]), views_c, mode)
+        return SourceCrop(base_c.ops[0], 1, Compose(base_c.ops[1:]), views_c, mode)
     if not base_c.ops and mode == "symmetric" and views_c.ops and isinstance(views_c.ops[0], Crop):
-        return Protocol(views_c.ops[0], 2, base_c, Compose(views_c.ops[1:]), mode)
-    return Protocol(None, 1, base_c, views_c, mode)
+        return SourceCrop(views_c.ops[0], 2, base_c, Compose(views_c.ops[1:]), mode)
+    return SourceCrop(None, 1, base_c, views_c, mode)
 
 
 def draw(n: int, generator: torch.Generator | None, device: torch.device | str = "cpu") -> Tensor:
@@ -99,16 +99,16 @@ class SourceViews:
     draws. Output: the two float views (B, 3, S, S).
     """
 
-    def __init__(self, proto: Protocol, size: int, stored: bool = False):
-        self.proto, self.size, self.stored = proto, size, stored
-        self.two = TwoViews(proto.views, proto.base, proto.mode)
+    def __init__(self, source: SourceCrop, size: int, stored: bool = False):
+        self.source, self.size, self.stored = source, size, stored
+        self.two = TwoViews(source.views, source.base, source.mode)
 
     def crop_stored(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         b, _, h, w = x.shape
-        n = self.proto.crops
+        n = self.source.crops
         u = draw(b * n, generator, x.device)
         side = torch.full((b * n,), float(h), device=x.device)
-        box, flip = boxes(self.proto.crop, u, side, side * w / h)
+        box, flip = boxes(self.source.crop, u, side, side * w / h)
         return crop_resize(x.repeat_interleave(n, 0), box, flip, self.size).unflatten(0, (b, n))
 
     def _source_crops(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -119,9 +119,9 @@ class SourceViews:
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         x = self._source_crops(x, generator)
-        if self.proto.crops == 1:
+        if self.source.crops == 1:
             return self.two(x[:, 0], generator)
-        first, second = self.proto.views(x.transpose(0, 1).flatten(0, 1), generator).chunk(2)
+        first, second = self.source.views(x.transpose(0, 1).flatten(0, 1), generator).chunk(2)
         return first, second
 
     def one(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -130,4 +130,4 @@ class SourceViews:
         return self.two.one(self._source_crops(x, generator)[:, 0], generator)  # two crops: no base
 
     def __repr__(self) -> str:
-        return f"SourceViews({self.proto.describe()}, size={self.size}, stored={self.stored})"
+        return f"SourceViews({self.source.describe()}, size={self.size}, stored={self.stored})"
