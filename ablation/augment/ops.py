@@ -162,8 +162,9 @@ def _brightness_contrast_(x: Tensor, scale: Tensor, mean_weight: Tensor) -> Tens
     return x.mul_(_per_sample(scale)).add_(shift).clamp_(0, 1)
 
 
-def _saturation_hue(x: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
-    """Scale HSV saturation by ``saturation`` and rotate HSV hue by ``hue`` turns, per sample.
+def _saturation_hue(x: Tensor, saturation: Tensor, hue: Tensor, out: Tensor | None = None) -> Tensor:
+    """Scale HSV saturation by ``saturation`` and rotate HSV hue by ``hue`` turns, per sample; into
+    ``out`` (a spare tensor shaped as x, not x itself) when given.
 
     The same maths as kornia/tf ``adjust_saturation`` and ``adjust_hue`` (which commute), done
     directly in RGB with few temporaries: value (the max channel) is kept, chroma becomes
@@ -184,7 +185,7 @@ def _saturation_hue(x: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
     sextant.div_(torch.clamp_min(chroma, 1e-12, out=case)).add_(_per_sample(6 * hue)[:, 0]).remainder_(6)
     new_chroma = torch.minimum(chroma.mul_(_per_sample(saturation)[:, 0]), top, out=chroma).unsqueeze(1)
     offsets = torch.arange(0.0, -5.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # n - 5
-    ramp = (sextant.unsqueeze(1) + offsets).abs_().sub_(3).abs_()
+    ramp = torch.add(sextant.unsqueeze(1), offsets, out=out).abs_().sub_(3).abs_()
     ramp.neg_().add_(2).clamp_(0, 1)
     return ramp.mul_(new_chroma).neg_().add_(top.unsqueeze(1))
 
@@ -238,12 +239,16 @@ class Jitter(Augmentation):
         # Every pass runs on the whole batch: linear slots with factors that are exactly neutral
         # for samples with nothing there, HSV slots kept (exact 0/1 lerp) only where a sample has
         # one, as their round trip is not bit-exact.
+        # Two image buffers in turn: an HSV slot writes into the one the slot before last wrote
+        # (a fresh large tensor costs the page faults of its first touch on a CPU).
         scale, weight, saturation, hue, on = _jitter_plan(params["order"], params["factors"])
+        spare = None
         for j in range(_SLOTS):
             if j % 2:
                 x = _brightness_contrast_(x, scale[:, j], weight[:, j])  # x: slot j-1's own output
             else:
-                colour = _saturation_hue(x, saturation[:, j], hue[:, j])
+                colour = _saturation_hue(x, saturation[:, j], hue[:, j], out=spare)
+                spare = x if j else None  # slot 0's x is the caller's image: never written
                 x = torch.lerp(x, colour, _per_sample(on[:, j].to(x.dtype)), out=colour)
         return x
 
