@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,6 +153,7 @@ def profile(args: argparse.Namespace) -> None:
     from contextlib import ExitStack
 
     from ablation.augment import REGISTRY
+    warnings.filterwarnings("ignore", message=r"Seems like `optimizer.step\(\)` has been overridden")  # our label
     for threads in args.threads:
         torch.set_num_threads(threads)
         cell = Cell(args.mode, args.views, args.batch, args.steps)
