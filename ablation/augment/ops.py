@@ -67,26 +67,20 @@ class Crop(Augmentation):
         size = fitting_sides(u_area, u_ratio, torch.full((b,), float(h), device=x.device),
                              torch.full((b,), float(w), device=x.device), (self.scale_min, self.scale_max),
                              (self.ratio_min, self.ratio_max))
-        bw, bh = size.unbind(1)
-        box = torch.stack([_box_start(x, bw, w, generator), _box_start(x, bh, h, generator), bw, bh], 1)
+        at_x, at_y = (_uniform(x, 0.0, 1.0, generator) for _ in range(2))
+        box = placed_box(at_x, at_y, size, h, w)
         flip = _uniform(x, 0.0, 1.0, generator) < (0.5 if self.flip else 0.0)
         return {"box": box, "flip": flip}
 
     def transform(self, x: Tensor, params: Params) -> Tensor:
-        b, _, h, w = x.shape
-        x0, y0, bw, bh = params["box"].unbind(1)
-        gx = source_grid(x0, bw, w)
-        gx = torch.where(params["flip"].view(-1, 1), gx.flip(1), gx)
-        gy = source_grid(y0, bh, h)
-        grid = torch.stack([gx.view(b, 1, w).expand(b, h, w), gy.view(b, h, 1).expand(b, h, w)], -1)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return resized_crop(x, params["box"], params["flip"], (x.shape[-2], x.shape[-1]))
 
 
 def fitting_sides(u_area: Tensor, u_ratio: Tensor, h: Tensor, w: Tensor, scale: tuple[float, float],
                   ratio: tuple[float, float]) -> Tensor:
     """(B, 2) integer box sides (width, height) on images of h x w pixels ((B,) float tensors):
-    torchvision's retry loop, every try at once. Shared by the `crop` op and the crops drawn at the
-    source of an image folder (data.source_crop), so both follow the same definition.
+    torchvision's retry loop, every try at once. This, `placed_box` and `resized_crop` are the one crop
+    geometry of the `crop` op and of the crops drawn at the source of an image folder (data.source_crop).
 
     Try k of a sample takes area U[scale] (u_area[:, k]) and log-uniform aspect ratio (u_ratio[:, k]),
     uniforms (B, tries) in [0, 1); the first try whose rounded box fits is kept, and a sample with none
@@ -114,14 +108,32 @@ def _fallback_sides(h: Tensor, w: Tensor, ratio: tuple[float, float]) -> Tensor:
     return torch.stack([fb_w, fb_h], 1)
 
 
-def source_grid(start: Tensor, length: Tensor, size: int, out: int | None = None) -> Tensor:
+def placed_box(at_x: Tensor, at_y: Tensor, sides: Tensor, h: int | Tensor, w: int | Tensor) -> Tensor:
+    """(B, 4) boxes (x0, y0, width, height): the integer ``sides`` (B, 2) placed inside h x w pixels at
+    the uniform positions ``at_x``, ``at_y`` in [0, 1) (every integer start equally likely)."""
+    bw, bh = sides.unbind(1)
+    return torch.stack([torch.floor(at_x * (w - bw + 1)), torch.floor(at_y * (h - bh + 1)), bw, bh], 1)
+
+
+def resized_crop(x: Tensor, box: Tensor, flip: Tensor, out: tuple[int, int]) -> Tensor:
+    """Each float image of x (B, C, H, W) cropped to its box (B, 4: x0, y0, width, height), flipped
+    horizontally where ``flip``, resized bilinearly to ``out`` (height, width): crop, flip and resize
+    in one resample."""
+    b, _, h, w = x.shape
+    gx = source_grid(box[:, 0], box[:, 2], w, out[1])
+    gx = torch.where(flip[:, None], gx.flip(1), gx)
+    gy = source_grid(box[:, 1], box[:, 3], h, out[0])
+    grid = torch.stack([gx[:, None, :].expand(b, *out), gy[:, :, None].expand(b, *out)], -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def source_grid(start: Tensor, length: Tensor, size: int, out: int) -> Tensor:
     """Normalised sample positions (B, out) that resize each box [start, start+length) of ``size``
-    pixels to ``out`` (default: ``size``).
+    pixels to ``out``.
 
     Same sampling as a bilinear ``interpolate`` of the cropped box (half-pixel centres, clamped to
     the box), so one ``grid_sample`` over the batch equals a per-sample crop-then-resize.
     """
-    out = size if out is None else out
     centres = torch.arange(out, device=start.device, dtype=start.dtype) + 0.5
     src = start[:, None] + centres * (length / out)[:, None] - 0.5
     src = torch.minimum(torch.maximum(src, start[:, None]), (start + length - 1)[:, None])
@@ -150,8 +162,9 @@ def _brightness_contrast_(x: Tensor, scale: Tensor, mean_weight: Tensor) -> Tens
     return x.mul_(_per_sample(scale)).add_(shift).clamp_(0, 1)
 
 
-def _saturation_hue(x: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
-    """Scale HSV saturation by ``saturation`` and rotate HSV hue by ``hue`` turns, per sample.
+def _saturation_hue(x: Tensor, saturation: Tensor, hue: Tensor, out: Tensor | None = None) -> Tensor:
+    """Scale HSV saturation by ``saturation`` and rotate HSV hue by ``hue`` turns, per sample; into
+    ``out`` (a spare tensor shaped as x, not x itself) when given.
 
     The same maths as kornia/tf ``adjust_saturation`` and ``adjust_hue`` (which commute), done
     directly in RGB with few temporaries: value (the max channel) is kept, chroma becomes
@@ -172,7 +185,7 @@ def _saturation_hue(x: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
     sextant.div_(torch.clamp_min(chroma, 1e-12, out=case)).add_(_per_sample(6 * hue)[:, 0]).remainder_(6)
     new_chroma = torch.minimum(chroma.mul_(_per_sample(saturation)[:, 0]), top, out=chroma).unsqueeze(1)
     offsets = torch.arange(0.0, -5.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # n - 5
-    ramp = (sextant.unsqueeze(1) + offsets).abs_().sub_(3).abs_()
+    ramp = torch.add(sextant.unsqueeze(1), offsets, out=out).abs_().sub_(3).abs_()
     ramp.neg_().add_(2).clamp_(0, 1)
     return ramp.mul_(new_chroma).neg_().add_(top.unsqueeze(1))
 
@@ -226,12 +239,16 @@ class Jitter(Augmentation):
         # Every pass runs on the whole batch: linear slots with factors that are exactly neutral
         # for samples with nothing there, HSV slots kept (exact 0/1 lerp) only where a sample has
         # one, as their round trip is not bit-exact.
+        # Two image buffers in turn: an HSV slot writes into the one the slot before last wrote
+        # (a fresh large tensor costs the page faults of its first touch on a CPU).
         scale, weight, saturation, hue, on = _jitter_plan(params["order"], params["factors"])
+        spare = None
         for j in range(_SLOTS):
             if j % 2:
                 x = _brightness_contrast_(x, scale[:, j], weight[:, j])  # x: slot j-1's own output
             else:
-                colour = _saturation_hue(x, saturation[:, j], hue[:, j])
+                colour = _saturation_hue(x, saturation[:, j], hue[:, j], out=spare)
+                spare = x if j else None  # slot 0's x is the caller's image: never written
                 x = torch.lerp(x, colour, _per_sample(on[:, j].to(x.dtype)), out=colour)
         return x
 

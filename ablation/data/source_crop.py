@@ -20,11 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..augment import Compose, TwoViews, parse_spec
-from ..augment.ops import Crop, fitting_sides, source_grid
+from ..augment.ops import Crop, fitting_sides, placed_box, resized_crop
 
 TRIES = Crop.tries
 DRAWS = 2 * TRIES + 4  # uniforms per crop: TRIES areas, TRIES log aspect ratios, x, y, flip, apply
@@ -73,22 +72,12 @@ def boxes(crop: Crop | None, u: Tensor, heights: Tensor, widths: Tensor, centre:
     fit = torch.stack([((w - side) / 2).floor(), ((h - side) / 2).floor(), side, side], 1)
     if crop is None:
         return fit, torch.zeros(len(u), dtype=torch.bool, device=u.device)
-    bw, bh = fitting_sides(u[:, AREAS], u[:, RATIOS], h, w, (crop.scale_min, crop.scale_max),
-                           (crop.ratio_min, crop.ratio_max)).unbind(1)
-    box = torch.stack([torch.floor(u[:, X] * (w - bw + 1)), torch.floor(u[:, Y] * (h - bh + 1)), bw, bh], 1)
+    sides = fitting_sides(u[:, AREAS], u[:, RATIOS], h, w, (crop.scale_min, crop.scale_max),
+                          (crop.ratio_min, crop.ratio_max))
+    box = placed_box(u[:, X], u[:, Y], sides, h, w)
     applied = u[:, APPLY] < crop.p
     flip = (u[:, FLIP] < (0.5 if crop.flip else 0.0)) & applied
     return torch.where(applied[:, None], box, fit), flip
-
-
-def crop_resize(x: Tensor, box: Tensor, flip: Tensor, out: int) -> Tensor:
-    """Each float image (B,C,H,W) cropped to its box, flipped where asked, resized to out x out (one grid_sample)."""
-    b, _, h, w = x.shape
-    gx = source_grid(box[:, 0], box[:, 2], w, out)
-    gx = torch.where(flip[:, None], gx.flip(1), gx)
-    gy = source_grid(box[:, 1], box[:, 3], h, out)
-    grid = torch.stack([gx[:, None, :].expand(b, out, out), gy[:, :, None].expand(b, out, out)], -1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class SourceViews:
@@ -109,7 +98,7 @@ class SourceViews:
         u = draw(b * n, generator, x.device)
         side = torch.full((b * n,), float(h), device=x.device)
         box, flip = boxes(self.source.crop, u, side, side * w / h)
-        return crop_resize(x.repeat_interleave(n, 0), box, flip, self.size).unflatten(0, (b, n))
+        return resized_crop(x.repeat_interleave(n, 0), box, flip, (self.size, self.size)).unflatten(0, (b, n))
 
     def _source_crops(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         """The float source crops (B, crops, 3, S, S) of the input."""

@@ -1,0 +1,42 @@
+"""benchmarks/cpu_speed.py times the cell's own step on the photos-cpu recipe, and its profile accounts
+for the whole step."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ablation.training import Training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("cpu_speed", ROOT / "benchmarks" / "cpu_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_times_the_cells_own_step_on_the_preset(bench):
+    c = bench.Cell("symmetric", "crop+color", batch=8, steps=1)
+    assert isinstance(c.training, Training) and c.step == c.training.step
+    assert (c.cfg.model.width, c.cfg.optim.name, c.cfg.train.epochs) == (32, "lars", 40)  # photos-cpu's
+    before = {k: v.clone() for k, v in c.model.state_dict().items()}
+    loss = c.epoch(0)
+    assert torch.isfinite(loss) and not all(torch.equal(before[k], v) for k, v in c.model.state_dict().items())
+
+
+def test_a_child_prints_its_images_per_second(bench, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--child", "--threads", "1", "--batch", "8", "--steps", "1",
+                                     "--warmup", "1", "--part", "views"])
+    before = torch.get_num_threads()
+    try:
+        bench.main()
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images_per_s"] > 0
