@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import submitit
 import torch
 
-from . import pack, sizing, store
+from . import legacy_ids, pack, sizing, store
 from .cell import Interrupt, Preempted, run_cell
 from .config import CellConfig, from_dict
 from .data.folders import check as check_folder
@@ -332,6 +332,7 @@ def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = Fa
         check_folder(root_dir, classes, per_class)
     folder = store.experiment_dir(root, exp.name)
     with locked(folder):
+        legacy_ids.move(folder, exp)
         prepare(root, exp)
         rows = statuses(root, exp)
         chosen_rows = select(rows, retry)
