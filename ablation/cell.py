@@ -27,7 +27,7 @@ from . import dist, store
 from .augment import parse_spec
 from .config import CellConfig, from_dict, read_yaml
 from .data import ImageSet, load_data
-from .identity import settings, signature
+from .identity import legacy_signature, settings, signature
 from .loggers import open_loggers
 from .methods import Method
 from .metrics_log import EpochLog
@@ -219,7 +219,7 @@ def _held_cell(out: Path, cfg: CellConfig, replace: bool) -> None:
     except (ValueError, TypeError) as err:
         raise ValueError(f"{out} holds a cell whose {store.CONFIG} cannot be read ({err}); "
                          f"use another folder, or --replace to move its files aside") from None
-    if signature(old) == signature(cfg):
+    if signature(old) in (signature(cfg), legacy_signature(cfg)):  # a folder made before fingerprints: its old id
         return
     if replace:
         store.retire(out, RUN_FILES)

@@ -162,9 +162,10 @@ def cmd_preview(args) -> int:
 def cmd_run(args) -> int:
     from .cell import Interrupt, Preempted, run_cell
     from .config import load_config
+    from .data.fingerprint import identify
     from .local import interrupt_on_signals
     from .registered import check_registered
-    cfg = load_config(args.config, args.overrides, check_registered)
+    cfg = identify(load_config(args.config, args.overrides, check_registered))
     interrupt = Interrupt()
     try:
         with interrupt_on_signals(interrupt):
@@ -201,6 +202,9 @@ def cmd_grid(args) -> int:
         print(status.render(rows, limit=60, columns=memory))
         print(allocation)
         print(cost.estimate(exp, rows))
+        for root in sorted({d.root for c in exp.cells if (d := c.config.data).name == "folder" and not d.fingerprint}):
+            print(f"data.root {root} is not here and was never fingerprinted here: the ids above hold the path; "
+                  f"launched where the folder is, its cells get ids that name its images")
         if args.show_config:
             print(resolved_configs(exp.cells), end="")
         return 0

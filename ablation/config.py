@@ -69,6 +69,9 @@ class DataConfig:
                       choices=names.DECODERS)
     classes: Optional[Union[list, str]] = opt(None, "folder: class folders to use, a list or a file of names "
                                               "(one a line) or a shipped list: imagenet100 (none: all)")
+    fingerprint: Optional[str] = opt(None, "folder: what its images are, a hash of their names and sizes that the "
+                                     "cell id holds instead of data.root, so moved data keeps its cells (filled in "
+                                     "from the folder; give it only to name a folder that is not here)")
 
 
 @dataclass
@@ -294,7 +297,7 @@ def validate(cfg: CellConfig, check: Check | None = None) -> CellConfig:
     return cfg
 
 
-FOLDER_KEYS = ("serve", "stored_size", "decode", "classes")  # the data keys that only image folders read
+FOLDER_KEYS = ("serve", "stored_size", "decode", "classes", "fingerprint")  # the data keys that only image folders read
 
 
 def _validate_folder_keys(data: DataConfig) -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import CellConfig, from_dict, merge, read_yaml, set_dotted, validate
+from .data.fingerprint import identify
 from .errors import did_you_mean
-from .identity import settings, signature, spec_keys
+from .identity import legacy_signature, settings, signature, spec_keys
 from .names import GRID_KINDS, PAPER_TABLES, pair_spec
 from .registered import check_registered
 from .slurm.config import SlurmConfig, read_slurm
@@ -48,6 +49,7 @@ class Cell:
     coords: dict
     seed: int
     config: CellConfig
+    legacy: Optional[str] = None  # its id before ids fingerprinted the data (identity.legacy_signature)
 
 
 @dataclass
@@ -244,7 +246,7 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
     seeds = grid.get("seeds") or [None]
     if not isinstance(seeds, list) or not all(s is None or isinstance(s, int) for s in seeds):
         raise ValueError(f"grid.seeds: expected a list of integers, got {seeds!r}")
-    cells, seen = [], set()
+    cells, seen, prints = [], set(), dict[str, str | None]()
     for seed in seeds:
         for label, coords, point in points:
             tree = merge(merge(above, point), cell_tree)
@@ -256,9 +258,10 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
                 config = from_dict(CellConfig, tree)
                 if check:
                     validate(config, check_registered)
+                config = identify(config, prints)
             except ValueError as err:
                 raise ValueError(f"cell '{label}': {err}") from None
-            cell = Cell(signature(config), label, coords, config.train.seed, config)
+            cell = Cell(signature(config), label, coords, config.train.seed, config, legacy_signature(config))
             if cell.id in seen:
                 raise ValueError(f"cell '{label}' (seed {cell.seed}) duplicates another cell")
             seen.add(cell.id)

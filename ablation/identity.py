@@ -6,11 +6,17 @@ The cell id is a hash of the canonical meaning of the resolved config and the sc
   one (with its old name in registry.OP_RENAMES) keeps every finished cell's id;
 - fields declared `identity=False` in config.py cannot change a result (data.workers,
   data.download, train.checkpoint_every, eval.batch_size, the log section) and are left out;
+- where the data lies is no part of it: a data set is named by data.name, an image folder by
+  data.fingerprint (its images' names and sizes, ablation/data/fingerprint.py), so moved data keeps
+  its cells; only a folder without a fingerprint (not readable where the grid expanded) keeps
+  data.root. Ids before fingerprints hashed data.root as written: `legacy_signature` gives them, and
+  legacy_ids.py finds the cells kept under them;
 - only values that depart from the defaults count (as in dora's signatures): a new option whose
   default keeps the old behaviour leaves every finished cell's id, so a relaunch after an upgrade
   skips them. Changing a default's meaning bumps SCHEMA_VERSION instead. The folder-only keys
-  (data.serve, data.stored_size, data.decode, data.classes) are such options: at their defaults a
-  folder is a resident set at data.size with every class, and other data sets never read them.
+  (data.serve, data.stored_size, data.decode, data.classes, data.fingerprint) are such options: at
+  their defaults a folder is a resident set at data.size with every class, and other data sets never
+  read them.
 
 `settings` flattens the same meaning into dotted keys (loss.temperature) and spells out the ops of
 spec-valued keys (augment.views.color.s, augment.views.blur), so analysis is told what a cell is
@@ -108,8 +114,28 @@ def _departures(tree: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any
 
 def signature(cfg: CellConfig) -> str:
     """Short, stable hash of the config's departures from the defaults and the schema version: the
-    cell's id."""
-    blob = json.dumps({"schema": SCHEMA_VERSION, "config": departures(cfg)}, sort_keys=True)
+    cell's id. Where the data lies is no part of it: a data set is named by data.name, a folder by its
+    data.fingerprint; only a folder without one (never read where the cell was made) keeps data.root."""
+    tree = departures(cfg)
+    data = tree.get("data", {})
+    if "root" in data and not (cfg.data.name == "folder" and cfg.data.fingerprint is None):
+        tree["data"] = {k: v for k, v in data.items() if k != "root"}
+    return _hash(tree)
+
+
+def legacy_signature(cfg: CellConfig) -> str | None:
+    """The id that ids before fingerprints gave this config (data.root hashed as written, no
+    data.fingerprint), when it differs from `signature`: the id its finished cells are kept under."""
+    tree = departures(cfg)
+    if "data" in tree:
+        tree["data"] = {k: v for k, v in tree["data"].items() if k != "fingerprint"}
+    old = _hash(tree)
+    return None if old == signature(cfg) else old
+
+
+def _hash(tree: dict[str, Any]) -> str:
+    blob = json.dumps({"schema": SCHEMA_VERSION, "config": {k: v for k, v in tree.items() if v != {}}},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

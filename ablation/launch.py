@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from . import sizing, store
+from . import legacy_ids, sizing, store
 from .config import CellConfig
 from .data.folders import check as check_folder
 from .data.folders import classes_key
@@ -74,6 +74,7 @@ def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = Fa
         check_folder(root_dir, classes, per_class)
     folder = store.experiment_dir(root, exp.name)
     with store.locked(folder / store.LAUNCH_LOCK):
+        legacy_ids.move(folder, exp)
         prepare(root, exp)
         rows = statuses(root, exp)
         chosen_rows = select(rows, retry)

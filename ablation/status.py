@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import store
+from . import legacy_ids, store
 from .grid import Cell, Experiment
 from .names import (
     CANCELLED,
@@ -97,6 +97,7 @@ def statuses(root: Path, exp: Experiment) -> list[CellStatus]:
     that sacct saw end has its result on disk by then.
     """
     folder = store.experiment_dir(root, exp.name)
+    legacy_ids.find(folder, exp.cells)
     jobs: dict[str, dict | None] = {}
     bad: dict[str, store.Corrupt] = {}
     for c in exp.cells:

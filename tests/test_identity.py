@@ -2,6 +2,8 @@
 cannot change a result are not part of it, anything that can change a result is."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import subprocess
 import sys
 
@@ -12,8 +14,10 @@ import yaml
 from ablation import status, store
 from ablation.augment import REGISTRY, Augmentation, param, parse_spec, register
 from ablation.config import build_config
+from ablation.data.fingerprint import identify
+from ablation.grid import EXPERIMENTS_DIR as EXPERIMENTS
 from ablation.grid import load_experiment
-from ablation.identity import canonical_spec, departures, settings, signature
+from ablation.identity import canonical_spec, departures, legacy_signature, settings, signature
 from ablation.names import DONE, FINISHED, PRIMARY_METRIC, TODO
 from ablation.registry import OP_RENAMES, Renames
 
@@ -185,3 +189,65 @@ def test_renames_follow_chains_and_refuse_ambiguity():
         Renames({"a": "c", "b": "c"}).first("c")
     with pytest.raises(ValueError, match="loop"):
         Renames({"a": "b", "b": "a"}).current("a")
+
+
+def fake_folder(root, sizes=(10, 20, 30)):
+    """root/{train,test}/{a,b}/<i>.jpg of these byte sizes (a fingerprint reads names and sizes, not pixels)."""
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i, size in enumerate(sizes):
+                (root / split / name / f"{i}.jpg").write_bytes(b"x" * size)
+    return root
+
+
+def folder_cell_ids(root) -> list[str]:
+    path = EXPERIMENTS / "pairwise.yaml"
+    return [c.id for c in load_experiment(str(path), "photos-cpu", [f"data.root={root}"], False).cells]
+
+
+def test_a_folder_cell_is_named_by_its_images_not_by_their_path(tmp_path, monkeypatch):
+    """The same files at another path (a node-local copy) are the same cells; other files are other cells."""
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "cache"))
+    here = folder_cell_ids(fake_folder(tmp_path / "scratch" / "photos"))
+    assert folder_cell_ids(fake_folder(tmp_path / "node-local")) == here
+    assert set(folder_cell_ids(fake_folder(tmp_path / "resized", sizes=(10, 20, 31)))).isdisjoint(here)
+    (tmp_path / "node-local" / "train" / "a" / "3.jpg").write_bytes(b"x")  # an image added after it was remembered
+    assert set(folder_cell_ids(tmp_path / "node-local")).isdisjoint(here)
+
+
+def test_a_folder_that_is_not_here_keeps_the_fingerprint_last_seen_at_its_path_or_else_its_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "cache"))
+    root = fake_folder(tmp_path / "photos")
+    seen = folder_cell_ids(root)
+    shutil.rmtree(root)  # a scratch folder purged: its finished cells are still found
+    assert folder_cell_ids(root) == seen
+    absent = build_config({}, ["data.name=folder", f"data.root={tmp_path / 'never'}"])
+    assert identify(absent) == absent and legacy_signature(absent) is None  # the id holds the path, as before
+
+
+def test_a_fingerprint_given_that_the_folder_contradicts_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "cache"))
+    root = fake_folder(tmp_path / "photos")
+    with pytest.raises(ValueError, match=r"^data.fingerprint: 'abc0' is not what the images under .* give"):
+        identify(build_config({}, ["data.name=folder", f"data.root={root}", "data.fingerprint=abc0"]))
+    with pytest.raises(ValueError, match="data.fingerprint: only for data.name=folder"):
+        build_config({}, ["data.fingerprint=abc0"])
+
+
+def test_a_torchvision_cell_is_named_by_its_data_set_not_by_its_root():
+    assert cell_id("data.name=cifar10", "data.root=data/cifar10") == cell_id("data.name=cifar10", "data.root=/x") \
+        == cell_id("data.name=cifar10")
+
+
+# Ids as they were before fingerprints (computed by that version): the ids finished cells are kept under.
+LEGACY = {("folder", "/data/photos"): "a0445774a5", ("cifar10", "data/cifar10"): "612597526b"}
+
+
+@pytest.mark.parametrize("name,root", LEGACY)
+def test_the_legacy_id_is_the_id_before_fingerprints(name, root):
+    cfg = build_config({}, [f"data.name={name}", f"data.root={root}", "loss.temperature=0.2"])
+    if name == "folder":
+        assert signature(cfg) == LEGACY[name, root]  # a folder not fingerprinted keeps its old id
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fingerprint="0123456789abcdef"))
+    assert legacy_signature(cfg) == LEGACY[name, root] != signature(cfg)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from ablation import launch, local, status, store
+from ablation.cell import _held_cell
 from ablation.cli import main
 from ablation.grid import Cell, load_experiment
 from ablation.slurm import sacct
@@ -374,3 +375,44 @@ def test_a_claim_whose_process_ended_but_is_not_reaped_yet_is_not_running(tmp_pa
         time.sleep(0.01)
     assert status.statuses(root, exp)[0].state == status.FAILED  # a zombie, not reaped yet
     child.wait()
+
+
+def test_cells_finished_under_their_ids_before_fingerprints_are_found_not_rerun_then_moved(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """A folder grid launched before ids named the data: its finished cells, kept under ids that hashed
+    data.root, are done for status and skipped by a launch, which moves them to their new ids; from then
+    on they are found with the data at another path too. A cell still held under its old id stays there."""
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "cache"))
+    data = {}
+    for where in ("scratch", "node-local"):
+        for split, name in [(s, n) for s in ("train", "test") for n in ("a", "b")]:
+            (tmp_path / where / split / name).mkdir(parents=True)
+            (tmp_path / where / split / name / "0.jpg").write_bytes(b"jpeg")
+        data[where] = f"data.root={tmp_path / where}"
+    path = experiment(tmp_path, {"kind": "product", "axes": {"loss.temperature": [0.2, 0.5, 1.0]}})
+    exp = load_experiment(str(path), None, ["data.name=folder", data["scratch"]])
+    root, new_ids = tmp_path / "results", [c.id for c in exp.cells]
+    folder = store.experiment_dir(root, exp.name)
+    for cell in exp.cells:  # what the version before fingerprints wrote
+        assert cell.legacy not in (None, cell.id)
+        old_config = cell.config.to_dict()
+        del old_config["data"]["fingerprint"]
+        store.write_yaml(folder / cell.legacy / store.CONFIG, old_config)
+        store.write_json(folder / cell.legacy / store.CELL, {"id": cell.legacy, "label": cell.label})
+        store.write_json(folder / cell.legacy / store.RESULT, {"id": cell.legacy, "status": "finished",
+                                                               "metrics": {"linear_top1": 0.5}, "wall_time_s": 1.0})
+    held = exp.cells[2]
+    (folder / held.legacy / store.RESULT).unlink()
+    store.write_json(folder / held.legacy / store.JOB, {  # claimed by a live process: this one
+        "executor": "local", "pid": os.getpid(), "started": status.process_start(os.getpid()),
+        "host": os.uname().nodename, "submitted": time.time()})
+    assert [r.state for r in status.statuses(root, exp)] == [status.DONE, status.DONE, status.RUNNING]
+    _held_cell(folder / held.legacy, held.config, replace=False)  # its run may resume there
+    exp = load_experiment(str(path), None, ["data.name=folder", data["scratch"]])
+    assert launch.launch(root, exp, "local") == {"executor": "local", "ran": {}}
+    assert "launching 0" in capsys.readouterr().out
+    assert [(folder / i).is_dir() for i in new_ids] == [True, True, False]  # the held one stays
+    assert store.read_record(folder / new_ids[0] / store.CELL)["id"] == new_ids[0]
+    moved = load_experiment(str(path), None, ["data.name=folder", data["node-local"]])
+    assert [c.id for c in moved.cells] == new_ids
+    assert [r.state for r in status.statuses(root, moved)][:2] == [status.DONE, status.DONE]

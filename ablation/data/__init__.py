@@ -10,7 +10,7 @@ import importlib
 
 _WHERE = {"DeviceBatcher": "batcher", "fits_on_device": "batcher", "make_embedded": "embedded",
           "FolderSet": "serve", "load_folder": "serve", "source_views": "serve", "stream_batcher": "serve",
-          "DATASETS": "sources", "ImageFiles": "sources", "ImageSet": "sources", "default_cache_dir": "sources",
+          "DATASETS": "sources", "ImageFiles": "sources", "ImageSet": "sources", "default_cache_dir": "cache",
           "load_dataset": "sources", "load_data": "loading", "training_batcher": "loading"}
 __all__ = sorted(_WHERE)
 

@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from ..errors import choices_error
 from ..names import DATASETS
 from ..store import atomic_write
+from .cache import default_cache_dir
 from .folders import FOLDER_LAYOUT, Split, scan
 
 CACHE_VERSION = 1
@@ -45,10 +46,6 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ABLATION_CACHE", Path.home() / ".cache" / "ablation"))
 
 
 def load_dataset(name: str, root: str | Path | None = None, size: int = 32, download: bool = False,
