@@ -191,6 +191,7 @@ def test_a_failed_compilation_under_ddp_stops_the_cell_with_one_line_and_no_eage
     assert "train.compile=never" in message and len(calls) == 1 and not said  # no eager retry
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels in worker processes
 def test_compiled_and_eager_steps_give_the_same_loss():
     """Inductor on the CPU (a C++ compiler builds the kernels: tens of seconds the first time)."""
     eager, _ = _train(3, False, [])

@@ -12,6 +12,13 @@ from ablation.grid import EXPERIMENTS_DIR, SHARED_FILES, load_experiment, pair_s
 SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem not in SHARED_FILES)
 PRESETS = tuple(preset_names())
 NEEDS = {"photos-cpu": ["data.root=photos"]}  # presets that need the user's data folder
+# Dry runs that size a ResNet step per cell on the meta device for 15+ distinct models (15-110 s each on
+# two busy cores): the slow lane checks them; every other experiment x preset stays in the fast lane.
+COSTLY_DRY_RUNS = {(name, preset) for name in ("head", "method_sensitivity")
+                   for preset in ("cifar10", "imagenet", "imagenet100")}
+DRY_RUNS = [pytest.param(name, preset, id=f"{name}-{preset}",
+                         marks=[pytest.mark.slow] if (name, preset) in COSTLY_DRY_RUNS else [])
+            for name in SHIPPED for preset in PRESETS]
 
 
 def write(tmp_path: Path, spec: dict, name: str = "exp") -> Path:
@@ -100,8 +107,7 @@ def test_unknown_experiment_name_suggests():
         load_experiment("pairwsie")
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name, preset", DRY_RUNS)
 def test_every_shipped_experiment_validates_with_dry_run(name, preset, tmp_path, capsys):
     sets = [arg for kv in NEEDS.get(preset, []) for arg in ("--set", kv)]
     assert main(["grid", name, "--preset", preset, "--dry-run", "--show-config", "--results", str(tmp_path),
