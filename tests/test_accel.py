@@ -201,6 +201,7 @@ def test_compiled_and_eager_steps_give_the_same_loss():
     assert compiled == pytest.approx(eager, rel=1e-4)
 
 
+@pytest.mark.slow  # dynamo traces each method's step: seconds each; the fast lane keeps the fallback tests above
 @pytest.mark.parametrize("extra", [["method=supervised"], ["method=byol", "method_args.predictor_hidden=16"],
                                    ["method=simsiam", "method_args.predictor_hidden=16"], ["method=barlow_twins"]])
 def test_every_method_compiles_without_falling_back(extra):
