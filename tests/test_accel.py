@@ -191,6 +191,7 @@ def test_a_failed_compilation_under_ddp_stops_the_cell_with_one_line_and_no_eage
     assert "train.compile=never" in message and len(calls) == 1 and not said  # no eager retry
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels in worker processes
 def test_compiled_and_eager_steps_give_the_same_loss():
     """Inductor on the CPU (a C++ compiler builds the kernels: tens of seconds the first time)."""
     eager, _ = _train(3, False, [])
@@ -200,6 +201,7 @@ def test_compiled_and_eager_steps_give_the_same_loss():
     assert compiled == pytest.approx(eager, rel=1e-4)
 
 
+@pytest.mark.slow  # dynamo traces each method's step: seconds each; the fast lane keeps the fallback tests above
 @pytest.mark.parametrize("extra", [["method=supervised"], ["method=byol", "method_args.predictor_hidden=16"],
                                    ["method=simsiam", "method_args.predictor_hidden=16"], ["method=barlow_twins"]])
 def test_every_method_compiles_without_falling_back(extra):

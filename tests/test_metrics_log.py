@@ -45,6 +45,7 @@ def reference(tmp_path_factory):
     return run_cell(tiny("train.checkpoint_every=2"), out, show_progress=False), out
 
 
+@pytest.mark.slow
 def test_rows_one_per_epoch_with_probes_equal_to_the_final_evaluation(reference):
     result, out = reference
     rows = store.read_metrics(out)
@@ -60,11 +61,13 @@ def test_rows_one_per_epoch_with_probes_equal_to_the_final_evaluation(reference)
     assert rows[-1]["knn_top1"] == result["metrics"]["knn_top1"]
 
 
+@pytest.mark.slow
 def test_probes_only_every_log_every_epochs(tmp_path):
     run_cell(tiny("train.log_every=2"), tmp_path, show_progress=False)
     assert ["knn_top1" in r for r in store.read_metrics(tmp_path)] == [False, True, False]
 
 
+@pytest.mark.slow
 def test_a_diverged_epoch_is_logged_with_a_null_loss(tmp_path):
     cfg = tiny("optim.name=sgd", "optim.lr=1000", "optim.lr_scaling=linear", "loss.normalize=false",
                "loss.temperature=0.0001", "train.epochs=2", "train.log_every=0")
@@ -74,6 +77,7 @@ def test_a_diverged_epoch_is_logged_with_a_null_loss(tmp_path):
     json.loads(store.metrics_path(tmp_path).read_text().splitlines()[-1], parse_constant=pytest.fail)  # strict JSON
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [2, 6, 9])  # mid-epoch 1, mid-epoch 2, mid-epoch 3 (after a checkpoint)
 def test_preempted_and_resumed_cell_has_the_uninterrupted_rows(reference, tmp_path, stop_at):
     _, full = reference
@@ -85,6 +89,7 @@ def test_preempted_and_resumed_cell_has_the_uninterrupted_rows(reference, tmp_pa
     assert deterministic(store.read_metrics(tmp_path)) == deterministic(store.read_metrics(full))
 
 
+@pytest.mark.slow
 def test_epochs_logged_after_the_last_checkpoint_are_logged_again_not_twice(tmp_path):
     """A run killed (SIGKILL) after logging epochs it never checkpointed: the resumed run starts
     from the checkpoint and logs those epochs again, replacing their rows."""
@@ -114,6 +119,7 @@ def test_epochs_logged_after_the_last_checkpoint_are_logged_again_not_twice(tmp_
     assert all(r["time"] > killed_at for r in rows[checkpoint:])
 
 
+@pytest.mark.slow
 def test_per_class_top1_averages_to_the_top1_weighted_by_class_size(reference):
     result, _ = reference
     _, test = load_data(tiny())
@@ -156,6 +162,7 @@ def _one_cell_grid(tmp_path: Path) -> tuple[Path, object]:
     return root / exp.name, exp.cells[0]
 
 
+@pytest.mark.slow
 def test_tensorboard_run_per_cell_named_by_label(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -170,6 +177,7 @@ def test_tensorboard_run_per_cell_named_by_label(tmp_path):
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in store.read_metrics(folder / cell.id)])
 
 
+@pytest.mark.slow
 def test_without_tensorboard_the_cell_runs_and_writes_no_events(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what an absent package looks like
     with pytest.raises(ImportError):

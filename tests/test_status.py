@@ -40,6 +40,7 @@ def table_rows(text: str) -> dict[str, dict[str, str]]:
     return {r[1]: dict(zip(header, r)) for r in rows}
 
 
+@pytest.mark.slow
 def test_json_matches_the_table_for_every_state(tmp_path, capsys):
     path, root = experiment(tmp_path, ["crop", "color"]), tmp_path / "results"
     exp = load_experiment(str(path))
@@ -85,6 +86,7 @@ def test_json_matches_the_table_for_every_state(tmp_path, capsys):
     assert list(table[done.name])[:6] == ["label", "id", "state", "job", "elapsed", "linear_top1"]  # as before
 
 
+@pytest.mark.slow
 def test_status_of_an_ended_grid_has_no_eta(tmp_path, capsys):
     path, root = experiment(tmp_path, ["crop"], epochs=1), tmp_path / "results"
     launch.launch(root, load_experiment(str(path)), "local", log=lambda _: None)
