@@ -5,10 +5,11 @@ input and is compiled with torch.compile; on a CPU it stays fp32 and eager, so C
 bit-exact and need no compiler. Every choice here comes from the config and the device, never
 from a tensor's value, so none of it makes the host wait for the device.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -56,8 +57,14 @@ class CompiledStep:
     raise, and the other ranks would wait in their all-reduce until the process group's timeout.
     """
 
-    def __init__(self, model: nn.Module, net: nn.Module, enabled: bool, backend: str | Callable = "inductor",
-                 say: Callable[[str], None] = _say):
+    def __init__(
+        self,
+        model: nn.Module,
+        net: nn.Module,
+        enabled: bool,
+        backend: str | Callable = "inductor",
+        say: Callable[[str], None] = _say,
+    ):
         self.model, self.eager, self.say = model, net, say
         self.distributed = isinstance(net, DistributedDataParallel)
         self.net, self.pending = net, False
@@ -68,8 +75,9 @@ class CompiledStep:
                 self._fall_back(err)
 
     def _fall_back(self, err: Exception) -> None:
-        self.say(f"torch.compile failed ({_first_line(err)}); running eager (set train.compile=never to skip "
-                 f"compiling)")
+        self.say(
+            f"torch.compile failed ({_first_line(err)}); running eager (set train.compile=never to skip compiling)"
+        )
         self.net = self.eager
 
     def run(self, step: Callable[[nn.Module], Tensor]) -> Tensor:
@@ -80,8 +88,10 @@ class CompiledStep:
             out = step(self.net)
         except Exception as err:  # noqa: BLE001 - any failure of the compiled first step: eager says whether it is real
             if self.distributed:
-                raise CompileFailed(f"torch.compile failed under DDP ({_first_line(err)}); no eager retry "
-                                    f"there (set train.compile=never to skip compiling)") from None
+                raise CompileFailed(
+                    f"torch.compile failed under DDP ({_first_line(err)}); no eager retry "
+                    f"there (set train.compile=never to skip compiling)"
+                ) from None
             self.model.load_state_dict(saved)
             self._fall_back(err)
             out = step(self.net)

@@ -10,6 +10,7 @@ checkpoint is written there, and a rerun continues from it. One process at a tim
 cell (a lock in its folder): a rerun started while an older run is still ending waits for it.
 A checkpoint that cannot be loaded ends the run with status `corrupt`, naming the file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,9 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -67,6 +68,7 @@ class Preempted(Exception):
 @dataclass
 class Interrupt:
     """Set `requested` from a signal handler; the training loop stops at the next step boundary."""
+
     requested: bool = False
     reason: str = "interrupted"
 
@@ -77,6 +79,7 @@ class Interrupt:
 @dataclass
 class TrainState:
     """Everything a checkpoint holds beyond weights and optimiser."""
+
     epoch: int = 0
     step: int = 0
     loss_sum: float | list = 0.0  # the epoch's losses so far; by rank (a list) when a stop mid-epoch saved them
@@ -89,9 +92,13 @@ class TrainState:
 
 
 def _save(path: Path, model, optimizer, scheduler, state: TrainState, online: OnlineHead | None) -> None:
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "state": vars(state),
-               **({"online": online.checkpoint()} if online else {})}
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": vars(state),
+        **({"online": online.checkpoint()} if online else {}),
+    }
     store.atomic_write(path, lambda f: torch.save(payload, f), mode="wb")
 
 
@@ -105,7 +112,7 @@ def _load(path: Path, model, optimizer, scheduler, online: OnlineHead | None) ->
         if online:
             online.restore(payload["online"])
         return TrainState(**payload["state"])
-    except Exception as err:  # truncated, foreign or from another config: never silently restart
+    except Exception as err:  # noqa: BLE001 - truncated, foreign or from another config: never silently restart
         raise store.Corrupt(path, f"cannot be loaded ({type(err).__name__}: {err})") from None
 
 
@@ -114,8 +121,14 @@ def _versions() -> dict:
     import torchvision
 
     from . import __version__
-    return {"ablation": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "kornia": kornia.__version__, "python": platform.python_version()}
+
+    return {
+        "ablation": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "kornia": kornia.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def random_init_protocol(cfg: CellConfig) -> str:
@@ -132,28 +145,57 @@ def sgd_epochs(cfg: CellConfig) -> int:
 def eval_record(cfg: CellConfig) -> dict:
     """result.json's account of how the linear metrics were measured."""
     used = protocols(cfg) + ((random_init_protocol(cfg),) if cfg.eval.random_init else ())
-    return {LINEAR_PROTOCOL: cfg.eval.linear, "compared": list(protocols(cfg)[1:]),
-            "random_init_protocol": random_init_protocol(cfg) if cfg.eval.random_init else None,
-            **({"sgd_epochs": sgd_epochs(cfg), "sgd_batch": cfg.eval.sgd_batch} if SGD in used else {})}
+    return {
+        LINEAR_PROTOCOL: cfg.eval.linear,
+        "compared": list(protocols(cfg)[1:]),
+        "random_init_protocol": random_init_protocol(cfg) if cfg.eval.random_init else None,
+        **({"sgd_epochs": sgd_epochs(cfg), "sgd_batch": cfg.eval.sgd_batch} if SGD in used else {}),
+    }
 
 
-def _linear(protocol: str, cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: ImageSet,
-            features: tuple[torch.Tensor, torch.Tensor], device: torch.device, online: OnlineHead | None) -> dict:
+def _linear(
+    protocol: str,
+    cfg: CellConfig,
+    encoder: torch.nn.Module,
+    train: ImageSet,
+    test: ImageSet,
+    features: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    online: OnlineHead | None,
+) -> dict:
     """One protocol's scores of the frozen encoder (probe.scores)."""
     (f_train, f_test), n = features, len(train.classes)
     if protocol == LBFGS:
         return linear_probe(f_train, train.labels, f_test, test.labels, n)
     if protocol == SGD:
-        return sgd_probe(encoder, train.images, train.labels, test.images, test.labels, n, parse_spec(SGD_AUGMENT),
-                         epochs=sgd_epochs(cfg), batch_size=cfg.eval.sgd_batch, seed=cfg.train.seed,
-                         extract_batch=cfg.eval.batch_size, device=device)
+        return sgd_probe(
+            encoder,
+            train.images,
+            train.labels,
+            test.images,
+            test.labels,
+            n,
+            parse_spec(SGD_AUGMENT),
+            epochs=sgd_epochs(cfg),
+            batch_size=cfg.eval.sgd_batch,
+            seed=cfg.train.seed,
+            extract_batch=cfg.eval.batch_size,
+            device=device,
+        )
     if online is None:
         raise ValueError("eval.linear=online scores a head trained alongside pretraining; none was trained")
     return online.evaluate(f_test, test.labels)
 
 
-def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: ImageSet, device: torch.device,
-             online: OnlineHead | None = None, only: tuple[str, ...] = ()) -> tuple[dict, dict]:
+def evaluate(
+    cfg: CellConfig,
+    encoder: torch.nn.Module,
+    train: ImageSet,
+    test: ImageSet,
+    device: torch.device,
+    online: OnlineHead | None = None,
+    only: tuple[str, ...] = (),
+) -> tuple[dict, dict]:
     """The cell's metrics and per-test-image correctness ({probe: bool vector}): its linear protocols
     (``only`` these, when given) and the kNN probe, on float32 features of un-augmented images computed once."""
     bs = cfg.eval.batch_size
@@ -162,10 +204,15 @@ def evaluate(cfg: CellConfig, encoder: torch.nn.Module, train: ImageSet, test: I
     linear = {p: _linear(p, cfg, encoder, train, test, features, device, online) for p in chosen}
     own = linear[chosen[0]]
     f_train, f_test = features
-    knn = knn_correct(f_train, train.labels, f_test, test.labels, len(train.classes), k=cfg.eval.knn_k,
-                      t=cfg.eval.knn_t)
-    metrics = {LINEAR_TOP1: own["top1"], LINEAR_TOP5: own["top5"], KNN_TOP1: knn.float().mean().item(),
-               PER_CLASS: dict(zip(test.classes, own["per_class"]))}
+    knn = knn_correct(
+        f_train, train.labels, f_test, test.labels, len(train.classes), k=cfg.eval.knn_k, t=cfg.eval.knn_t
+    )
+    metrics = {
+        LINEAR_TOP1: own["top1"],
+        LINEAR_TOP5: own["top5"],
+        KNN_TOP1: knn.float().mean().item(),
+        PER_CLASS: dict(zip(test.classes, own["per_class"])),
+    }
     correct = {"linear": own["correct"], "knn": knn}
     if len(chosen) > 1:
         metrics |= {protocol_metric(p): r["top1"] for p, r in linear.items()}
@@ -180,17 +227,36 @@ def _identity(out: Path, cfg: CellConfig) -> dict:
     return {"id": signature(cfg)}
 
 
-def _finish(out: Path, cfg: CellConfig, status: str, state: TrainState, device: torch.device,
-            metrics: dict, reason: str | None = None, files: tuple[str, ...] = ()) -> dict:
-    result = {**_identity(out, cfg), "status": status, "reason": reason, "metrics": metrics,
-              EVAL_RECORD: eval_record(cfg),
-              EPOCHS_DONE: state.epoch, IMAGES_SEEN: state.images, "resumed_at": state.resumed_at,
-              "losses": state.losses,
-              WALL_TIME_S: round(state.wall_s, 3), "train_time_s": round(state.train_s, 3),
-              IMAGES_PER_S: round(state.images / state.train_s, 1) if state.train_s else None,
-              "epoch_s": state.epoch_s,
-              "device": str(device), "seed": cfg.train.seed, "versions": _versions(),
-              "config": cfg.to_dict(), **({"files": list(files)} if files else {})}
+def _finish(
+    out: Path,
+    cfg: CellConfig,
+    status: str,
+    state: TrainState,
+    device: torch.device,
+    metrics: dict,
+    reason: str | None = None,
+    files: tuple[str, ...] = (),
+) -> dict:
+    result = {
+        **_identity(out, cfg),
+        "status": status,
+        "reason": reason,
+        "metrics": metrics,
+        EVAL_RECORD: eval_record(cfg),
+        EPOCHS_DONE: state.epoch,
+        IMAGES_SEEN: state.images,
+        "resumed_at": state.resumed_at,
+        "losses": state.losses,
+        WALL_TIME_S: round(state.wall_s, 3),
+        "train_time_s": round(state.train_s, 3),
+        IMAGES_PER_S: round(state.images / state.train_s, 1) if state.train_s else None,
+        "epoch_s": state.epoch_s,
+        "device": str(device),
+        "seed": cfg.train.seed,
+        "versions": _versions(),
+        "config": cfg.to_dict(),
+        **({"files": list(files)} if files else {}),
+    }
     if dist.is_main():
         store.write_json(out / store.RESULT, result)
     return result
@@ -200,13 +266,16 @@ def _one_writer(out: Path) -> contextlib.AbstractContextManager[store.Lock | Non
     """The cell's lock (the main process holds it; the other ranks of a DDP run only follow it)."""
     if not dist.is_main():
         return contextlib.nullcontext()
-    return store.locked(out / store.CELL_LOCK, waiting=lambda holder: print(
-        f"waiting for another run of {out} to end ({holder})", file=sys.stderr, flush=True))
+    return store.locked(
+        out / store.CELL_LOCK,
+        waiting=lambda holder: print(
+            f"waiting for another run of {out} to end ({holder})", file=sys.stderr, flush=True
+        ),
+    )
 
 
 # The files of a cell's run that `replace` moves aside when a folder holds another cell.
-RUN_FILES = (store.RESULT, store.CHECKPOINT, store.CONFIG, store.METRICS_LOG, store.CELL, store.JOB,
-             store.TENSORBOARD)
+RUN_FILES = (store.RESULT, store.CHECKPOINT, store.CONFIG, store.METRICS_LOG, store.CELL, store.JOB, store.TENSORBOARD)
 
 
 def _held_cell(out: Path, cfg: CellConfig, replace: bool) -> None:
@@ -217,8 +286,10 @@ def _held_cell(out: Path, cfg: CellConfig, replace: bool) -> None:
     try:
         old = from_dict(CellConfig, read_yaml(out / store.CONFIG))
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{out} holds a cell whose {store.CONFIG} cannot be read ({err}); "
-                         f"use another folder, or --replace to move its files aside") from None
+        raise ValueError(
+            f"{out} holds a cell whose {store.CONFIG} cannot be read ({err}); "
+            f"use another folder, or --replace to move its files aside"
+        ) from None
     if signature(old) in (signature(cfg), legacy_signature(cfg)):  # a folder made before fingerprints: its old id
         return
     if replace:
@@ -226,13 +297,16 @@ def _held_cell(out: Path, cfg: CellConfig, replace: bool) -> None:
         return
     before, now = settings(old), settings(cfg)
     keys = [k for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
-    raise ValueError(f"{out} holds another cell (id {signature(old)}; this config's is {signature(cfg)}): "
-                     f"differing keys: {', '.join(keys)}; use another folder, or --replace to move its files "
-                     f"to {out / store.ATTEMPTS} and start afresh")
+    raise ValueError(
+        f"{out} holds another cell (id {signature(old)}; this config's is {signature(cfg)}): "
+        f"differing keys: {', '.join(keys)}; use another folder, or --replace to move its files "
+        f"to {out / store.ATTEMPTS} and start afresh"
+    )
 
 
-def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, show_progress: bool = True,
-             replace: bool = False) -> dict:
+def run_cell(
+    cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, show_progress: bool = True, replace: bool = False
+) -> dict:
     """Train and evaluate one cell into `out`; returns the result. A finished `out` is not re-run.
 
     Any error is recorded as a failed result (with the reason) before it propagates, so a
@@ -252,17 +326,39 @@ def run_cell(cfg: CellConfig, out: Path, interrupt: Interrupt | None = None, sho
         except (Preempted, store.LockLost):  # the latter: the folder is another run's now, write nothing
             raise
         except store.Corrupt as err:
-            _finish(out, cfg, CORRUPT, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
-                    reason=str(err), files=(err.path.name,))
+            _finish(
+                out,
+                cfg,
+                CORRUPT,
+                TrainState(wall_s=time.monotonic() - start),
+                torch.device("cpu"),
+                {},
+                reason=str(err),
+                files=(err.path.name,),
+            )
             raise
         except Exception as err:
-            _finish(out, cfg, FAILED, TrainState(wall_s=time.monotonic() - start), torch.device("cpu"), {},
-                    reason=f"{type(err).__name__}: {err}")
+            _finish(
+                out,
+                cfg,
+                FAILED,
+                TrainState(wall_s=time.monotonic() - start),
+                torch.device("cpu"),
+                {},
+                reason=f"{type(err).__name__}: {err}",
+            )
             raise
 
 
-def _probe_all(cfg: CellConfig, model: Method, train: ImageSet, test: ImageSet, device: torch.device,
-               final_loss: float, online: OnlineHead | None) -> tuple[dict, dict]:
+def _probe_all(
+    cfg: CellConfig,
+    model: Method,
+    train: ImageSet,
+    test: ImageSet,
+    device: torch.device,
+    final_loss: float,
+    online: OnlineHead | None,
+) -> tuple[dict, dict]:
     """The final metrics and per-image correctness, the random-init floor's included."""
     metrics, correct = evaluate(cfg, model.encoder, train, test, device, online)
     metrics |= {FINAL_LOSS: final_loss, RANDOM_INIT_TOP1: None}
@@ -286,8 +382,9 @@ def _held() -> None:
     """The lock check of a rank that holds no lock (the main rank checks its own)."""
 
 
-def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, start: float,
-         held: Callable[[], None]) -> dict:
+def _run(
+    cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, start: float, held: Callable[[], None]
+) -> dict:
     """Train and probe; `held()` before every write raises store.LockLost once the cell's lock file is
     gone (its folder deleted while it runs): a new run may have taken the folder, so this one stops."""
     if dist.is_main():
@@ -303,9 +400,16 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         state.resumed_at.append({"epoch": state.epoch, "step": state.step})
     prior_wall = state.wall_s
     bar = Progress(steps * epochs, "pretrain") if show_progress and dist.is_main() else None
-    log = EpochLog(model, run.views, run.batcher, steps, cfg.train.log_every, state,
-                   probe=lambda: evaluate(cfg, model.encoder, train, test, device, only=(LBFGS,))[0],
-                   loggers=open_loggers(out, cfg, state.epoch) if dist.is_main() else None)
+    log = EpochLog(
+        model,
+        run.views,
+        run.batcher,
+        steps,
+        cfg.train.log_every,
+        state,
+        probe=lambda: evaluate(cfg, model.encoder, train, test, device, only=(LBFGS,))[0],
+        loggers=open_loggers(out, cfg, state.epoch) if dist.is_main() else None,
+    )
 
     def save() -> None:
         held()
@@ -336,16 +440,30 @@ def _run(cfg: CellConfig, out: Path, interrupt: Interrupt, show_progress: bool, 
         log.epoch(state, epoch_loss, run.scheduler.get_last_lr()[0], prior_wall + time.monotonic() - start)
         if not math.isfinite(epoch_loss):
             state.wall_s = prior_wall + time.monotonic() - start
-            return log.finish(_finish(out, cfg, FAILED, state, device, {FINAL_LOSS: epoch_loss},
-                                      reason=f"non-finite loss ({epoch_loss}) in epoch {epoch + 1}"))
+            return log.finish(
+                _finish(
+                    out,
+                    cfg,
+                    FAILED,
+                    state,
+                    device,
+                    {FINAL_LOSS: epoch_loss},
+                    reason=f"non-finite loss ({epoch_loss}) in epoch {epoch + 1}",
+                )
+            )
         if bar:
-            bar.update(state.epoch * steps, epoch=f"{state.epoch}/{epochs}", loss=f"{epoch_loss:.4f}",
-                       img_s=f"{state.images / max(state.train_s, 1e-9):.0f}")
+            bar.update(
+                state.epoch * steps,
+                epoch=f"{state.epoch}/{epochs}",
+                loss=f"{epoch_loss:.4f}",
+                img_s=f"{state.images / max(state.train_s, 1e-9):.0f}",
+            )
         if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == epochs:
             save()
 
-    metrics, correct = (_probe_all(cfg, model, train, test, device, state.losses[-1], run.online) if dist.is_main()
-                        else ({}, {}))
+    metrics, correct = (
+        _probe_all(cfg, model, train, test, device, state.losses[-1], run.online) if dist.is_main() else ({}, {})
+    )
     held()
     if dist.is_main():
         store.write_correct(out / store.CORRECT, {k: v.numpy() for k, v in correct.items()})

@@ -5,6 +5,7 @@ The step is counted on the meta device (nothing is computed or allocated), so a 
 packs (ablation.pack) and allocations (ablation.sizing) on a machine without a GPU. torch is imported
 only to count a step: `ablate status` and `--dry-run`'s estimate read data set sizes without it.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
     from .grid import Experiment
     from .status import CellStatus
 
-PROCESS_BYTES = 2**30    # per cell process on a GPU: CUDA context, kernels, allocator slack
-COST_CLASSES = 1000      # classes a supervised cell's classifier is counted with (at most ImageNet's)
+PROCESS_BYTES = 2**30  # per cell process on a GPU: CUDA context, kernels, allocator slack
+COST_CLASSES = 1000  # classes a supervised cell's classifier is counted with (at most ImageNet's)
 # Training images per epoch of the known data sets (folders are counted only when asked).
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "stl10": 5_000}
 TRAIN_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}  # balanced: data.per_class caps each
@@ -39,8 +40,14 @@ def step_cost(cfg: CellConfig) -> tuple[float, int]:
     share one count.
     """
     m, d, t = cfg.model, cfg.data, cfg.train
-    key = (tuple(vars(m).values()), cfg.method, json.dumps(cfg.method_args, sort_keys=True),
-           json.dumps(vars(d), sort_keys=True), t.batch_size, t.precision)
+    key = (
+        tuple(vars(m).values()),
+        cfg.method,
+        json.dumps(cfg.method_args, sort_keys=True),
+        json.dumps(vars(d), sort_keys=True),
+        t.batch_size,
+        t.precision,
+    )
     if key not in _COSTS:
         _COSTS[key] = _count(cfg)
     return _COSTS[key]
@@ -65,8 +72,9 @@ def _count(cfg: CellConfig) -> tuple[float, int]:
 
     with FlopCounterMode(display=False) as flops, torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         outputs = model((x,) * model.n_views)
-        sum(o.float().sum() for o in (outputs if isinstance(outputs, tuple) else (outputs,))
-            if o.requires_grad).backward()
+        sum(
+            o.float().sum() for o in (outputs if isinstance(outputs, tuple) else (outputs,)) if o.requires_grad
+        ).backward()
     bf16 = uses_bf16(cfg.train.precision, torch.device("cuda"))
     weights = sum(p.numel() for p in model.parameters()) * 4
     views = model.n_views * b * 3 * s * s * 4
@@ -114,19 +122,24 @@ def estimate(exp: Experiment, rows: list[CellStatus]) -> str:
     todo = [r.cell for r in rows if r.state != DONE]
     sizes = [s for c in todo if (s := train_size(c.config.data)) is not None]
     if len(sizes) < len(todo):
-        return (f"cost: {len(todo)} cells to run (image count unknown for data.name=folder: "
-                f"data.root not found; set it to the folder)")
+        return (
+            f"cost: {len(todo)} cells to run (image count unknown for data.name=folder: "
+            f"data.root not found; set it to the folder)"
+        )
     images = sum(s[0] * c.config.train.epochs for s, c in zip(sizes, todo))
     sources = sorted({s[1] for s in sizes if s[1]})
-    line = (f"cost: {len(todo)} cells x epochs x images = {images:,} training images"
-            + (f" (images per epoch: {'; '.join(sources)})" if sources else ""))
+    line = f"cost: {len(todo)} cells x epochs x images = {images:,} training images" + (
+        f" (images per epoch: {'; '.join(sources)})" if sources else ""
+    )
     rate, source = measured_rate(rows), "measured"
     if rate is None and exp.slurm.images_per_s:
         rate, source = exp.slurm.images_per_s, "configured slurm.images_per_s"
     if rate:
         gpus = max(1, exp.slurm.gpus_per_node) * exp.slurm.nodes  # the whole allocation of a cell
-        line += (f"; about {images / rate / 3600 * gpus:.2f} GPU-hours ({gpus} GPU{'s' * (gpus > 1)} a cell) "
-                 f"at {rate:,.0f} images/s per cell ({source})")
+        line += (
+            f"; about {images / rate / 3600 * gpus:.2f} GPU-hours ({gpus} GPU{'s' * (gpus > 1)} a cell) "
+            f"at {rate:,.0f} images/s per cell ({source})"
+        )
     else:
         line += "; set slurm.images_per_s (or finish one cell) for a GPU-hour estimate"
     return line

@@ -1,5 +1,6 @@
 """torch.distributed facts the cell, the losses and the global batch norm need, valid with or without a
 process group."""
+
 from __future__ import annotations
 
 import torch

@@ -1,8 +1,9 @@
 """Error messages that teach: name the bad value, list what is allowed, suggest a close match."""
+
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def did_you_mean(bad: object, choices: Iterable[str]) -> str:

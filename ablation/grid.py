@@ -15,13 +15,14 @@ An experiment file holds
 A cell whose method has a recipe for the preset in methods.yaml (beside presets.yaml) gets it on top
 of the preset, below everything else. The whole experiment is resolved and validated before anything runs.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .config import CellConfig, from_dict, merge, read_yaml, set_dotted, validate
 from .data.fingerprint import identify
@@ -49,14 +50,14 @@ class Cell:
     coords: dict
     seed: int
     config: CellConfig
-    legacy: Optional[str] = None  # its id before ids fingerprinted the data (identity.legacy_signature)
+    legacy: str | None = None  # its id before ids fingerprinted the data (identity.legacy_signature)
 
 
 @dataclass
 class Experiment:
     name: str
     title: str
-    paper: Optional[str]
+    paper: str | None
     kind: str
     preset: str
     ops: list
@@ -64,7 +65,7 @@ class Experiment:
     cells: list
     slurm: SlurmConfig
     path: Path
-    figure: Optional[dict] = None
+    figure: dict | None = None
 
     def describe(self) -> dict:
         """The experiment.json that analysis reads: what the grid is and what it swept, not how it runs.
@@ -81,15 +82,29 @@ class Experiment:
         def values(key: str) -> set[str]:
             return {json.dumps(v[key], sort_keys=True) for v in per_cell.values() if key in v}
 
-        swept = [k for k in dict.fromkeys([*self.axes, *keys]) if k in self.axes or
-                 (k != SEED_KEY and len(values(k)) > 1)]
+        swept = [
+            k for k in dict.fromkeys([*self.axes, *keys]) if k in self.axes or (k != SEED_KEY and len(values(k)) > 1)
+        ]
         first = next(iter(per_cell.values()))
-        fixed = {k: first[k] for k in keys if k not in swept and all(k in v for v in per_cell.values())
-                 and len(values(k)) == 1}
-        return {"name": self.name, "title": self.title, "kind": self.kind, "paper": self.paper,
-                "preset": self.preset, "ops": self.ops, "axes": self.axes, "swept": swept, "fixed": fixed,
-                "settings": {cid: {k: v[k] for k in swept if k in v} for cid, v in per_cell.items()},
-                "figure": self.figure, "cells": [cell.id for cell in self.cells]}
+        fixed = {
+            k: first[k]
+            for k in keys
+            if k not in swept and all(k in v for v in per_cell.values()) and len(values(k)) == 1
+        }
+        return {
+            "name": self.name,
+            "title": self.title,
+            "kind": self.kind,
+            "paper": self.paper,
+            "preset": self.preset,
+            "ops": self.ops,
+            "axes": self.axes,
+            "swept": swept,
+            "fixed": fixed,
+            "settings": {cid: {k: v[k] for k in swept if k in v} for cid, v in per_cell.items()},
+            "figure": self.figure,
+            "cells": [cell.id for cell in self.cells],
+        }
 
 
 def find_experiment(name_or_path: str | None) -> Path:
@@ -100,15 +115,17 @@ def find_experiment(name_or_path: str | None) -> Path:
         if path.is_file():
             return path
     known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem not in SHARED_FILES)
-    raise FileNotFoundError(f"experiment '{name}' not found{did_you_mean(name, known)}; "
-                            f"give a YAML path or one of: {', '.join(known)}")
+    raise FileNotFoundError(
+        f"experiment '{name}' not found{did_you_mean(name, known)}; give a YAML path or one of: {', '.join(known)}"
+    )
 
 
 def _check_keys(where: str, data: dict, allowed: tuple) -> None:
     for key in data:
         if key not in allowed:
-            raise ValueError(f"{where}: unknown key '{key}'{did_you_mean(key, allowed)}; "
-                             f"choose from: {', '.join(allowed)}")
+            raise ValueError(
+                f"{where}: unknown key '{key}'{did_you_mean(key, allowed)}; choose from: {', '.join(allowed)}"
+            )
 
 
 def _grid_points(grid: dict, where: str) -> tuple[str, list, list, list[tuple[str, dict, dict]]]:
@@ -117,32 +134,42 @@ def _grid_points(grid: dict, where: str) -> tuple[str, list, list, list[tuple[st
     if kind == "pairwise":
         _check_keys(where, grid, ("kind", "ops", "axes", "seeds"))
         ops = _ops(where, grid.get("ops"))
-        pairs = [(pair_spec(a, b), {"first": a, "second": b}, {"augment": {"views": pair_spec(a, b)}})
-                 for a in ops for b in ops]
+        pairs = [
+            (pair_spec(a, b), {"first": a, "second": b}, {"augment": {"views": pair_spec(a, b)}})
+            for a in ops
+            for b in ops
+        ]
         if not grid.get("axes"):
             return kind, ops, [], pairs
         facets, points = _product(where, grid["axes"]), []
         for facet_label, facet_coords, facet_overrides in facets[1]:
-            points += [(f"{label},{facet_label}", {**coords, **facet_coords}, merge(overrides, facet_overrides))
-                       for label, coords, overrides in pairs]
+            points += [
+                (f"{label},{facet_label}", {**coords, **facet_coords}, merge(overrides, facet_overrides))
+                for label, coords, overrides in pairs
+            ]
         return kind, ops, facets[0], points
     if kind == "product":
         _check_keys(where, grid, ("kind", "axes", "seeds"))
         names, points = _product(where, grid.get("axes"))
         return kind, [], names, points
-    raise ValueError(f"{where}.kind: '{kind}' is not allowed{did_you_mean(kind, GRID_KINDS)}; "
-                     f"choose from: {', '.join(GRID_KINDS)}")
+    raise ValueError(
+        f"{where}.kind: '{kind}' is not allowed{did_you_mean(kind, GRID_KINDS)}; choose from: {', '.join(GRID_KINDS)}"
+    )
 
 
 def _ops(where: str, ops: Any) -> list[str]:
     """A pairwise grid's ops: a non-empty list of non-empty augmentation specs ('none' for no op)."""
     if not isinstance(ops, list) or not ops:
-        raise ValueError(f"{where}.ops: a pairwise grid needs a non-empty list of augmentation specs, "
-                         f"got {ops!r}; e.g. ops: [crop, color]")
+        raise ValueError(
+            f"{where}.ops: a pairwise grid needs a non-empty list of augmentation specs, "
+            f"got {ops!r}; e.g. ops: [crop, color]"
+        )
     for i, op in enumerate(ops, 1):
         if op is None or isinstance(op, (dict, list)) or not str(op).strip():
-            raise ValueError(f"{where}.ops: entry {i} ({op!r}) is not an augmentation spec; "
-                             f"write a spec such as 'crop' or 'color(s=0.5)', or 'none' for no augmentation")
+            raise ValueError(
+                f"{where}.ops: entry {i} ({op!r}) is not an augmentation spec; "
+                f"write a spec such as 'crop' or 'color(s=0.5)', or 'none' for no augmentation"
+            )
     return [str(op) for op in ops]
 
 
@@ -198,8 +225,9 @@ def _fmt(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 
-def load_experiment(name_or_path: str | None = None, preset: str | None = None,
-                    overrides: tuple | list = (), check: bool = True) -> Experiment:
+def load_experiment(
+    name_or_path: str | None = None, preset: str | None = None, overrides: tuple | list = (), check: bool = True
+) -> Experiment:
     """Read, expand and validate an experiment; every error names the file and the key.
 
     check=False skips the cross-field checks (augmentation specs parse, ...) that import torch:
@@ -219,18 +247,22 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
     presets = merge(shared, own)
     preset = preset or spec.get("preset") or (next(iter(presets)) if presets else "default")
     if presets and preset not in presets:
-        raise ValueError(f"preset '{preset}' is not defined{did_you_mean(preset, presets)}; "
-                         f"choose from: {', '.join(presets)}")
+        raise ValueError(
+            f"preset '{preset}' is not defined{did_you_mean(preset, presets)}; choose from: {', '.join(presets)}"
+        )
     paper = spec.get("paper")
     if paper is not None and paper not in PAPER_TABLES:
-        raise ValueError(f"paper: '{paper}' is not allowed{did_you_mean(paper, PAPER_TABLES)}; "
-                         f"choose from: {', '.join(PAPER_TABLES)}")
+        raise ValueError(
+            f"paper: '{paper}' is not allowed{did_you_mean(paper, PAPER_TABLES)}; "
+            f"choose from: {', '.join(PAPER_TABLES)}"
+        )
     # precedence: shared preset < the cell's method recipe < the experiment's cell < the experiment's
     # own preset < the grid point < --set
     chosen, shared_chosen = dict(own.get(preset) or {}), dict(shared.get(preset) or {})
     grid = merge(_section(spec, "grid"), chosen.pop("grid", None) or {})
-    slurm_tree = merge(merge(shared_chosen.pop("slurm", None) or {}, _section(spec, "slurm")),
-                       chosen.pop("slurm", None) or {})
+    slurm_tree = merge(
+        merge(shared_chosen.pop("slurm", None) or {}, _section(spec, "slurm")), chosen.pop("slurm", None) or {}
+    )
     figure = merge(_section(spec, "figure"), chosen.pop("figure", None) or {}) or None
     below, above = shared_chosen, merge(_section(spec, "cell"), chosen)
     recipes = _shared(path, "methods")
@@ -268,8 +300,19 @@ def _expand(path: Path, spec: dict, preset: str | None, overrides: list, check: 
             cells.append(cell)
     name = check_name(str(spec.get("name") or path.stem))
     check_name(preset, "preset name")
-    return Experiment(name=f"{name}-{preset}", title=str(spec.get("title") or name), paper=paper, kind=kind,
-                      preset=preset, ops=ops, axes=axes, cells=cells, slurm=slurm, path=path, figure=figure)
+    return Experiment(
+        name=f"{name}-{preset}",
+        title=str(spec.get("title") or name),
+        paper=paper,
+        kind=kind,
+        preset=preset,
+        ops=ops,
+        axes=axes,
+        cells=cells,
+        slurm=slurm,
+        path=path,
+        figure=figure,
+    )
 
 
 def _check_figure(figure: dict | None, axes: list) -> None:
@@ -278,8 +321,10 @@ def _check_figure(figure: dict | None, axes: list) -> None:
         return
     kind = figure.get("kind")
     if kind not in FIGURE_KEYS:
-        raise ValueError(f"figure.kind: '{kind}' is not allowed{did_you_mean(str(kind), FIGURE_KEYS)}; "
-                         f"choose from: {', '.join(FIGURE_KEYS)}")
+        raise ValueError(
+            f"figure.kind: '{kind}' is not allowed{did_you_mean(str(kind), FIGURE_KEYS)}; "
+            f"choose from: {', '.join(FIGURE_KEYS)}"
+        )
     needed = FIGURE_KEYS[kind]
     _check_keys("figure", figure, ("kind",) + needed)
     missing = [k for k in needed if k not in figure]

@@ -25,6 +25,7 @@ instead of guessing it from labels or spec strings.
 Torch-free for specs without parameters (what `ablate status` needs to find cells fast); a spec
 with parameters needs the registry's defaults and types, which imports torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,6 +52,7 @@ def canonical_spec(spec: str) -> str:
         ops = [OP_RENAMES.first(token.strip()) for token in spec.split("+")]
         return "none" if spec.strip().lower() in ("", "none") else "+".join(ops)
     from .augment.spec import format_spec, parse_ops
+
     return format_spec(parse_ops(spec), first_names=True)
 
 
@@ -65,6 +67,7 @@ def canonical_method_args(method: str, args: dict[str, Any] | None) -> dict[str,
     if not args:
         return revision
     from .methods.registry import method_class, resolve_args
+
     cls = method_class(method)
     return {**revision, **{k: v for k, v in resolve_args(cls, args).items() if v != cls.params[k].default}}
 
@@ -134,8 +137,7 @@ def legacy_signature(cfg: CellConfig) -> str | None:
 
 
 def _hash(tree: dict[str, Any]) -> str:
-    blob = json.dumps({"schema": SCHEMA_VERSION, "config": {k: v for k, v in tree.items() if v != {}}},
-                      sort_keys=True)
+    blob = json.dumps({"schema": SCHEMA_VERSION, "config": {k: v for k, v in tree.items() if v != {}}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

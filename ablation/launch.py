@@ -5,11 +5,12 @@ record it (a Slurm job.json, or a local claim with the process id), so concurren
 never start a cell twice. The cells then run on this machine (ablation.local) or as Slurm jobs
 (ablation.slurm), which checkpoint and requeue on preemption.
 """
+
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import legacy_ids, sizing, store
 from .config import CellConfig
@@ -61,8 +62,14 @@ def pick_executor(name: str, log: Callable[[str], None] = print) -> str:
     return chosen
 
 
-def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = False, workers: int = 1,
-           log: Callable[[str], None] = print) -> dict:
+def launch(
+    root: Path,
+    exp: Experiment,
+    executor: str = "auto",
+    retry: bool = False,
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Prepare the results folder and start every cell that needs to run; returns what happened.
 
     The allocation of Slurm cells (sizing.check) and image folders are checked first (one-line errors), so a
@@ -84,8 +91,10 @@ def launch(root: Path, exp: Experiment, executor: str = "auto", retry: bool = Fa
         cells = [r.cell for r in chosen_rows]
         chosen = {c.id for c in cells}
         skipped = totals([r for r in rows if r.cell.id not in chosen])
-        log(f"{exp.name}: {len(exp.cells)} cells; launching {len(cells)} ({executor})"
-            + (f"; skipping {', '.join(f'{n} {s}' for s, n in skipped.items())}" if skipped else ""))
+        log(
+            f"{exp.name}: {len(exp.cells)} cells; launching {len(cells)} ({executor})"
+            + (f"; skipping {', '.join(f'{n} {s}' for s, n in skipped.items())}" if skipped else "")
+        )
         if executor == "slurm":
             return {"executor": executor, "submitted": submit(root, exp, cells) if cells else []}
     return {"executor": executor, "ran": run_local(root, exp, workers, log)}

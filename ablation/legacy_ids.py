@@ -7,6 +7,7 @@ anew, so that it is found from then on wherever the data lies. A cell that still
 queue, under its old id stays where it is and is found there; a later launch moves it. Moving the data
 and upgrading at once loses them: the old id is known only from the old data.root.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,4 +47,5 @@ def _legacy_dir(folder: Path, cell: Cell) -> Path | None:
 
 def _at_rest(cell_dir: Path) -> bool:
     return store.lock_holder(cell_dir / store.CELL_LOCK) is None and (
-        (cell_dir / store.RESULT).exists() or not (cell_dir / store.JOB).exists())
+        (cell_dir / store.RESULT).exists() or not (cell_dir / store.JOB).exists()
+    )

@@ -6,6 +6,7 @@ runs it outside the lock, so several workers, and several launches, share the wo
 cell twice. A signal to a launch reaches its worker processes too: each stops its cell at the next
 step boundary with a checkpoint and claims no other; the next launch resumes it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,10 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -44,8 +46,9 @@ def handling(signums: tuple[int, ...], handler: Callable[[int, Any], None]) -> I
             signal.signal(s, old)
 
 
-def interrupt_on_signals(interrupt: Interrupt, signums: tuple[int, ...] = STOP_SIGNALS
-                         ) -> contextlib.AbstractContextManager[None]:
+def interrupt_on_signals(
+    interrupt: Interrupt, signums: tuple[int, ...] = STOP_SIGNALS
+) -> contextlib.AbstractContextManager[None]:
     """Turn signals into a request to checkpoint at the next step boundary (restored afterwards)."""
     return handling(signums, lambda num, _frame: interrupt.request(f"signal {signal.Signals(num).name}"))
 
@@ -66,9 +69,16 @@ def claim(root: Path, exp: Experiment) -> Cell | None:
     with store.locked(folder / store.LAUNCH_LOCK):
         cell = next((r.cell for r in statuses(root, exp) if r.state == TODO), None)
         if cell is not None:
-            store.write_json(folder / cell.id / store.JOB, {
-                "executor": "local", "pid": os.getpid(), "started": process_start(os.getpid()),
-                "host": socket.gethostname(), "submitted": time.time()})
+            store.write_json(
+                folder / cell.id / store.JOB,
+                {
+                    "executor": "local",
+                    "pid": os.getpid(),
+                    "started": process_start(os.getpid()),
+                    "host": socket.gethostname(),
+                    "submitted": time.time(),
+                },
+            )
     return cell
 
 
@@ -92,8 +102,10 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
                 result = run_cell(cell.config, d, interrupt, show_progress=False)
                 outcome[cell.id] = result["status"]
                 metric = result["metrics"].get(PRIMARY_METRIC)
-                log(f"cell {cell.label} ({cell.id}): {result['status']}"
-                    + (f", {PRIMARY_METRIC}={metric:.4f}" if metric is not None else f" ({result.get('reason')})"))
+                log(
+                    f"cell {cell.label} ({cell.id}): {result['status']}"
+                    + (f", {PRIMARY_METRIC}={metric:.4f}" if metric is not None else f" ({result.get('reason')})")
+                )
             except Preempted as stop:
                 outcome[cell.id] = INTERRUPTED
                 log(f"cell {cell.label} ({cell.id}) stopped: {stop}. Launch again to resume.")
@@ -101,7 +113,7 @@ def work(root: Path, exp: Experiment, threads: int = 0, log: Callable[[str], Non
                 lost = err
                 outcome[cell.id] = f"stopped: {err}"
                 log(f"cell {cell.label} ({cell.id}) stopped: {err}")
-            except Exception as err:  # run_cell has recorded it in the cell's result.json
+            except Exception as err:  # noqa: BLE001 - run_cell has recorded it in the cell's result.json
                 outcome[cell.id] = f"failed: {type(err).__name__}: {err}"
                 log(f"cell {cell.label} ({cell.id}) failed: {type(err).__name__}: {err}")
             finally:
@@ -125,8 +137,7 @@ def _worker(root: Path, exp: Experiment, threads: int, gpu_counter: Any, report:
     report.close()
 
 
-def run_local(root: Path, exp: Experiment, workers: int = 1,
-              log: Callable[[str], None] = print) -> dict[str, str]:
+def run_local(root: Path, exp: Experiment, workers: int = 1, log: Callable[[str], None] = print) -> dict[str, str]:
     """Run the to-do cells on this machine, `workers` processes at a time (CPU threads split among them,
     worker i on GPU i mod the GPU count, so several share each GPU).
 
@@ -153,6 +164,7 @@ def run_local(root: Path, exp: Experiment, workers: int = 1,
                 os.kill(p.pid, num)
 
     outcome: dict[str, str] = {}
+
     def stop(num: int, frame: Any) -> None:
         stops.append(num)
         forward(num, frame)

@@ -10,14 +10,16 @@ attempt wrote (`logged`, read from metrics.jsonl before it drops the rows after 
 and TensorBoard replace what came after `done`; a W&B run, which cannot take an earlier step back,
 continues after `logged` (the epochs between are trained again to the same numbers).
 """
+
 from __future__ import annotations
 
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import store
 from .config import CellConfig
@@ -31,6 +33,7 @@ DEFAULT_PROJECT = "ablation"
 @dataclass(frozen=True)
 class CellRun:
     """What a back-end needs to know of the cell it logs: its folder and config, and where it resumes."""
+
     cell_dir: Path
     cfg: CellConfig
     done: int  # epochs the checkpoint holds: rows after it are written again
@@ -46,6 +49,7 @@ class CellRun:
 class Logger:
     """One back-end of the per-epoch rows. `epoch` gets the row as metrics.jsonl holds it and the same
     values by group; `finish` the cell's result.json at its end; `close` releases what it holds."""
+
     required = False  # an error of a required back-end ends the cell; of another, only the back-end
 
     def epoch(self, row: dict, groups: Groups) -> None:
@@ -60,6 +64,7 @@ class Logger:
 
 class MetricsFile(Logger):
     """metrics.jsonl: exactly one row per trained epoch whatever interrupted the cell."""
+
     required = True
 
     def __init__(self, run: CellRun):
@@ -107,10 +112,18 @@ def wandb_run(run_id: str, group: str, name: str, project: str | None, folder: P
     """A W&B run that a later call with the same id continues (resume="allow"), its files under `folder`
     unless WANDB_DIR says where; ImportError without the package."""
     import wandb
-    return wandb.init(id=run_id, resume="allow", group=group, name=name,
-                      project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-                      dir=None if os.environ.get("WANDB_DIR") else str(folder), reinit="create_new",
-                      settings=wandb.Settings(console="off"), **fields)
+
+    return wandb.init(
+        id=run_id,
+        resume="allow",
+        group=group,
+        name=name,
+        project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+        dir=None if os.environ.get("WANDB_DIR") else str(folder),
+        reinit="create_new",
+        settings=wandb.Settings(console="off"),
+        **fields,
+    )
 
 
 def run_id(name: str, suffix: str) -> str:
@@ -133,10 +146,16 @@ class WandB(Logger):
         exp = (store.read_record(run.cell_dir.parent / store.EXPERIMENT) or {}) if "experiment" in cell else {}
         swept = {**(cell.get("coords") or {}), **(exp.get("settings") or {}).get(cell_id, {})}
         tags = list(dict.fromkeys(f"{key.split('.')[-1]}={value}"[:64] for key, value in swept.items()))
-        handle = wandb_run(run_id(experiment, cell_id), experiment, cell.get("label") or run.cell_dir.name,
-                           run.cfg.log.wandb_project, run.cell_dir, job_type="cell", tags=tags,
-                           config={**swept, "cell_id": cell_id, "seed": run.cfg.train.seed,
-                                   "resolved": run.cfg.to_dict()})
+        handle = wandb_run(
+            run_id(experiment, cell_id),
+            experiment,
+            cell.get("label") or run.cell_dir.name,
+            run.cfg.log.wandb_project,
+            run.cell_dir,
+            job_type="cell",
+            tags=tags,
+            config={**swept, "cell_id": cell_id, "seed": run.cfg.train.seed, "resolved": run.cfg.to_dict()},
+        )
         return cls(handle, run.logged)
 
     def __init__(self, handle, logged: int):
@@ -151,8 +170,13 @@ class WandB(Logger):
 
     def finish(self, result: dict) -> None:
         metrics = result.get("metrics") or {}
-        self.run.summary.update({"status": result.get("status"), "epochs_done": result.get("epochs_done"),
-                                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        self.run.summary.update(
+            {
+                "status": result.get("status"),
+                "epochs_done": result.get("epochs_done"),
+                **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            }
+        )
         self.exit_code = 0 if result.get("status") == FINISHED else 1
 
     def close(self) -> None:
@@ -179,7 +203,7 @@ class Loggers:
                 continue
             try:
                 call(logger)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - an optional back-end never fails a cell
                 _warn(type(logger).__name__, err)
                 self.loggers.remove(logger)
 
@@ -205,7 +229,7 @@ def open_loggers(cell_dir: Path, cfg: CellConfig, done: int) -> Loggers:
     for opener in OPTIONAL:
         try:
             logger = opener(run)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - an optional back-end never fails a cell
             _warn(getattr(opener, "__qualname__", "logger").split(".")[0], err)
             continue
         if logger is not None:

@@ -15,6 +15,7 @@ over N images, which is twice this value. Only the gradient scale differs. LARS'
 almost cancels that factor for adapted (weight) tensors, but biases and normalisation parameters
 take the full factor.
 """
+
 from __future__ import annotations
 
 import torch
@@ -102,11 +103,11 @@ def contrastive_loss(
     if name not in _PER_ANCHOR:
         raise choices_error("loss", name, LOSSES)
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape; "
-                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"z1 and z2 must both be (N, D) with the same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     if semi_hard and name not in SEMI_HARD_LOSSES:
-        raise ValueError(f"semi-hard negative mining applies to {' and '.join(SEMI_HARD_LOSSES)}, "
-                         f"not '{name}'")
+        raise ValueError(f"semi-hard negative mining applies to {' and '.join(SEMI_HARD_LOSSES)}, not '{name}'")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     total = z1.shape[0] * dist.world()

@@ -9,12 +9,14 @@ trained epoch whatever interrupted it. The measurements leave the weights, the B
 statistics and every random stream of training untouched, so a resumed cell still equals an
 uninterrupted one.
 """
+
 from __future__ import annotations
 
 import math
 import time
 import weakref
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -69,8 +71,17 @@ class EpochLog:
     forever). Only the rank given `loggers` (the main one) probes and writes; the others measure only.
     """
 
-    def __init__(self, model: torch.nn.Module, views: Callable, source: Batcher, steps: int, log_every: int,
-                 state, probe: Callable[[], dict], loggers: Loggers | None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        views: Callable,
+        source: Batcher,
+        steps: int,
+        log_every: int,
+        state,
+        probe: Callable[[], dict],
+        loggers: Loggers | None,
+    ):
         self.model, self.views, self.probe, self.loggers = model, views, probe, loggers
         self.steps, self.log_every = steps, log_every
         device = next(model.parameters()).device
@@ -106,14 +117,27 @@ class EpochLog:
         images, seconds = state.images - self.images, state.train_s - self.train_s
         self.images, self.train_s = state.images, state.train_s
         parts = {
-            "train": {LOSS: _number(loss), LR: _number(lr),
-                      IMAGES_PER_S: round(images / seconds, 1) if seconds > 0 else None},
+            "train": {
+                LOSS: _number(loss),
+                LR: _number(lr),
+                IMAGES_PER_S: round(images / seconds, 1) if seconds > 0 else None,
+            },
             "embedding": embedding,
-            "probe": ({k: v for k, v in self.probe().items() if isinstance(v, float)}
-                      if self.log_every and state.epoch % self.log_every == 0 else {}),
+            "probe": (
+                {k: v for k, v in self.probe().items() if isinstance(v, float)}
+                if self.log_every and state.epoch % self.log_every == 0
+                else {}
+            ),
         }
-        row = {EPOCH: state.epoch, STEP: state.epoch * self.steps, WALL_S: round(wall_s, 3),
-               TIME: round(time.time(), 3), **parts["train"], **parts["embedding"], **parts["probe"]}
+        row = {
+            EPOCH: state.epoch,
+            STEP: state.epoch * self.steps,
+            WALL_S: round(wall_s, 3),
+            TIME: round(time.time(), 3),
+            **parts["train"],
+            **parts["embedding"],
+            **parts["probe"],
+        }
         self.loggers.epoch(row, parts)
         return row
 

@@ -3,8 +3,10 @@ training methods (ablation/methods) assemble their networks from them.
 
 The representation the probes evaluate is the encoder output h (paper Section 4.2: h beats z).
 """
+
 from __future__ import annotations
 
+import itertools
 from typing import TypeVar
 
 import torch
@@ -35,7 +37,7 @@ def small_cnn(width: int = SMALL_CNN_WIDTH, cifar_stem: bool = True) -> tuple[nn
     layers = _conv_bn_relu(3, widths[0], 2)
     if not cifar_stem:
         layers.append(nn.MaxPool2d(3, 2, 1))
-    for c_in, c_out in zip(widths, widths[1:]):
+    for c_in, c_out in itertools.pairwise(widths):
         layers += _conv_bn_relu(c_in, c_out, 2)
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), widths[-1]
 
@@ -61,8 +63,9 @@ def build_encoder(name: str, cifar_stem: bool = True, width: int = SMALL_CNN_WID
     raise choices_error("encoder", name, ENCODERS)
 
 
-def build_head(kind: str, in_dim: int, hidden_dim: int | None, out_dim: int, layers: int = 2,
-               out_bn: bool = False) -> nn.Module:
+def build_head(
+    kind: str, in_dim: int, hidden_dim: int | None, out_dim: int, layers: int = 2, out_bn: bool = False
+) -> nn.Module:
     """Projection head g(h) -> z; the returned module carries its output size as ``.out_dim``.
 
     "none": identity (z = h); "linear": one Linear; "nonlinear": ``layers`` Linear layers with
@@ -79,10 +82,16 @@ def build_head(kind: str, in_dim: int, hidden_dim: int | None, out_dim: int, lay
             raise ValueError(f"nonlinear head needs layers >= 2, got {layers}; use kind 'linear' for one layer")
         hidden_dim = hidden_dim or in_dim
         dims = [in_dim] + [hidden_dim] * (layers - 1)
-        hidden = [m for a, b in zip(dims, dims[1:])
-                  for m in (nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True))]
-        last = [nn.Linear(hidden_dim, out_dim, bias=False), _scale_only_bn(out_dim)] if out_bn else [
-            nn.Linear(hidden_dim, out_dim)]
+        hidden = [
+            m
+            for a, b in itertools.pairwise(dims)
+            for m in (nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True))
+        ]
+        last = (
+            [nn.Linear(hidden_dim, out_dim, bias=False), _scale_only_bn(out_dim)]
+            if out_bn
+            else [nn.Linear(hidden_dim, out_dim)]
+        )
         head, head_out = nn.Sequential(*hidden, *last), out_dim
     else:
         raise choices_error("head", kind, HEADS)
@@ -119,7 +128,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         total = dist.sum_with_grad(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
         c, n = xf.shape[1], total[-1]
         mean = total[:c] / n
-        var = (total[c:2 * c] / n - mean * mean).clamp_min(0)
+        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -140,9 +149,14 @@ def global_batch_norm(module: M) -> M:
     there; GlobalBatchNorm is one all-reduce per layer, no wait."""
     for name, child in module.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
-            bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                 child.track_running_stats, device=child.running_mean.device
-                                 if child.running_mean is not None else None)
+            bn = GlobalBatchNorm(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+                device=child.running_mean.device if child.running_mean is not None else None,
+            )
             if child.affine:
                 bn.weight, bn.bias = child.weight, child.bias
             bn.running_mean, bn.running_var = child.running_mean, child.running_var

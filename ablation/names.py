@@ -8,6 +8,7 @@ itself the one list of its names: augmentation ops (ablation.augment.REGISTRY) a
 (ablation.methods.REGISTRY) are registered where they are implemented, and config validation and the
 CLI read their names from the registry (checked one layer above config.py, in ablation/registered.py).
 """
+
 from __future__ import annotations
 
 # ---- cell config choices (ablation/config.py validates against these)
@@ -36,8 +37,14 @@ GRID_KINDS = ("pairwise", "product")
 
 EXECUTORS = ("auto", "slurm", "local")
 # The paper's tables and figures an experiment can reproduce, and how the paper names them.
-PAPER_TABLES = {"figure5": "Figure 5", "table1": "Table 1", "table4": "Table 4", "table5": "Table 5",
-                "figure8": "Figure 8", "tableB1": "Table B.1"}
+PAPER_TABLES = {
+    "figure5": "Figure 5",
+    "table1": "Table 1",
+    "table4": "Table 4",
+    "table5": "Table 5",
+    "figure8": "Figure 8",
+    "tableB1": "Table B.1",
+}
 
 
 def pair_spec(first: str, second: str) -> str:
@@ -51,7 +58,14 @@ FINISHED, FAILED, CORRUPT = "finished", "failed", "corrupt"
 
 # ---- cell states shown by `ablate status`, in display order
 DONE, RUNNING, QUEUED, UNKNOWN, TODO, CANCELLED, TIMEOUT = (
-    "done", "running", "queued", "unknown", "todo", "cancelled", "timeout")
+    "done",
+    "running",
+    "queued",
+    "unknown",
+    "todo",
+    "cancelled",
+    "timeout",
+)
 STATES = (DONE, RUNNING, QUEUED, UNKNOWN, TODO, FAILED, CORRUPT, CANCELLED, TIMEOUT)
 RETRYABLE = (FAILED, CORRUPT, CANCELLED, TIMEOUT)  # rerun by `ablate grid --retry`
 ENDED = (DONE, FAILED, CORRUPT, CANCELLED, TIMEOUT)  # a todo cell has not ended: it waits for a launch
@@ -65,7 +79,12 @@ LAUNCHED, PENDING = "launched", "pending"
 
 # ---- metrics in result.json
 LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1, RANDOM_INIT_TOP1, FINAL_LOSS = (
-    "linear_top1", "linear_top5", "knn_top1", "random_init_top1", "final_loss")
+    "linear_top1",
+    "linear_top5",
+    "knn_top1",
+    "random_init_top1",
+    "final_loss",
+)
 ACCURACIES = (LINEAR_TOP1, LINEAR_TOP5, KNN_TOP1, RANDOM_INIT_TOP1)  # fractions in [0, 1]
 METRICS = (*ACCURACIES, FINAL_LOSS)
 PRIMARY_METRIC = LINEAR_TOP1  # what status tables, logs and figures show

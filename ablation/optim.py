@@ -4,10 +4,11 @@ Follows the official SimCLR code (google-research/simclr, lars_optimizer.py) and
 Appendix B.1. Biases and normalisation parameters (every tensor with ndim <= 1) get no weight decay
 and no LARS trust-ratio adaptation.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ class LARS(Optimizer):
         for key, value in {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta}.items():
             if value < 0:
                 raise ValueError(f"LARS {key} must be >= 0; got {value}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False)
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta, "lars_exclude": False}
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -78,8 +79,9 @@ class LARS(Optimizer):
         torch._foreach_sub_(params, bufs)
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
-                 bias_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr: float | None = None, bias_lr_scale: float = 1.0
+) -> list[dict]:
     """Two groups: weights (decay + LARS adaptation), and biases/norm params (ndim <= 1: neither). With ``lr``,
     each group carries its rate: ``lr`` for weights, ``lr * bias_lr_scale`` for the rest (Barlow Twins'
     authors give them 0.0048 / 0.2 of the weights' rate); without, the optimiser's default applies to both.
@@ -89,15 +91,15 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
     params = [p for p in model.parameters() if p.requires_grad]
     rates = ({"lr": lr}, {"lr": lr * bias_lr_scale}) if lr is not None else ({}, {})
     groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lars_exclude": False,
-         **rates[0]},
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lars_exclude": False, **rates[0]},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lars_exclude": True, **rates[1]},
     ]
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
-                    bias_lr_scale: float = 1.0) -> Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9, bias_lr_scale: float = 1.0
+) -> Optimizer:
     """LARS, momentum SGD or AdamW over ``param_groups(model, weight_decay, lr, bias_lr_scale)``. AdamW ignores
     ``momentum``.
 
@@ -137,8 +139,9 @@ class WarmupCosine:
 
     def __init__(self, warmup_steps: int, total_steps: int) -> None:
         if not 0 <= warmup_steps < total_steps:
-            raise ValueError(f"need 0 <= warmup_steps < total_steps; "
-                             f"got warmup_steps={warmup_steps}, total_steps={total_steps}")
+            raise ValueError(
+                f"need 0 <= warmup_steps < total_steps; got warmup_steps={warmup_steps}, total_steps={total_steps}"
+            )
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
 

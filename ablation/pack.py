@@ -12,16 +12,18 @@ time. Every cell is still a normal cell: it resumes from its own checkpoint, wri
 atomically, and a finished one is skipped. A preemption signal reaches every cell process (and the
 job forwards it): each writes its checkpoint at its next step boundary, then the job requeues itself.
 """
+
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -30,13 +32,13 @@ from .config import CellConfig, from_dict
 from .cost import PROCESS_BYTES, step_cost
 from .names import FINISHED, INTERRUPTED
 
-AUTO_MAX = 8             # cells per GPU at most when K is automatic
-SATURATING_FLOP = 1e12   # a training step this costly (several ms of an H100-class GPU) keeps a GPU busy alone
-MEMORY_FRACTION = 0.9    # of the device memory that the K cells may fill
-PREEMPTED_EXIT = 75      # a cell process that stopped on a signal after writing its checkpoint
+AUTO_MAX = 8  # cells per GPU at most when K is automatic
+SATURATING_FLOP = 1e12  # a training step this costly (several ms of an H100-class GPU) keeps a GPU busy alone
+MEMORY_FRACTION = 0.9  # of the device memory that the K cells may fill
+PREEMPTED_EXIT = 75  # a cell process that stopped on a signal after writing its checkpoint
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
-PR_SET_PDEATHSIG = 1     # prctl option: the signal a process gets when its parent ends
-POLL_S = 0.1             # how soon the pack sees an interrupt or a cell that ended (a wait, not a busy loop)
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent ends
+POLL_S = 0.1  # how soon the pack sees an interrupt or a cell that ended (a wait, not a busy loop)
 
 
 def auto_cells_per_gpu(cfg: CellConfig, gpu_bytes: int | None = None) -> int:
@@ -72,11 +74,16 @@ def packs(cells: list, cells_per_gpu: int, gpus: int, tasks: int) -> list[list]:
     by_size: dict[int, list] = {}
     for cell in cells:
         by_size.setdefault(cells_per_job(cells_per_gpu, gpus, tasks, cell.config), []).append(cell)
-    return [same[j * len(same) // n:(j + 1) * len(same) // n]  # n jobs of near-equal size
-            for size, same in by_size.items() for n in [math.ceil(len(same) / size)] for j in range(n)]
+    return [
+        same[j * len(same) // n : (j + 1) * len(same) // n]  # n jobs of near-equal size
+        for size, same in by_size.items()
+        for n in [math.ceil(len(same) / size)]
+        for j in range(n)
+    ]
 
 
 # ---------------------------------------------------------------- running a pack
+
 
 def _end_with(parent: int) -> None:
     """Get SIGTERM when the pack's process ends, however it ends (SIGKILL included): a cell that
@@ -125,8 +132,15 @@ def _outcome(folder: str, exitcode: int | None) -> str:
     return f"failed: {result.get('reason') or f'cell process exited with code {exitcode}'}"
 
 
-def run_pack(configs: list[dict], folders: list[str], at_once: int, interrupt, gpus: int = 0,
-             threads: int = 0, log: Callable[[str], None] = print) -> dict[str, str]:
+def run_pack(
+    configs: list[dict],
+    folders: list[str],
+    at_once: int,
+    interrupt,
+    gpus: int = 0,
+    threads: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, str]:
     """Run the cells (`configs[i]` into `folders[i]`) in spawned processes, `at_once` at a time.
 
     A cell starts on the GPU that runs the fewest of them (none: the default device); each gets
@@ -146,8 +160,11 @@ def run_pack(configs: list[dict], folders: list[str], at_once: int, interrupt, g
             gpu_of[i] = min(range(gpus), key=list(gpu_of.values()).count) if gpus else None
             old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # until the child has its handlers
             try:
-                running[i] = spawn.Process(target=_cell_process, name=f"cell-{Path(folders[i]).name}",
-                                           args=(configs[i], folders[i], gpu_of[i], threads, os.getpid()))
+                running[i] = spawn.Process(
+                    target=_cell_process,
+                    name=f"cell-{Path(folders[i]).name}",
+                    args=(configs[i], folders[i], gpu_of[i], threads, os.getpid()),
+                )
                 running[i].start()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -171,7 +188,5 @@ def run_pack(configs: list[dict], folders: list[str], at_once: int, interrupt, g
 def _signal(process: multiprocessing.process.BaseProcess, signum: int) -> None:
     if process.pid is None:  # not started
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it may have just ended
         os.kill(process.pid, signum)
-    except ProcessLookupError:  # it has just ended
-        pass

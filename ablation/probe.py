@@ -11,10 +11,12 @@ Every probe returns the same scores (``scores``): top-1, top-min(5, C), per-clas
 correctness that the report's paired intervals are computed from. Features are float32 on every device:
 a bf16 autocast around a probe changes nothing (bf16 features moved linear top-1 by up to a point on CPU).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +46,9 @@ def _frozen(encoder: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, batch_size: int = 512,
-                     device: torch.device | str | None = None) -> torch.Tensor:
+def extract_features(
+    encoder: nn.Module, images_uint8: torch.Tensor, batch_size: int = 512, device: torch.device | str | None = None
+) -> torch.Tensor:
     """h for every image (uint8 (N, 3, H, W) -> float32 (N, D) on ``device``, default the encoder's).
 
     Frozen (see ``_frozen``), no augmentation, under inference mode, on channels_last input (the
@@ -55,9 +58,12 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, batch_size:
     """
     where: torch.device = _device_of(encoder) if device is None else torch.device(device)
     with _frozen(encoder), torch.inference_mode(), torch.autocast(where.type, enabled=False):
-        chunks = [encoder(_to_float(images_uint8[i:i + batch_size], where)
-                          .contiguous(memory_format=torch.channels_last)).float()
-                  for i in range(0, len(images_uint8), batch_size)]
+        chunks = [
+            encoder(
+                _to_float(images_uint8[i : i + batch_size], where).contiguous(memory_format=torch.channels_last)
+            ).float()
+            for i in range(0, len(images_uint8), batch_size)
+        ]
     return torch.cat(chunks) if chunks else torch.empty(0, 0, device=where)
 
 
@@ -75,8 +81,12 @@ def scores(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str,
     top-min(5, C), so it stays defined for few classes), per_class (``per_class_top1``) and correct, the
     bool per test image of its top-1 being right (the report's paired intervals use it)."""
     correct = logits.argmax(1) == y
-    return {"top1": correct.float().mean().item(), "top5": _topk_accuracy(logits, y, min(5, num_classes)),
-            "per_class": per_class_top1(correct, y, num_classes), "correct": correct.cpu()}
+    return {
+        "top1": correct.float().mean().item(),
+        "top5": _topk_accuracy(logits, y, min(5, num_classes)),
+        "per_class": per_class_top1(correct, y, num_classes),
+        "correct": correct.cpu(),
+    }
 
 
 def per_class_top1(correct: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float | None]:
@@ -87,8 +97,15 @@ def per_class_top1(correct: torch.Tensor, y: torch.Tensor, num_classes: int) -> 
     return [h / n if n else None for h, n in zip(hits, counts)]
 
 
-def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, l2: float = 1e-2, iterations: int = 100) -> dict[str, Any]:
+def linear_probe(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    l2: float = 1e-2,
+    iterations: int = 100,
+) -> dict[str, Any]:
     """Multinomial logistic regression on standardised features, fitted full-batch with L-BFGS.
 
     Full batch and zero init make it deterministic and free of learning-rate tuning; ``l2`` is the
@@ -103,8 +120,15 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     with torch.enable_grad():
         w = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
         b = torch.zeros(num_classes, device=x.device, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=iterations, history_size=10,
-                                tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [w, b],
+            lr=1,
+            max_iter=iterations,
+            history_size=10,
+            tolerance_grad=1e-6,
+            tolerance_change=1e-9,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
@@ -119,8 +143,16 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
 
 
 @torch.no_grad()
-def knn_correct(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                num_classes: int, k: int = 200, t: float = 0.1, chunk_size: int | None = None) -> torch.Tensor:
+def knn_correct(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    t: float = 0.1,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """Weighted kNN (Wu et al. 2018, InstDisc; as in solo-learn), whether each test image's top-1 is right:
     cosine similarity on l2-normalised features, each of the k nearest train samples votes for its class
     with weight exp(sim / t).
@@ -133,15 +165,23 @@ def knn_correct(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tens
     chunk_size = chunk_size or max(1, 2**24 // max(len(train_n), 1))
     hits = []
     for i in range(0, len(test_n), chunk_size):
-        sim, idx = (test_n[i:i + chunk_size] @ train_n.T).topk(k, dim=1)
+        sim, idx = (test_n[i : i + chunk_size] @ train_n.T).topk(k, dim=1)
         votes = torch.zeros(len(sim), num_classes, device=sim.device)
         votes.scatter_add_(1, train_y[idx], (sim / t).exp())
-        hits.append(votes.argmax(1) == test_y[i:i + chunk_size])
+        hits.append(votes.argmax(1) == test_y[i : i + chunk_size])
     return torch.cat(hits).cpu() if hits else torch.zeros(0, dtype=torch.bool)
 
 
-def knn_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-              num_classes: int, k: int = 200, t: float = 0.1, chunk_size: int | None = None) -> float:
+def knn_probe(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    t: float = 0.1,
+    chunk_size: int | None = None,
+) -> float:
     """Weighted kNN top-1 (see ``knn_correct``)."""
     hits = knn_correct(train_f, train_y, test_f, test_y, num_classes, k, t, chunk_size)
     return hits.float().mean().item() if len(hits) else 0.0
@@ -157,11 +197,20 @@ def _standardiser(train_f: torch.Tensor) -> nn.Module:
     return norm
 
 
-def sgd_probe(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Tensor,
-              test_images: torch.Tensor, test_y: torch.Tensor, num_classes: int,
-              augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-              epochs: int = 90, batch_size: int = 4096, seed: int = 0, extract_batch: int = 512,
-              device: torch.device | str | None = None) -> dict[str, Any]:
+def sgd_probe(
+    encoder: nn.Module,
+    train_images: torch.Tensor,
+    train_y: torch.Tensor,
+    test_images: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    epochs: int = 90,
+    batch_size: int = 4096,
+    seed: int = 0,
+    extract_batch: int = 512,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
     """The paper's linear evaluation (Appendix B.6): a linear classifier on h of augmented images
     (``augment(x, generator)``: crop + flip) through the frozen encoder in eval mode; Nesterov SGD
     (momentum 0.9), lr 0.1 x batch/256 with cosine decay, no weight decay, ``batch_size`` images a step
@@ -184,9 +233,13 @@ def sgd_probe(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Ten
         for step in range(epochs * per_epoch):
             if step % per_epoch == 0:
                 order = torch.randperm(n, generator=g, device=device)
-            idx = order[step % per_epoch * batch_size:][:batch_size]
-            h = torch.cat([_features_of(encoder, augment(_to_float(_gather(train_images, part), device), g))
-                           for part in idx.split(extract_batch)])
+            idx = order[step % per_epoch * batch_size :][:batch_size]
+            h = torch.cat(
+                [
+                    _features_of(encoder, augment(_to_float(_gather(train_images, part), device), g))
+                    for part in idx.split(extract_batch)
+                ]
+            )
             loss = F.cross_entropy(classifier(norm(h)), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -201,7 +254,7 @@ def _gather(images: Any, idx: torch.Tensor) -> torch.Tensor:
     """images[idx] of a tensor, or of a set that is read by slices (a folder's centre crops, streamed files)."""
     if isinstance(images, torch.Tensor):
         return images[idx.to(images.device)]
-    return torch.cat([images[i:i + 1] for i in idx.tolist()])
+    return torch.cat([images[i : i + 1] for i in idx.tolist()])
 
 
 def _features_of(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -226,13 +279,11 @@ class OnlineHead(nn.Module):
     decay): the method's optimiser, its parameter groups and its results are the same with or without it.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, batch_size: int, total_steps: int,
-                 device: torch.device) -> None:
+    def __init__(self, in_dim: int, num_classes: int, batch_size: int, total_steps: int, device: torch.device) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(in_dim, affine=False).to(device)
         self.linear = _zero_linear(in_dim, num_classes, device)
-        self.opt = torch.optim.SGD(self.linear.parameters(), lr=0.1 * batch_size / 256, momentum=0.9,
-                                   nesterov=True)
+        self.opt = torch.optim.SGD(self.linear.parameters(), lr=0.1 * batch_size / 256, momentum=0.9, nesterov=True)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(total_steps, 1))
         self.num_classes = num_classes
 

@@ -1,4 +1,5 @@
 """A one-line progress display: rewrites itself on a terminal, prints sparse lines in logs."""
+
 from __future__ import annotations
 
 import sys

@@ -6,6 +6,7 @@ config imports neither of them, and whoever builds a config for use passes `chec
 (grid expansion, `ablate run`): a name no registry holds is a one-line error before anything runs.
 Torch is imported only when a check runs, so importing this module stays cheap (`ablate status`).
 """
+
 from __future__ import annotations
 
 from typing import Any

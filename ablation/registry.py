@@ -12,21 +12,33 @@ cell finished before the rename keeps its id.
 
 Torch-free, so identity.py spells the ids of parameterless specs without importing torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import math
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .errors import choices_error
 
 
-def param(default: Any, low: float | None = None, high: float | None = None, doc: str = "",
-          choices: Sequence[Any] | None = None) -> Any:
+def param(
+    default: Any,
+    low: float | None = None,
+    high: float | None = None,
+    doc: str = "",
+    choices: Sequence[Any] | None = None,
+) -> Any:
     """Declare a parameter: its type is the default's type; [low, high] or choices bound it."""
-    meta = {"type": type(default), "low": low, "high": high, "doc": doc,
-            "choices": tuple(choices) if choices is not None else None}
+    meta = {
+        "type": type(default),
+        "low": low,
+        "high": high,
+        "doc": doc,
+        "choices": tuple(choices) if choices is not None else None,
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -45,19 +57,23 @@ def coerce(owner: str, field: dataclasses.Field, value: Any) -> Any:
     meta = field.metadata
     kind = meta["type"]
     ok_type = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))) or (
-        kind is float and isinstance(value, int) and not isinstance(value, bool))
+        kind is float and isinstance(value, int) and not isinstance(value, bool)
+    )
     if not ok_type:
-        raise ValueError(f"{owner}: parameter '{field.name}' must be {kind.__name__}, got {value!r}; "
-                         f"allowed: {allowed(field)}")
+        raise ValueError(
+            f"{owner}: parameter '{field.name}' must be {kind.__name__}, got {value!r}; allowed: {allowed(field)}"
+        )
     value = kind(value)
     if kind is float and not math.isfinite(value):  # NaN passes every comparison: refuse it by name
-        raise ValueError(f"{owner}: parameter '{field.name}' = {value!r} is not allowed (not a finite number); "
-                         f"allowed: {allowed(field)}")
+        raise ValueError(
+            f"{owner}: parameter '{field.name}' = {value!r} is not allowed (not a finite number); "
+            f"allowed: {allowed(field)}"
+        )
     out_of_range = (meta["low"] is not None and value < meta["low"]) or (
-        meta["high"] is not None and value > meta["high"])
+        meta["high"] is not None and value > meta["high"]
+    )
     if out_of_range or (meta["choices"] is not None and value not in meta["choices"]):
-        raise ValueError(f"{owner}: parameter '{field.name}' = {value!r} is not allowed; "
-                         f"allowed: {allowed(field)}")
+        raise ValueError(f"{owner}: parameter '{field.name}' = {value!r} is not allowed; allowed: {allowed(field)}")
     return value
 
 
@@ -119,8 +135,7 @@ def _backward(renamed: dict[str, str]) -> dict[str, str]:
 OP_RENAMES = Renames()
 
 
-def registrable_name(cls: Any, base: type, registry: dict[str, Any], what: str,
-                     renames: Renames | None = None) -> str:
+def registrable_name(cls: Any, base: type, registry: dict[str, Any], what: str, renames: Renames | None = None) -> str:
     """The unique ``name`` of ``cls`` (a ``base`` subclass with its own ``name`` and one-line ``doc``)
     about to enter ``registry``; an old name in ``renames`` stays reserved for the entry renamed from it."""
     if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -158,7 +173,20 @@ def lookup(registry: dict[str, Any], what: str, name: str) -> Any:
 def entry_docs(registry: dict[str, Any], fields: Callable[[Any], Iterable[dataclasses.Field]]) -> list[dict[str, Any]]:
     """Every entry of a registry (``fields`` lists an entry's parameters) with its doc and parameters
     (name, type, default, range, doc): what `ablate augs` and `ablate methods` print."""
-    return [{"name": name, "doc": cls.doc,
-             "params": [{"name": f.name, "type": f.metadata["type"].__name__, "default": f.default,
-                         "range": allowed(f), "doc": f.metadata["doc"]} for f in fields(cls)]}
-            for name, cls in registry.items()]
+    return [
+        {
+            "name": name,
+            "doc": cls.doc,
+            "params": [
+                {
+                    "name": f.name,
+                    "type": f.metadata["type"].__name__,
+                    "default": f.default,
+                    "range": allowed(f),
+                    "doc": f.metadata["doc"],
+                }
+                for f in fields(cls)
+            ],
+        }
+        for name, cls in registry.items()
+    ]

@@ -1,5 +1,6 @@
 """Seeds derived from a position (seed, epoch, step): the same keys give the same seed in any process,
 on any machine and after any resume, so nothing random depends on what ran before."""
+
 from __future__ import annotations
 
 import hashlib

@@ -12,6 +12,7 @@ tests/test_sizing.py checks again on other batches and sizes). On a GPU the cach
 kernels' workspaces add ALLOCATOR_SLACK, and the CUDA context cost.PROCESS_BYTES; that part is assumed,
 not measured here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,15 +30,16 @@ from .cost import PROCESS_BYTES, step_cost
 # measured / counted bytes per image of a training step, fp32 on the CPU (data.size 32: small_cnn at batch
 # 64 and 512, resnet18 at 8 and 32; resnet50 without the CIFAR stem at 64 px, batch 4 and 16)
 CALIBRATION = {"small_cnn": 0.57, "resnet18": 0.63, "resnet50": 0.46}
-ALLOCATOR_SLACK = 1.2   # a GPU's caching allocator and cuDNN workspaces over the tensors' own bytes (assumed)
-NODE_GPUS = 8           # GPUs of the node a suggestion assumes when the slurm section asks for fewer
+ALLOCATOR_SLACK = 1.2  # a GPU's caching allocator and cuDNN workspaces over the tensors' own bytes (assumed)
+NODE_GPUS = 8  # GPUs of the node a suggestion assumes when the slurm section asks for fewer
 GB = 1e9
-COUNTED_AT = (2, 4)     # the batches per rank the two meta-device counts are made at
+COUNTED_AT = (2, 4)  # the batches per rank the two meta-device counts are made at
 
 
 @dataclass(frozen=True)
 class Footprint:
     """Bytes of one rank's training step: `fixed` + `per_image` x its batch."""
+
     fixed: float
     per_image: float
 
@@ -93,12 +95,16 @@ def refusal(exp) -> str | None:
     for cell in exp.cells:
         batch = cell.config.train.batch_size
         if batch % n:
-            return (f"cell {cell.label}: batch {batch} does not divide over {n} ranks (slurm.nodes {s.nodes} x "
-                    f"tasks_per_node {s.tasks_per_node}); choose a batch that is a multiple of {n}, or other ranks")
+            return (
+                f"cell {cell.label}: batch {batch} does not divide over {n} ranks (slurm.nodes {s.nodes} x "
+                f"tasks_per_node {s.tasks_per_node}); choose a batch that is a multiple of {n}, or other ranks"
+            )
         if on_gpus(s) and not fits(fp := footprint(cell.config), batch // n, s.gpu_mem_gb):
-            return (f"batch {batch} at {cell.config.data.size} px needs about "
-                    f"{device_bytes(fp, batch // n) / GB:.0f} GB per rank with {n} rank{'s' * (n > 1)} "
-                    f"(slurm.gpu_mem_gb: {s.gpu_mem_gb:g}): {suggestion(fp, batch, s)}")
+            return (
+                f"batch {batch} at {cell.config.data.size} px needs about "
+                f"{device_bytes(fp, batch // n) / GB:.0f} GB per rank with {n} rank{'s' * (n > 1)} "
+                f"(slurm.gpu_mem_gb: {s.gpu_mem_gb:g}): {suggestion(fp, batch, s)}"
+            )
     return None
 
 
@@ -116,8 +122,14 @@ def suggestion(fp: Footprint, batch: int, slurm) -> str:
     options = []
     if largest >= 1:
         needed = math.ceil(batch / largest)
-        layouts = [n for n in (*(2**i for i in range(per_node.bit_length()) if 2**i < per_node),
-                                *(per_node * k for k in range(1, batch // per_node + 1))) if n >= needed]
+        layouts = [
+            n
+            for n in (
+                *(2**i for i in range(per_node.bit_length()) if 2**i < per_node),
+                *(per_node * k for k in range(1, batch // per_node + 1)),
+            )
+            if n >= needed
+        ]
         n = next((n for n in layouts if batch % n == 0), None)
         if n is not None:
             nodes, tasks = (1, n) if n < per_node else (n // per_node, per_node)
@@ -132,20 +144,24 @@ def report(exp) -> tuple[dict[str, dict[str, str]], str]:
     """For `ablate grid --dry-run`: a column {cell id: GB per rank} and a line with the allocation
     (and the refusal a launch would give)."""
     s, n = exp.slurm, ranks(exp.slurm)
-    layout = (f"allocation: nodes {s.nodes} x tasks_per_node {s.tasks_per_node} = {n} rank{'s' * (n > 1)}, "
-              f"gpus_per_node {s.gpus_per_node}")
+    layout = (
+        f"allocation: nodes {s.nodes} x tasks_per_node {s.tasks_per_node} = {n} rank{'s' * (n > 1)}, "
+        f"gpus_per_node {s.gpus_per_node}"
+    )
     if not on_gpus(s):
         return {}, f"{layout} (no GPU asked for: memory not sized)"
-    column = {c.id: f"{device_bytes(footprint(c.config), c.config.train.batch_size // n) / GB:.1f}"
-              for c in exp.cells}
+    column = {c.id: f"{device_bytes(footprint(c.config), c.config.train.batch_size // n) / GB:.1f}" for c in exp.cells}
     batches = sorted({c.config.train.batch_size for c in exp.cells})
     per_rank = ", ".join(f"{b} = {b // n} per rank" if b % n == 0 else f"{b} (does not divide)" for b in batches)
     why = refusal(exp)
-    return {"GB/rank": column}, (f"{layout}, {s.gpu_mem_gb:g} GB each; batch {per_rank}; "
-                                 + (f"a launch would refuse: {why}" if why else "every cell fits"))
+    return {"GB/rank": column}, (
+        f"{layout}, {s.gpu_mem_gb:g} GB each; batch {per_rank}; "
+        + (f"a launch would refuse: {why}" if why else "every cell fits")
+    )
 
 
 # ---------------------------------------------------------------- measuring (calibration and its test)
+
 
 def measure_peak_bytes(cfg: CellConfig, steps: int = 2) -> int:
     """Peak bytes of `steps` training steps of the cell on the CPU, measured in a fresh process.
@@ -154,8 +170,13 @@ def measure_peak_bytes(cfg: CellConfig, steps: int = 2) -> int:
     plus the weights and the batch that exist then. Large blocks are mapped and unmapped one by one
     (MALLOC_MMAP_THRESHOLD_), so freed memory leaves the resident set at once."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "ablation.sizing", json.dumps(cfg.to_dict()), str(steps)],
-                         env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "ablation.sizing", json.dumps(cfg.to_dict()), str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"measuring failed: {out.stderr.strip().splitlines()[-1:]}")
     return int(out.stdout.split()[-1])
@@ -183,8 +204,9 @@ def _measure_here(cfg: CellConfig, steps: int) -> int:
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident set
     for step in range(steps):
-        train_step(model, model, views, x, y, generator(x.device, 0, step), optimizer, scheduler, cfg,
-                   (step + 1, steps))
+        train_step(
+            model, model, views, x, y, generator(x.device, 0, step), optimizer, scheduler, cfg, (step + 1, steps)
+        )
     return _resident("VmHWM") - before + existing
 
 

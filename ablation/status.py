@@ -7,6 +7,7 @@ A cell is done only when its result.json says "finished". A submitted cell has a
 `corrupt`, naming the file, and the rest of the grid reads on. Nothing here imports torch, so
 `ablate status` stays fast on large grids (`--dry-run` imports it only to validate augmentations).
 """
+
 from __future__ import annotations
 
 import os
@@ -60,6 +61,7 @@ class CellStatus:
 
 
 # ---------------------------------------------------------------- states
+
 
 def process_start(pid: int) -> str | None:
     """When process `pid` started (clock ticks after boot, /proc/PID/stat field 22), which tells it
@@ -126,8 +128,13 @@ def _still_held(cell_dir: Path, row: CellStatus) -> CellStatus:
     holder = store.lock_holder(cell_dir / store.CELL_LOCK)
     if holder is None:
         return row
-    return CellStatus(row.cell, RUNNING, row.job_id, row.elapsed,
-                      reason=f"its job ended ({row.reason}) but {holder} still holds the cell's lock")
+    return CellStatus(
+        row.cell,
+        RUNNING,
+        row.job_id,
+        row.elapsed,
+        reason=f"its job ended ({row.reason}) but {holder} still holds the cell's lock",
+    )
 
 
 def _corrupt(cell: Cell, err: store.Corrupt) -> CellStatus:
@@ -140,19 +147,28 @@ def cell_status(cell: Cell, result: dict | None, job: dict | None, live: dict | 
     if result and result.get("status") == FINISHED:
         metric = (result.get("metrics") or {}).get(PRIMARY_METRIC)
         wall = result.get("wall_time_s") or 0.0
-        return CellStatus(cell, DONE, job_id, f"{wall:.1f}s" if wall < 10 else f"{wall:.0f}s", metric,
-                          result=result)
+        return CellStatus(cell, DONE, job_id, f"{wall:.1f}s" if wall < 10 else f"{wall:.0f}s", metric, result=result)
     if result and result.get("status") == FAILED:
         return CellStatus(cell, FAILED, job_id, reason=result.get("reason"), result=result)
     if result and result.get("status") == CORRUPT:  # the cell found one of its files unreadable
-        return CellStatus(cell, CORRUPT, job_id, reason=result.get("reason"),
-                          files=(store.RESULT, *result.get("files", ())), result=result)
+        return CellStatus(
+            cell,
+            CORRUPT,
+            job_id,
+            reason=result.get("reason"),
+            files=(store.RESULT, *result.get("files", ())),
+            result=result,
+        )
     if not job:
         return CellStatus(cell, TODO)
     if job.get("executor") == "local":
         alive = pid_alive(job)
-        return CellStatus(cell, RUNNING if alive else FAILED, f"pid {job.get('pid')}",
-                          reason=None if alive else "local run ended without a result")
+        return CellStatus(
+            cell,
+            RUNNING if alive else FAILED,
+            f"pid {job.get('pid')}",
+            reason=None if alive else "local run ended without a result",
+        )
     if live is None:
         return CellStatus(cell, UNKNOWN, job_id, reason="sacct did not answer")
     if job_id in live:
@@ -168,6 +184,7 @@ def totals(rows: list[CellStatus]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- tables
 
+
 def render(rows: list[CellStatus], limit: int | None = None, columns: dict[str, dict[str, str]] | None = None) -> str:
     """One row per cell (label, id, state, job, elapsed, top-1, why it failed), then the totals.
 
@@ -175,11 +192,19 @@ def render(rows: list[CellStatus], limit: int | None = None, columns: dict[str, 
     columns = columns or {}
     replicated = len({r.cell.label for r in rows}) < len(rows)  # replicates share a label: name the seed
     shown = rows if limit is None else rows[:limit]
-    body: list[tuple[str, ...]] = [(r.cell.label + (f" [seed {r.cell.seed}]" if replicated else ""), r.cell.id, r.state,
-             r.job_id or "-", r.elapsed or "-", f"{100 * r.metric:.1f}%" if r.metric is not None else "-",
-             *(col.get(r.cell.id, "-") for col in columns.values()),
-             _brief(r.reason) if r.state in (*RETRYABLE, UNKNOWN) else "")
-            for r in shown]
+    body: list[tuple[str, ...]] = [
+        (
+            r.cell.label + (f" [seed {r.cell.seed}]" if replicated else ""),
+            r.cell.id,
+            r.state,
+            r.job_id or "-",
+            r.elapsed or "-",
+            f"{100 * r.metric:.1f}%" if r.metric is not None else "-",
+            *(col.get(r.cell.id, "-") for col in columns.values()),
+            _brief(r.reason) if r.state in (*RETRYABLE, UNKNOWN) else "",
+        )
+        for r in shown
+    ]
     header: tuple[str, ...] = ("label", "id", "state", "job", "elapsed", PRIMARY_METRIC, *columns, "reason")
     if not any(line[-1] for line in body):  # the reason column only when something went wrong
         header, body = header[:-1], [line[:-1] for line in body]
@@ -193,15 +218,17 @@ def render(rows: list[CellStatus], limit: int | None = None, columns: dict[str, 
 
 def _brief(reason: str | None, width: int = 60) -> str:
     line = next(iter((reason or "").strip().splitlines()), "")
-    return line if len(line) <= width else line[:width - 3] + "..."
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 # ---------------------------------------------------------------- progress (`ablate status`)
+
 
 @dataclass
 class Snapshot:
     """Every cell's state and latest metrics row (None before its first epoch), and the grid's ETA;
     `unreadable`: why a cell's metrics.jsonl cannot be read (its progress is then unknown)."""
+
     experiment: Experiment
     rows: list[CellStatus]
     latest: dict[str, dict | None]
@@ -218,8 +245,9 @@ def snapshot(root: Path, exp: Experiment) -> Snapshot:
             logs[r.cell.id] = store.read_metrics(folder / r.cell.id)
         except store.Corrupt as err:  # a status never fails on one cell: it shows the cell's progress as unknown
             logs[r.cell.id], unreadable[r.cell.id] = [], str(err)
-    return Snapshot(exp, rows, {cid: log[-1] if log else None for cid, log in logs.items()},
-                    eta(folder, rows, logs), unreadable)
+    return Snapshot(
+        exp, rows, {cid: log[-1] if log else None for cid, log in logs.items()}, eta(folder, rows, logs), unreadable
+    )
 
 
 def eta(folder: Path, rows: list[CellStatus], logs: dict[str, list[dict]]) -> float | None:
@@ -232,9 +260,14 @@ def eta(folder: Path, rows: list[CellStatus], logs: dict[str, list[dict]]) -> fl
     paces = [log[-1][WALL_S] / log[-1][EPOCH] for log in logs.values() if log]
     if not paces:
         return None
-    tails = [result[WALL_TIME_S] - logs[r.cell.id][-1][WALL_S] for r in rows
-             if r.state == DONE and logs[r.cell.id] and (result := store.read_record(folder / r.cell.id / store.RESULT))
-             and result.get(WALL_TIME_S) is not None]
+    tails = [
+        result[WALL_TIME_S] - logs[r.cell.id][-1][WALL_S]
+        for r in rows
+        if r.state == DONE
+        and logs[r.cell.id]
+        and (result := store.read_record(folder / r.cell.id / store.RESULT))
+        and result.get(WALL_TIME_S) is not None
+    ]
     pace, tail = statistics.median(paces), statistics.median(tails) if tails else 0.0
     left = [r for r in rows if r.state not in ENDED]
     work = sum((r.cell.config.train.epochs - _epoch(logs[r.cell.id])) * pace + tail for r in left)
@@ -250,19 +283,38 @@ def cells(snap: Snapshot) -> list[dict]:
     out = []
     for r in snap.rows:
         row = snap.latest[r.cell.id] or {}
-        out.append({"label": r.cell.label, "id": r.cell.id, "seed": r.cell.seed, "coords": r.cell.coords,
-                    "state": r.state, "job": r.job_id, "elapsed": r.elapsed, EPOCH: row.get(EPOCH),
-                    "epochs": r.cell.config.train.epochs, LOSS: row.get(LOSS),
-                    IMAGES_PER_S: row.get(IMAGES_PER_S), PRIMARY_METRIC: r.metric, "reason": r.reason,
-                    "log_error": snap.unreadable.get(r.cell.id)})
+        out.append(
+            {
+                "label": r.cell.label,
+                "id": r.cell.id,
+                "seed": r.cell.seed,
+                "coords": r.cell.coords,
+                "state": r.state,
+                "job": r.job_id,
+                "elapsed": r.elapsed,
+                EPOCH: row.get(EPOCH),
+                "epochs": r.cell.config.train.epochs,
+                LOSS: row.get(LOSS),
+                IMAGES_PER_S: row.get(IMAGES_PER_S),
+                PRIMARY_METRIC: r.metric,
+                "reason": r.reason,
+                "log_error": snap.unreadable.get(r.cell.id),
+            }
+        )
     return out
 
 
 def document(snap: Snapshot) -> dict:
     """`ablate status --json`: the experiment, every cell, the totals and the ETA."""
-    return {"experiment": snap.experiment.name, "time": round(time.time(), 3), "cells": cells(snap),
-            "totals": totals(snap.rows), "total": len(snap.rows), "ended": _ended(snap.rows),
-            "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1)}
+    return {
+        "experiment": snap.experiment.name,
+        "time": round(time.time(), 3),
+        "cells": cells(snap),
+        "totals": totals(snap.rows),
+        "total": len(snap.rows),
+        "ended": _ended(snap.rows),
+        "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1),
+    }
 
 
 def _ended(rows: list[CellStatus]) -> bool:
@@ -274,8 +326,11 @@ def table(snap: Snapshot, limit: int | None = None) -> str:
     totals line ends with the ETA (the table's last line stays its totals)."""
     records = cells(snap)
     columns = {
-        "epoch": {c["id"]: f"{c[EPOCH]}/{c['epochs']}" if c[EPOCH] is not None else "unreadable log"
-                  for c in records if c[EPOCH] is not None or c["log_error"]},
+        "epoch": {
+            c["id"]: f"{c[EPOCH]}/{c['epochs']}" if c[EPOCH] is not None else "unreadable log"
+            for c in records
+            if c[EPOCH] is not None or c["log_error"]
+        },
         "loss": {c["id"]: f"{c[LOSS]:.4f}" for c in records if c[LOSS] is not None},
         "img/s": {c["id"]: f"{c[IMAGES_PER_S]:.0f}" for c in records if c[IMAGES_PER_S] is not None},
     }

@@ -10,6 +10,7 @@ file in the same folder and is renamed into place, so a crash or a preemption le
 old file or the new one, never half. A file that is unreadable all the same (a disk filled up, a
 hand edit) raises `Corrupt`, naming it, so one bad cell never takes a whole grid down with it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,9 @@ import re
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 import numpy as np
 import yaml
@@ -32,7 +34,13 @@ import yaml
 from .names import CORRUPT, EPOCH, FAILED, FINISHED, WALL_S
 
 EXPERIMENT, CELL, CONFIG, RESULT, CHECKPOINT, JOB = (
-    "experiment.json", "cell.json", "config.yaml", "result.json", "checkpoint.pt", "job.json")
+    "experiment.json",
+    "cell.json",
+    "config.yaml",
+    "result.json",
+    "checkpoint.pt",
+    "job.json",
+)
 ATTEMPTS, SUBMITIT, LAUNCH_LOCK, CELL_LOCK = "attempts", ".submitit", ".launch.lock", ".cell.lock"
 METRICS_LOG, TENSORBOARD = "metrics.jsonl", "tensorboard"
 CORRECT = "correct.npz"  # per test image, packed bits: did each probe classify it right (paired intervals)
@@ -57,8 +65,10 @@ class Corrupt(ValueError):
 def check_name(name: str, what: str = "experiment name") -> str:
     """`name` as one folder under --results, or a ValueError that says what is allowed."""
     if not _NAME.fullmatch(name) or ".." in name:
-        raise ValueError(f"{what} {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
-                         f"(no path separators, no '..', at most 128 characters, starting with a letter or digit)")
+        raise ValueError(
+            f"{what} {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+            f"(no path separators, no '..', at most 128 characters, starting with a letter or digit)"
+        )
     return name
 
 
@@ -68,6 +78,7 @@ def experiment_dir(root: Path, name: str) -> Path:
 
 
 # ---------------------------------------------------------------- writing
+
 
 def atomic_write(path: Path, write: Callable[[IO[Any]], object], mode: str = "w") -> Path:
     """Call write(fileobj) on a temp file beside `path`, fsync, then rename over `path`."""
@@ -101,8 +112,9 @@ def _os_cause(err: BaseException | None) -> OSError | None:
 def write_json(path: Path, data: Any) -> Path:
     """Strict JSON: a non-finite float (a diverged cell's loss) is written as null, which every
     reader parses; the record's reason says why."""
-    return atomic_write(path, lambda f: json.dump(_finite(data), f, indent=2, sort_keys=True, default=str,
-                                                  allow_nan=False))
+    return atomic_write(
+        path, lambda f: json.dump(_finite(data), f, indent=2, sort_keys=True, default=str, allow_nan=False)
+    )
 
 
 def _finite(data: Any) -> Any:
@@ -137,13 +149,17 @@ def read_correct(path: Path) -> dict[str, np.ndarray] | None:
         return None
     try:
         with np.load(path) as data:
-            return {k: np.unpackbits(data[k])[:int(data[f"{k}.n"])].astype(bool)
-                    for k in data.files if not k.endswith(".n")}
-    except Exception as err:  # truncated, or not ours: name the file
+            return {
+                k: np.unpackbits(data[k])[: int(data[f"{k}.n"])].astype(bool)
+                for k in data.files
+                if not k.endswith(".n")
+            }
+    except Exception as err:  # noqa: BLE001 - truncated, or not ours: name the file
         raise Corrupt(path, f"cannot be read ({type(err).__name__}: {err})") from None
 
 
 # ---------------------------------------------------------------- reading
+
 
 def read_json(path: Path) -> Any | None:
     """The parsed file, or None when it does not exist; `Corrupt` when it cannot be parsed."""
@@ -193,6 +209,7 @@ def retire(cell_dir: Path, names: tuple[str, ...] | list[str]) -> list[Path]:
 
 # ---------------------------------------------------------------- locks
 
+
 def _open_lock(path: Path) -> int:
     """The lock file's descriptor, for reading and writing, created when missing. A symlink is not
     followed (a launch would overwrite the file it points to) and a file that is not a lone regular
@@ -203,8 +220,9 @@ def _open_lock(path: Path) -> int:
     except OSError as err:
         if err.errno != errno.ELOOP:
             raise
-        raise ValueError(f"{path}: the lock file is a symbolic link; refusing to follow it "
-                         f"(remove it and launch again)") from None
+        raise ValueError(
+            f"{path}: the lock file is a symbolic link; refusing to follow it (remove it and launch again)"
+        ) from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         os.close(fd)
@@ -221,6 +239,7 @@ class LockLost(RuntimeError):
 @dataclasses.dataclass
 class Lock:
     """A held lock: `check()` raises LockLost once `path` no longer names the file this process locked."""
+
     path: Path
     fd: int
 
@@ -231,8 +250,10 @@ class Lock:
         except FileNotFoundError:
             now = None
         if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
-            raise LockLost(f"{self.path} was removed or replaced while this run held it (its folder deleted?); "
-                           f"stopping without writing")
+            raise LockLost(
+                f"{self.path} was removed or replaced while this run held it (its folder deleted?); "
+                f"stopping without writing"
+            )
 
 
 @contextlib.contextmanager
@@ -280,6 +301,7 @@ def lock_holder(path: Path) -> str | None:
 
 # ---------------------------------------------------------------- per-epoch metrics
 
+
 def metrics_path(cell_dir: Path) -> Path:
     return Path(cell_dir) / METRICS_LOG
 
@@ -315,8 +337,9 @@ def _metrics_row(path: Path, n: int, line: str) -> dict:
 
 def write_metrics(cell_dir: Path, rows: list[dict]) -> Path:
     """Replace the whole file (a few hundred short lines at most): readers never see a partial row."""
-    return atomic_write(metrics_path(cell_dir),
-                        lambda f: f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    return atomic_write(
+        metrics_path(cell_dir), lambda f: f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    )
 
 
 def tensorboard_dir(cell_dir: Path) -> Path:

@@ -10,11 +10,12 @@ benchmarks/device_check.py time the same `step` on the same setup, so their figu
 Every random draw comes from a generator seeded by (seed, epoch) for the shuffle and (seed, epoch,
 step[, rank]) for the augmentations, so a resumed run replays the same batches and views.
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -67,16 +68,26 @@ def initial_method(cfg: CellConfig, device: torch.device, n_classes: int) -> Met
 def build_optimisation(cfg: CellConfig, model: Method, steps: int):
     """Optimiser with the scaled learning rate, and its warmup + cosine schedule over the whole run."""
     lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size, cfg.optim.lr_scaling)
-    optimizer = build_optimizer(model, cfg.optim.name, lr, cfg.optim.weight_decay, cfg.optim.momentum,
-                                model.bias_lr_scale())
+    optimizer = build_optimizer(
+        model, cfg.optim.name, lr, cfg.optim.weight_decay, cfg.optim.momentum, model.bias_lr_scale()
+    )
     total = steps * cfg.train.epochs
     scheduler = warmup_cosine(optimizer, min(round(cfg.optim.warmup_epochs * steps), total - 1), total)
     return optimizer, scheduler
 
 
-def train_step(net: torch.nn.Module, method: Method, views: TwoViews | SourceViews, x: torch.Tensor,
-               y: torch.Tensor, g: torch.Generator, optimizer, scheduler, cfg: CellConfig,
-               progress: tuple[int, int]) -> torch.Tensor:
+def train_step(
+    net: torch.nn.Module,
+    method: Method,
+    views: TwoViews | SourceViews,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    g: torch.Generator,
+    optimizer,
+    scheduler,
+    cfg: CellConfig,
+    progress: tuple[int, int],
+) -> torch.Tensor:
     """One step of the cell's method: its views of the batch, its networks in one forward pass (`net`:
     the method as DDP and torch.compile wrap it), its loss, the update, then the method's own update
     at `progress` = (steps done, total steps). Returns the loss as a tensor on the device: nothing
@@ -105,6 +116,7 @@ def _views(cfg: CellConfig, train: ImageSet | FolderSet) -> TwoViews | SourceVie
 class Training:
     """What a run trains with (see `setup`); `method` is the module a checkpoint saves, `net` the one a
     step runs (DDP and torch.compile around it)."""
+
     cfg: CellConfig
     device: torch.device
     method: Method
@@ -126,11 +138,17 @@ class Training:
             method = global_batch_norm(method)
         batcher = training_batcher(cfg, train, device, (dist.rank(), dist.world()))
         optimizer, scheduler = build_optimisation(cfg, method, len(batcher))
-        online = (OnlineHead(method.dim, len(train.classes), cfg.train.batch_size, len(batcher) * cfg.train.epochs,
-                             device) if ONLINE in protocols(cfg) else None)
+        online = (
+            OnlineHead(method.dim, len(train.classes), cfg.train.batch_size, len(batcher) * cfg.train.epochs, device)
+            if ONLINE in protocols(cfg)
+            else None
+        )
         seen = capture_features(method.encoder) if online else []
-        net = accel.CompiledStep(method, DistributedDataParallel(method) if dist.active() else method,
-                                 accel.uses_compile(cfg.train.compile, device))
+        net = accel.CompiledStep(
+            method,
+            DistributedDataParallel(method) if dist.active() else method,
+            accel.uses_compile(cfg.train.compile, device),
+        )
         return cls(cfg, device, method, batcher, optimizer, scheduler, online, net, _views(cfg, train), seen)
 
     @property
@@ -155,6 +173,7 @@ class Training:
         def next_step() -> Tensor:
             epoch, step, x, y = next(batches)
             return self.step(x, y, epoch, step)
+
         return next_step
 
     def step(self, x: Tensor, y: Tensor, epoch: int, step: int) -> Tensor:
@@ -168,9 +187,20 @@ class Training:
 
         def run(net: torch.nn.Module) -> Tensor:
             self.seen.clear()  # features of anything since the last step (an embedding measurement, a failed compile)
-            loss = train_step(net, self.method, self.views, x, y, generator(self.device, *key), self.optimizer,
-                              self.scheduler, self.cfg, progress)
+            loss = train_step(
+                net,
+                self.method,
+                self.views,
+                x,
+                y,
+                generator(self.device, *key),
+                self.optimizer,
+                self.scheduler,
+                self.cfg,
+                progress,
+            )
             if self.online:
                 self.online.step(torch.cat(self.seen), y)
             return loss
+
         return self.net.run(run)

@@ -2,6 +2,7 @@
 
 Reads results/<experiment>/ as written by the launcher and cells; never imports training code.
 """
+
 from __future__ import annotations
 
 from .classes import class_change
@@ -12,5 +13,17 @@ from .paper import compare_with_paper, paper_table
 from .report import pairwise_findings, report
 from .table import collect, load_summary, per_class
 
-__all__ = ["collect", "plot", "report", "load_summary", "heatmap_matrix", "paper_table",
-           "compare_with_paper", "pairwise_findings", "per_class", "class_change", "load_curves", "write_latex"]
+__all__ = [
+    "class_change",
+    "collect",
+    "compare_with_paper",
+    "heatmap_matrix",
+    "load_curves",
+    "load_summary",
+    "pairwise_findings",
+    "paper_table",
+    "per_class",
+    "plot",
+    "report",
+    "write_latex",
+]

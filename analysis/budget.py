@@ -6,6 +6,7 @@ line values are compositions and which single ops; nothing is inferred from labe
 marked as the crossing when every composition beats every single op there and at every larger
 budget of the panel (a lead that is lost again is not a crossing).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,9 +27,16 @@ def budget_means(summary: pd.DataFrame, figure: dict[str, Any], metric: str = PR
     """Mean top-1 (%) per (facet, hue, budget) over finished replicates, with images seen and the floor."""
     done = finished(summary).dropna(subset=[metric])
     keys = [figure["facet"], figure["hue"], figure["x"]]
-    table = done.groupby(keys, sort=False).agg(
-        top1=(metric, "mean"), images_seen=("images_seen", "mean"),
-        random_init=(RANDOM_INIT_TOP1, "mean"), n=(metric, "size")).reset_index()
+    table = (
+        done.groupby(keys, sort=False)
+        .agg(
+            top1=(metric, "mean"),
+            images_seen=("images_seen", "mean"),
+            random_init=(RANDOM_INIT_TOP1, "mean"),
+            n=(metric, "size"),
+        )
+        .reset_index()
+    )
     table[["top1", "random_init"]] *= 100
     return table
 
@@ -72,18 +80,37 @@ def _draw_panel(ax, panel: pd.DataFrame, figure: dict[str, Any], order: list[str
         return
     for value in [v for v in order if v in set(panel[figure["hue"]])]:
         line = panel[panel[figure["hue"]] == value].sort_values("images_seen")
-        ax.plot(line["images_seen"], line["top1"], marker="o", color=palette[value], label=value,
-                linestyle="-" if value in figure["compositions"] else "--")
+        ax.plot(
+            line["images_seen"],
+            line["top1"],
+            marker="o",
+            color=palette[value],
+            label=value,
+            linestyle="-" if value in figure["compositions"] else "--",
+        )
     floor = panel.groupby("images_seen")["random_init"].mean()
     ax.plot(floor.index, floor.values, color="0.6", linestyle=":", label="random-init encoder")
     at = crossing(panel, figure)
     if at is not None:
         ax.axvline(at, color="0.3", lw=1)
-        ax.annotate(f"compositions lead from {at:,.0f}", (at, 0.02), xycoords=("data", "axes fraction"),
-                    rotation=90, ha="right", va="bottom", fontsize=8)
+        ax.annotate(
+            f"compositions lead from {at:,.0f}",
+            (at, 0.02),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+        )
     else:
-        ax.text(0.02, 0.02, f"no crossing up to {panel['images_seen'].max():,.0f} images",
-                transform=ax.transAxes, fontsize=8, color="0.3")
+        ax.text(
+            0.02,
+            0.02,
+            f"no crossing up to {panel['images_seen'].max():,.0f} images",
+            transform=ax.transAxes,
+            fontsize=8,
+            color="0.3",
+        )
     ax.set_xscale("log", base=2)
     ax.set(xlabel=X_LABEL, ylabel=Y_LABEL)
     ax.grid(True, alpha=0.3)
@@ -98,4 +125,3 @@ def budget_csv(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMARY
 
 def is_budget(exp: dict[str, Any]) -> bool:
     return (exp.get("figure") or {}).get("kind") == "budget"
-

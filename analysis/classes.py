@@ -4,6 +4,7 @@ A mean accuracy hides that an augmentation can raise some classes by many points
 this figure shows, for every cell (mean over its finished replicates), each class's top-1 minus the
 reference cell's, with the change of the overall top-1 last for scale.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,9 +48,21 @@ def plot_class_change(summary: pd.DataFrame, exp: dict[str, Any], reference: str
     ax = fig.add_subplot()
     ax.patch.set(facecolor="#f2f2f2", edgecolor="#c8c8c8", hatch="///")  # a class with no test image
     bound = max(float(change.abs().max().max()), 1.0) if change.notna().any().any() else 1.0
-    sns.heatmap(change, mask=change.isna(), center=0, vmin=-bound, vmax=bound, cmap="RdBu", annot=annotate,
-                fmt="+.1f", annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white", ax=ax,
-                cbar_kws={"label": f"linear top-1 change vs {reference} (points)", "shrink": 0.85})
+    sns.heatmap(
+        change,
+        mask=change.isna(),
+        center=0,
+        vmin=-bound,
+        vmax=bound,
+        cmap="RdBu",
+        annot=annotate,
+        fmt="+.1f",
+        annot_kws={"fontsize": 7},
+        linewidths=0.5,
+        linecolor="white",
+        ax=ax,
+        cbar_kws={"label": f"linear top-1 change vs {reference} (points)", "shrink": 0.85},
+    )
     ax.axvline(cols - 1, color="white", lw=4)
     ax.set(xlabel="class", ylabel="cell")
     ax.tick_params(axis="x", rotation=45, length=0)

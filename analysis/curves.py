@@ -6,6 +6,7 @@ as a method) and one line per second transformation; product grids one row per v
 per setting of the others (a single swept key: one row, one line per value). Replicates are drawn
 as their mean with a ±1 std band. Cells that failed keep their curve: it shows how they failed.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,8 +25,13 @@ from ablation.store import Corrupt, read_metrics
 from .table import axes_of, facet_axes, facet_label, setup_line
 
 # metrics.jsonl fields drawn, in column order, with their axis labels; probes only where logged
-CURVES = {LOSS: "training loss", POS_SIM: "positive-pair cosine", UNIFORM: "uniformity",
-          LINEAR_TOP1: "linear top-1 (%)", KNN_TOP1: "kNN top-1 (%)"}
+CURVES = {
+    LOSS: "training loss",
+    POS_SIM: "positive-pair cosine",
+    UNIFORM: "uniformity",
+    LINEAR_TOP1: "linear top-1 (%)",
+    KNN_TOP1: "kNN top-1 (%)",
+}
 PERCENT = (LINEAR_TOP1, KNN_TOP1)
 LINE = "setting"
 ROW = "facet, 1st"  # pairwise grids with facets: one row of panels per facet and first transformation
@@ -53,6 +59,7 @@ def _rows(cell_dir: Path) -> list[dict]:
 class Grouping:
     """How the curves are laid out: `data` has a LINE column; one row of panels per value in `rows`
     of column `row` (None: a single row); one line per value in `lines`."""
+
     data: pd.DataFrame
     row: str | None
     rows: list
@@ -78,11 +85,18 @@ def groups(exp: dict[str, Any], curves: pd.DataFrame) -> Grouping:
     row, rest = (None, axes) if len(axes) == 1 else (axes[0], axes[1:])
     short = [a.split(".")[-1] for a in rest]
     text = curves[rest].map(lambda v: str(v).lower() if isinstance(v, bool) else str(v))  # as in the labels
-    line = text.apply(lambda r: ",".join(r) if len(rest) == 1 else ",".join(f"{k}={v}" for k, v in zip(short, r)),
-                      axis=1)
+    line = text.apply(
+        lambda r: ",".join(r) if len(rest) == 1 else ",".join(f"{k}={v}" for k, v in zip(short, r)), axis=1
+    )
     rows = list(dict.fromkeys(curves[row])) if row else [None]
-    return Grouping(curves.assign(**{LINE: line}), row, rows, list(dict.fromkeys(line)),
-                    row.split(".")[-1] if row else "", ", ".join(short))
+    return Grouping(
+        curves.assign(**{LINE: line}),
+        row,
+        rows,
+        list(dict.fromkeys(line)),
+        row.split(".")[-1] if row else "",
+        ", ".join(short),
+    )
 
 
 def plot_curves(curves: pd.DataFrame, exp: dict[str, Any]) -> Figure:
@@ -99,8 +113,19 @@ def plot_curves(curves: pd.DataFrame, exp: dict[str, Any]) -> Figure:
             ax: Any = axes[i][j]
             shown = group.dropna(subset=[metric])
             if not shown.empty:
-                sns.lineplot(data=shown, x=EPOCH, y=metric, hue=LINE, hue_order=g.lines, palette=palette,
-                             errorbar="sd", marker="o", markersize=3, ax=ax, legend=False)
+                sns.lineplot(
+                    data=shown,
+                    x=EPOCH,
+                    y=metric,
+                    hue=LINE,
+                    hue_order=g.lines,
+                    palette=palette,
+                    errorbar="sd",
+                    marker="o",
+                    markersize=3,
+                    ax=ax,
+                    legend=False,
+                )
             ax.set(xlabel="epoch" if i == len(g.rows) - 1 else "", ylabel="")
             if i == 0:
                 ax.set_title(CURVES[metric])

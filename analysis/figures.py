@@ -3,6 +3,7 @@
 Figures are built on matplotlib's object API (Figure, no pyplot), so they render with the Agg
 canvas and touch no global backend state. Missing, pending and failed cells are never drawn as 0.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,9 +43,14 @@ FORMS: dict[str, dict[str, Any]] = {
 
 # ---- Figure 5: pairwise heatmap -------------------------------------------------------------
 
+
 def _grid(values: pd.Series, ops: list[str], fill: Any = math.nan) -> pd.DataFrame:
-    out = pd.DataFrame(fill, index=pd.Index(ops, name="first"), columns=pd.Index(ops, name="second"),
-                       dtype=object if isinstance(fill, str) else float)
+    out = pd.DataFrame(
+        fill,
+        index=pd.Index(ops, name="first"),
+        columns=pd.Index(ops, name="second"),
+        dtype=object if isinstance(fill, str) else float,
+    )
     for (first, second), v in values.items():
         out.loc[first, second] = v
     return out
@@ -56,10 +62,12 @@ def _pairwise(summary: pd.DataFrame, ops: list[str], metric: str) -> dict[str, p
     if unknown:
         raise choices_error("transformation", unknown[0], ops)
     done = finished(summary).dropna(subset=[metric]).groupby(["first", "second"])[metric]
-    states = summary.groupby(["first", "second"])["status"].agg(
-        lambda s: FAILED if (s == FAILED).any() else s.iloc[0])
-    return {"mean": 100 * _grid(done.mean(), ops), "std": 100 * _grid(done.std(), ops),
-            "state": _grid(states, ops, fill="not run")}
+    states = summary.groupby(["first", "second"])["status"].agg(lambda s: FAILED if (s == FAILED).any() else s.iloc[0])
+    return {
+        "mean": 100 * _grid(done.mean(), ops),
+        "std": 100 * _grid(done.std(), ops),
+        "state": _grid(states, ops, fill="not run"),
+    }
 
 
 def heatmap_matrix(summary: pd.DataFrame, ops: list[str], metric: str = PRIMARY_METRIC) -> pd.DataFrame:
@@ -112,18 +120,39 @@ def plot_heatmap(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMA
     return fig
 
 
-def _draw_heatmap(ax, stats: dict[str, pd.DataFrame], matrix: pd.DataFrame, ops: list[str],
-                  scale: tuple[float, float], colorbar: bool) -> None:
+def _draw_heatmap(
+    ax, stats: dict[str, pd.DataFrame], matrix: pd.DataFrame, ops: list[str], scale: tuple[float, float], colorbar: bool
+) -> None:
     n = len(ops)
     ax.patch.set(facecolor="#f2f2f2", edgecolor="#c8c8c8", hatch="///")
-    sns.heatmap(matrix, mask=matrix.isna(), annot=_annotations(stats, matrix), fmt="", cmap=CMAP,
-                vmin=scale[0], vmax=scale[1], linewidths=1.5, linecolor="white", annot_kws={"fontsize": 9},
-                cbar=colorbar, cbar_kws={"label": Y_LABEL, "shrink": 0.85}, ax=ax)
+    sns.heatmap(
+        matrix,
+        mask=matrix.isna(),
+        annot=_annotations(stats, matrix),
+        fmt="",
+        cmap=CMAP,
+        vmin=scale[0],
+        vmax=scale[1],
+        linewidths=1.5,
+        linecolor="white",
+        annot_kws={"fontsize": 9},
+        cbar=colorbar,
+        cbar_kws={"label": Y_LABEL, "shrink": 0.85},
+        ax=ax,
+    )
     for i, first in enumerate(ops):
         for j, second in enumerate(ops):
             if math.isnan(matrix.loc[first, second]):
-                ax.text(j + 0.5, i + 0.5, stats["state"].loc[first, second], ha="center",
-                        va="center", fontsize=8, color="#555555", style="italic")
+                ax.text(
+                    j + 0.5,
+                    i + 0.5,
+                    stats["state"].loc[first, second],
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="#555555",
+                    style="italic",
+                )
     ax.axvline(n, color="white", lw=5)
     ax.set_xlabel("2nd transformation")
     ax.set_ylabel("1st transformation")
@@ -138,9 +167,11 @@ def _mode(exp: dict[str, Any]) -> str:
 
 # ---- product sweeps ------------------------------------------------------------------------
 
+
 @dataclass
 class Panel:
     """One subplot: rows of (x, hue, top-1 %) drawn as bars or lines, mean ± std over rows."""
+
     title: str
     data: pd.DataFrame
     x: str
@@ -178,17 +209,27 @@ def _paper_panels(exp: dict[str, Any]) -> list[Panel]:
         return []
     table = paper_table(name).rename(columns={"value": Y_LABEL})
     if name == "table1":
-        return [Panel(title, table, "setting", "method", "bar", xlabel="colour distortion strength",
-                      order=list(dict.fromkeys(table["setting"])))]
+        return [
+            Panel(
+                title,
+                table,
+                "setting",
+                "method",
+                "bar",
+                xlabel="colour distortion strength",
+                order=list(dict.fromkeys(table["setting"])),
+            )
+        ]
     if name == "table4":
-        return [Panel(title, table, "setting", None, "bar", xlabel="loss",
-                      order=list(dict.fromkeys(table["setting"])))]
+        return [Panel(title, table, "setting", None, "bar", xlabel="loss", order=list(dict.fromkeys(table["setting"])))]
     if name == "table5":
         return [Panel(title, table, "temperature", "normalize", "line", logx=True)]
     fixed = derive("lr_scaling", {}, exp.get("fixed") or {})
     scalings = [fixed] if fixed in set(table["lr_scaling"]) else _ordered(table["lr_scaling"])
-    return [Panel(f"{title}, {s} lr scaling", table[table["lr_scaling"] == s], "epochs",
-                  "batch_size", "line") for s in scalings]
+    return [
+        Panel(f"{title}, {s} lr scaling", table[table["lr_scaling"] == s], "epochs", "batch_size", "line")
+        for s in scalings
+    ]
 
 
 def _ordered(values: pd.Series) -> list[Any]:
@@ -206,7 +247,11 @@ def _style(ax, data: pd.DataFrame, hue: str | None) -> tuple[pd.DataFrame, dict[
     ordinal = all(pd.api.types.is_number(v) and not pd.api.types.is_bool(v) for v in levels)
     palette = sns.color_palette(CMAP if ordinal else "colorblind", len(levels))
     return data.assign(**{hue: data[hue].astype(str)}), {
-        "ax": ax, "hue": hue, "hue_order": [str(v) for v in levels], "palette": palette}
+        "ax": ax,
+        "hue": hue,
+        "hue_order": [str(v) for v in levels],
+        "palette": palette,
+    }
 
 
 def _draw(ax, panel: Panel) -> None:
@@ -217,24 +262,38 @@ def _draw(ax, panel: Panel) -> None:
         return
     data, style = _style(ax, panel.data, panel.hue)
     if panel.kind == "line":
-        sns.lineplot(data=data, x=panel.x, y=Y_LABEL, marker="o", errorbar="sd", err_style="bars",
-                     err_kws={"capsize": 3}, **style)
+        sns.lineplot(
+            data=data,
+            x=panel.x,
+            y=Y_LABEL,
+            marker="o",
+            errorbar="sd",
+            err_style="bars",
+            err_kws={"capsize": 3},
+            **style,
+        )
         if panel.logx:
             ticks = _ordered(data[panel.x])
             ax.set_xscale("log")
             ax.set_xticks(ticks, labels=[f"{v:g}" for v in ticks])
             ax.minorticks_off()
     else:
-        sns.barplot(data=data, x=panel.x, y=Y_LABEL, order=panel.order or _ordered(data[panel.x]),
-                    errorbar="sd", capsize=0.15, **style)
+        sns.barplot(
+            data=data,
+            x=panel.x,
+            y=Y_LABEL,
+            order=panel.order or _ordered(data[panel.x]),
+            errorbar="sd",
+            capsize=0.15,
+            **style,
+        )
         if max(len(t.get_text()) for t in ax.get_xticklabels()) > 6:
             ax.tick_params(axis="x", rotation=25)
             for label in ax.get_xticklabels():
                 label.set_ha("right")
     ax.set(xlabel=panel.xlabel or panel.x, ylabel=Y_LABEL)
     if panel.hue is not None:
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False,
-                        title=panel.hue.split(".")[-1])
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title=panel.hue.split(".")[-1])
 
 
 def plot_sweep(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMARY_METRIC) -> Figure:
@@ -249,11 +308,13 @@ def plot_sweep(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMARY
 
 # ---- entry point ---------------------------------------------------------------------------
 
+
 def save(fig: Figure, base: Path) -> list[Path]:
     """base.png (for the report) and base.pdf (for print), each written atomically."""
-    return [store.atomic_write(base.with_suffix(f".{fmt}"), functools.partial(fig.savefig, format=fmt, dpi=200),
-                               mode="wb")
-            for fmt in ("png", "pdf")]
+    return [
+        store.atomic_write(base.with_suffix(f".{fmt}"), functools.partial(fig.savefig, format=fmt, dpi=200), mode="wb")
+        for fmt in ("png", "pdf")
+    ]
 
 
 def _grid_figure(summary: pd.DataFrame, exp: dict[str, Any], figures: Path) -> list[Path]:
@@ -263,8 +324,9 @@ def _grid_figure(summary: pd.DataFrame, exp: dict[str, Any], figures: Path) -> l
         return save(plot_heatmap(summary, exp), figures / "heatmap")
     if is_budget(exp):
         base = figures / "budget"
-        table = store.atomic_write(base.with_suffix(".csv"), functools.partial(budget_csv(summary, exp).to_csv,
-                                                                               index=False))
+        table = store.atomic_write(
+            base.with_suffix(".csv"), functools.partial(budget_csv(summary, exp).to_csv, index=False)
+        )
         return [*save(plot_budget(summary, exp), base), table]
     drop = plot_drop(summary, exp)
     return save(plot_sweep(summary, exp), figures / "sweep") + (save(drop, figures / "drop") if drop else [])

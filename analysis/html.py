@@ -5,6 +5,7 @@ It converts the report's Markdown rather than building a second report, so the p
 report.md says. Only the subset report.md is written in is understood: `#` headings, paragraphs, `- `
 lists, pipe tables, images, links, `code` and **bold**; anything else shows as its text.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,7 +35,7 @@ def inline(text: str, folder: Path) -> str:
     """One line of Markdown as HTML, everything outside the markup escaped."""
     out, pos = [], 0
     for m in INLINE.finditer(text):
-        out.append(html.escape(text[pos:m.start()]))
+        out.append(html.escape(text[pos : m.start()]))
         alt, src, label, href, code, bold = m.groups()
         if src is not None:
             out.append(_image(alt, src, folder))
@@ -82,8 +83,10 @@ def markdown_to_html(text: str, folder: Path, title: str = "") -> str:
         elif current:
             blocks.append(_block(current, folder))
             current = []
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(blocks) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(blocks) + "\n</body></html>\n"
+    )
 
 
 def write_html(report: Path) -> Path:

@@ -5,6 +5,7 @@ Figure 5) once per facet; every grid gives its results table (one row per settin
 evaluation accuracies in %, "mean $\\pm$ std" over seeds where a setting has several, the mean alone
 otherwise: the same numbers as summary.csv and summary_agg.csv, which they are read from.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,18 @@ from .figures import AVERAGE, heatmap_matrix, heatmap_std
 from .table import axes_of, facet_groups, load_experiment, load_summary, setup_line
 
 SHOWN = {LINEAR_TOP1: "linear top-1", LINEAR_TOP5: "linear top-5", KNN_TOP1: "kNN top-1"}
-ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def escape(text: Any) -> str:
@@ -35,7 +46,7 @@ def label_of(text: str) -> str:
 
 
 def number(mean: float, std: float = math.nan) -> str:
-    """"45.3 $\\pm$ 1.2" (std only where there is one), "--" for no result."""
+    """ "45.3 $\\pm$ 1.2" (std only where there is one), "--" for no result."""
     if math.isnan(mean):
         return "--"
     return f"{mean:.1f}" + ("" if math.isnan(std) else f" $\\pm$ {std:.1f}")
@@ -43,10 +54,20 @@ def number(mean: float, std: float = math.nan) -> str:
 
 def tabular(header: list[str], rows: list[list[str]], caption: str, label: str) -> str:
     """A booktabs table: the first column left-aligned, the others right-aligned."""
-    lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{caption}}}", f"\\label{{{label}}}",
-             f"\\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", r"\toprule", " & ".join(header) + r" \\",
-             r"\midrule", *(" & ".join(row) + r" \\" for row in rows), r"\bottomrule", r"\end{tabular}",
-             r"\end{table}"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        f"\\caption{{{caption}}}",
+        f"\\label{{{label}}}",
+        f"\\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}",
+        r"\toprule",
+        " & ".join(header) + r" \\",
+        r"\midrule",
+        *(" & ".join(row) + r" \\" for row in rows),
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
     return "\n".join(lines)
 
 
@@ -55,12 +76,18 @@ def heatmap_tables(summary: pd.DataFrame, exp: dict[str, Any]) -> list[str]:
     tables = []
     for facet, part in facet_groups(summary, exp):
         mean, std = heatmap_matrix(part, ops), heatmap_std(part, ops)
-        rows = [[escape(first)] + [number(mean.loc[first, s], std.loc[first, s]) for s in ops]
-                + [number(mean.loc[first, AVERAGE])] for first in ops]
+        rows = [
+            [escape(first)]
+            + [number(mean.loc[first, s], std.loc[first, s]) for s in ops]
+            + [number(mean.loc[first, AVERAGE])]
+            for first in ops
+        ]
         where = f" ({escape(facet)})" if facet else ""
-        caption = (f"{escape(exp.get('title') or exp.get('name'))}{where}: linear evaluation top-1 (\\%) of each "
-                   f"composition, 1st transformation (rows) then 2nd (columns), mean $\\pm$ std over seeds; "
-                   f"{escape(setup_line(exp))}.")
+        caption = (
+            f"{escape(exp.get('title') or exp.get('name'))}{where}: linear evaluation top-1 (\\%) of each "
+            f"composition, 1st transformation (rows) then 2nd (columns), mean $\\pm$ std over seeds; "
+            f"{escape(setup_line(exp))}."
+        )
         label = f"tab:{exp.get('name')}-heatmap" + (f"-{facet}" if facet else "")
         tables.append(tabular(["1st $\\backslash$ 2nd", *map(escape, ops), AVERAGE], rows, caption, label_of(label)))
     return tables
@@ -70,12 +97,17 @@ def results_table(agg: pd.DataFrame, exp: dict[str, Any]) -> str:
     """One row per setting: its label (or swept values), n, and each accuracy in %."""
     axes = [a for a in axes_of(exp) if a in agg.columns and a not in ("first", "second")]
     keys = axes or ["label"]
-    rows = [[escape(r[k]) for k in keys] + [str(int(r["n"]))]
-            + [number(100 * r[f"{m}_mean"], 100 * r[f"{m}_std"]) for m in SHOWN]
-            for _, r in agg.iterrows()]
+    rows = [
+        [escape(r[k]) for k in keys]
+        + [str(int(r["n"]))]
+        + [number(100 * r[f"{m}_mean"], 100 * r[f"{m}_std"]) for m in SHOWN]
+        for _, r in agg.iterrows()
+    ]
     header = [escape(k.split(".")[-1]) for k in keys] + ["n", *(f"{name} (\\%)" for name in SHOWN.values())]
-    caption = (f"{escape(exp.get('title') or exp.get('name'))}: accuracies (\\%), mean $\\pm$ std over the n "
-               f"finished seeds; {escape(setup_line(exp))}.")
+    caption = (
+        f"{escape(exp.get('title') or exp.get('name'))}: accuracies (\\%), mean $\\pm$ std over the n "
+        f"finished seeds; {escape(setup_line(exp))}."
+    )
     return tabular(header, rows, caption, label_of(f"tab:{exp.get('name')}-results"))
 
 
@@ -86,6 +118,9 @@ def write_latex(exp_dir: str | Path) -> Path:
     summary, agg = load_summary(exp_dir)
     parts = heatmap_tables(summary, exp) if exp.get("kind") == "pairwise" else []
     parts.append(results_table(agg, exp))
-    text = (f"% {exp.get('name')}: generated by `ablate report --latex`; needs \\usepackage{{booktabs}}.\n\n"
-            + "\n\n".join(parts) + "\n")
+    text = (
+        f"% {exp.get('name')}: generated by `ablate report --latex`; needs \\usepackage{{booktabs}}.\n\n"
+        + "\n\n".join(parts)
+        + "\n"
+    )
     return store.atomic_write(exp_dir / store.TABLES_TEX, lambda f: f.write(text))

@@ -7,6 +7,7 @@ evaluation, ImageNet, ResNet-50). Figure 5 and Figure 8 are images in the paper,
 values are here. Our value of each paper setting is read from the settings experiment.json gives
 (swept per cell, fixed for all) under one exact key: no guessing.
 """
+
 from __future__ import annotations
 
 import math
@@ -101,8 +102,7 @@ def _matches(ours: Any, theirs: Any) -> bool:
     return ours is not None and _same(ours, theirs)
 
 
-def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any],
-                       metric: str = PRIMARY_METRIC) -> pd.DataFrame | None:
+def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMARY_METRIC) -> pd.DataFrame | None:
     """Our mean (%) beside the paper's number for each label, then every paper row no label matched
     (with an empty label); None when exp["paper"] has no table.
 
@@ -128,8 +128,14 @@ def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any],
     rows, matched = [], set()
     for (_, r), co in zip(agg.iterrows(), coords):
         wanted = {c: derive(c, co, fixed_settings) for c in (*KEYS[name], *per_row)}
-        row = {"label": r["label"], "setting": None, **{c: None for c in per_row},
-               "ours": 100 * r[f"{metric}_mean"], "ours_std": 100 * r[f"{metric}_std"], "n": r["n"]}
+        row = {
+            "label": r["label"],
+            "setting": None,
+            **dict.fromkeys(per_row),
+            "ours": 100 * r[f"{metric}_mean"],
+            "ours_std": 100 * r[f"{metric}_std"],
+            "n": r["n"],
+        }
         for i, t in table.iterrows():
             if all(_matches(v, t[c]) for c, v in wanted.items()):
                 row.update({"setting": t["setting"], **{c: t[c] for c in per_row}, column(t): t["value"]})
@@ -137,9 +143,19 @@ def compare_with_paper(agg: pd.DataFrame, exp: dict[str, Any],
         rows.append(row)
     if name in TUNED:
         rows = _best_per_setting(rows)
-    rows += [{"label": "", "setting": t["setting"], **{c: t[c] for c in per_row}, "ours": math.nan,
-              "ours_std": math.nan, "n": 0, column(t): t["value"]}
-             for i, t in table.iterrows() if i not in matched]
+    rows += [
+        {
+            "label": "",
+            "setting": t["setting"],
+            **{c: t[c] for c in per_row},
+            "ours": math.nan,
+            "ours_std": math.nan,
+            "n": 0,
+            column(t): t["value"],
+        }
+        for i, t in table.iterrows()
+        if i not in matched
+    ]
     return pd.DataFrame(rows)
 
 

@@ -6,6 +6,7 @@ comparison with a paired interval over the test images (and seeds) and marked "h
 published table get the numbers side by side and a Spearman rank correlation: on a small data set
 and model only the ordering of settings can be expected to carry over, not the values.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,10 @@ from .wandb_report import log_report
 # Fixed settings the setup section names after its first lines (a swept one is in the table instead).
 SETUP_KEYS = ("method", "data.size", "augment.views", "loss.name", "optim.lr_scaling")
 CLASSES_IN_TABLE = 20
-FIGURE8_TEXT = ("The paper gives Figure 8 only as an image; its text says a nonlinear head beats a "
-                "linear one by about 3 points and no head by more than 10 points.")
+FIGURE8_TEXT = (
+    "The paper gives Figure 8 only as an image; its text says a nonlinear head beats a "
+    "linear one by about 3 points and no head by more than 10 points."
+)
 Cell = tuple[str, str]  # (first op, second op) of a pairwise grid
 PROTOCOLS_TEXT = {
     LBFGS: "full-batch L-BFGS on standardised features of un-augmented images; not the paper's protocol",
@@ -68,12 +71,16 @@ class Replicates:
 
     def __init__(self, summary: pd.DataFrame, exp_dir: Path | None) -> None:
         done = summary[summary["status"] == FINISHED]
-        self.records = {} if exp_dir is None else {
-            (r.first, r.second, r.seed): read_correct(exp_dir / str(r.id)) for r in done.itertuples()}
+        self.records = (
+            {}
+            if exp_dir is None
+            else {(r.first, r.second, r.seed): read_correct(exp_dir / str(r.id)) for r in done.itertuples()}
+        )
         self.seeds = sorted(done["seed"].unique().tolist())
 
-    def compare(self, a: list[Cell], b: list[Cell], probe_a: str = "linear",
-                probe_b: str = "linear") -> Interval | None:
+    def compare(
+        self, a: list[Cell], b: list[Cell], probe_a: str = "linear", probe_b: str = "linear"
+    ) -> Interval | None:
         """The paired interval of mean(cells a) - mean(cells b), on the seeds where every cell of both has a
         per-image record; None where none does (cells finished before the records were kept)."""
         sides: list[list[np.ndarray]] = [[], []]
@@ -89,9 +96,13 @@ def _judged(claim: Finding, interval: Interval | None, diff: float, what: str) -
     """The finding with its verdict: from the interval of `what` (A - B), or from the sign of `diff` alone
     where the cells kept no per-image record."""
     if interval is None:
-        return Finding(claim.key, claim.claim, point_verdict(diff),
-                       f"{claim.detail}; {what}: {diff:+.1f} points (no interval: these cells finished before "
-                       f"per-image records were kept)")
+        return Finding(
+            claim.key,
+            claim.claim,
+            point_verdict(diff),
+            f"{claim.detail}; {what}: {diff:+.1f} points (no interval: these cells finished before "
+            f"per-image records were kept)",
+        )
     return Finding(claim.key, claim.claim, interval.verdict, f"{claim.detail}; {what}: {interval.text()}")
 
 
@@ -108,8 +119,12 @@ def _best_is_crop_color(cells: pd.DataFrame, pair: dict[Cell, float], rep: Repli
     if others.empty:
         return Finding("a", claim, UNKNOWN, f"{detail}; no other cell to compare with")
     rival = others.idxmax()
-    return _judged(Finding("a", claim, "", detail), rep.compare([best_pair], [rival]),
-                   found[best_pair] - others.max(), f"{pair_spec(*best_pair)} - {pair_spec(*rival)}")
+    return _judged(
+        Finding("a", claim, "", detail),
+        rep.compare([best_pair], [rival]),
+        found[best_pair] - others.max(),
+        f"{pair_spec(*best_pair)} - {pair_spec(*rival)}",
+    )
 
 
 def _diagonal_below_off(cells: pd.DataFrame, rep: Replicates) -> Finding:
@@ -120,8 +135,12 @@ def _diagonal_below_off(cells: pd.DataFrame, rep: Replicates) -> Finding:
     if diagonal.empty or off.empty:
         return Finding("b", claim, UNKNOWN, "needs at least one diagonal and one off-diagonal cell")
     detail = f"diagonal mean {diagonal.mean():.1f}% vs off-diagonal mean {off.mean():.1f}%"
-    return _judged(Finding("b", claim, "", detail), rep.compare(list(off.index), list(diagonal.index)),
-                   off.mean() - diagonal.mean(), "off-diagonal - diagonal")
+    return _judged(
+        Finding("b", claim, "", detail),
+        rep.compare(list(off.index), list(diagonal.index)),
+        off.mean() - diagonal.mean(),
+        "off-diagonal - diagonal",
+    )
 
 
 def _pairs_beat_singles(pair: dict[Cell, float], alone: dict[Cell, float], rep: Replicates) -> Finding:
@@ -132,9 +151,12 @@ def _pairs_beat_singles(pair: dict[Cell, float], alone: dict[Cell, float], rep: 
         return Finding("c", claim, UNKNOWN, f"missing: {', '.join(missing)}")
     weaker, stronger = min(pair, key=lambda k: pair[k]), max(alone, key=lambda k: alone[k])
     detail = ", ".join(f"{pair_spec(*k)} {v:.1f}%" for k, v in values.items())
-    return _judged(Finding("c", claim, "", detail), rep.compare([weaker], [stronger]),
-                   pair[weaker] - alone[stronger], f"weaker composition - stronger single, "
-                   f"{pair_spec(*weaker)} - {pair_spec(*stronger)}")
+    return _judged(
+        Finding("c", claim, "", detail),
+        rep.compare([weaker], [stronger]),
+        pair[weaker] - alone[stronger],
+        f"weaker composition - stronger single, {pair_spec(*weaker)} - {pair_spec(*stronger)}",
+    )
 
 
 def _best_beats_random(cells: pd.DataFrame, random_init: float, rep: Replicates) -> Finding:
@@ -144,8 +166,12 @@ def _best_beats_random(cells: pd.DataFrame, random_init: float, rep: Replicates)
         return Finding("d", claim, UNKNOWN, "no finished cell with a random-init probe")
     best = known.idxmax()
     detail = f"{known.max():.1f}% vs {random_init:.1f}% (random init, mean over cells)"
-    return _judged(Finding("d", claim, "", detail), rep.compare([best], [best], "linear", "random_init"),
-                   known.max() - random_init, f"{pair_spec(*best)} - its random-init encoder")
+    return _judged(
+        Finding("d", claim, "", detail),
+        rep.compare([best], [best], "linear", "random_init"),
+        known.max() - random_init,
+        f"{pair_spec(*best)} - its random-init encoder",
+    )
 
 
 def _op_named(ops: list[str], name: str) -> str | None:
@@ -166,12 +192,16 @@ def pairwise_findings(summary: pd.DataFrame, ops: list[str], exp_dir: Path | Non
     alone = {(crop, crop): get(crop, crop), (color, color): get(color, color)}
     random_init = 100 * summary.loc[summary["status"] == FINISHED, RANDOM_INIT_TOP1].mean()
     rep = Replicates(summary, exp_dir)
-    return [_best_is_crop_color(cells, pair, rep), _diagonal_below_off(cells, rep),
-            _pairs_beat_singles(pair, alone, rep), _best_beats_random(cells, random_init, rep)]
+    return [
+        _best_is_crop_color(cells, pair, rep),
+        _diagonal_below_off(cells, rep),
+        _pairs_beat_singles(pair, alone, rep),
+        _best_beats_random(cells, random_init, rep),
+    ]
 
 
 def _pct(mean: float, std: float, digits: int = 1) -> str:
-    """"45.3 ± 1.2", or just the mean for a single replicate, or "" when nothing finished."""
+    """ "45.3 ± 1.2", or just the mean for a single replicate, or "" when nothing finished."""
     if math.isnan(mean):
         return ""
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
@@ -183,8 +213,7 @@ def results_table(agg: pd.DataFrame, coords: list[str]) -> str:
     shown["n"] = agg["n"].astype(str) + "/" + agg["cells"].astype(str)
     for m in ACCURACIES:
         shown[f"{m} (%)"] = [_pct(100 * a, 100 * b) for a, b in zip(agg[f"{m}_mean"], agg[f"{m}_std"])]
-    shown[FINAL_LOSS] = [_pct(a, b, 3)
-                         for a, b in zip(agg[f"{FINAL_LOSS}_mean"], agg[f"{FINAL_LOSS}_std"])]
+    shown[FINAL_LOSS] = [_pct(a, b, 3) for a, b in zip(agg[f"{FINAL_LOSS}_mean"], agg[f"{FINAL_LOSS}_std"])]
     return markdown_table(shown)
 
 
@@ -206,8 +235,9 @@ def _setup(exp: dict[str, Any], summary: pd.DataFrame, exp_dir: Path) -> list[st
         f"- cells: {len(summary)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
     ]
     lines += [f"- {k}: {fixed[k]}" for k in SETUP_KEYS if k in fixed]
-    result = next((r for r in map(_result, (exp_dir / str(i) for i in summary["id"]))
-                   if r and r.get("status") == FINISHED), None)
+    result = next(
+        (r for r in map(_result, (exp_dir / str(i) for i in summary["id"])) if r and r.get("status") == FINISHED), None
+    )
     if result:
         versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
         lines.append(f"- device: {result.get('device', '?')}; versions: {versions or '?'}")
@@ -230,16 +260,21 @@ def _result(cell_dir: Path) -> dict | None:
 
 def _problems(summary: pd.DataFrame) -> list[str]:
     rows = summary[summary["status"] != FINISHED]
-    return [f"- `{r.id}` ({r.label}, seed {r.seed}): {r.status}"
-            + (f": {r.reason}" if isinstance(r.reason, str) and r.reason else "")
-            for r in rows.itertuples()]
+    return [
+        f"- `{r.id}` ({r.label}, seed {r.seed}): {r.status}"
+        + (f": {r.reason}" if isinstance(r.reason, str) and r.reason else "")
+        for r in rows.itertuples()
+    ]
 
 
 def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame, exp_dir: Path) -> list[str]:
     paper = str(exp.get("paper") or "")
     if exp.get("kind") == "pairwise":
-        lines = [f"The paper gives {SOURCES.get(paper, 'Figure 5')} only as an image, so its stated "
-                 "findings are checked instead of its numbers:", ""]
+        lines = [
+            f"The paper gives {SOURCES.get(paper, 'Figure 5')} only as an image, so its stated "
+            "findings are checked instead of its numbers:",
+            "",
+        ]
         for facet, part in facet_groups(summary, exp):
             lines += [f"{facet}:", ""] if facet else []
             lines += [f.line() for f in pairwise_findings(part, list(exp["ops"]), exp_dir)] + ([""] if facet else [])
@@ -252,8 +287,11 @@ def _comparison(exp: dict[str, Any], summary: pd.DataFrame, agg: pd.DataFrame, e
     papers = [c for c in side.columns if c.startswith("paper")]
     if not papers:
         return [f"No label of this experiment matches a setting of {SOURCES[paper]}."]
-    lines = [f"Paper numbers: {SOURCES[paper]}, ImageNet, ResNet-50, linear evaluation top-1 (%)."
-             + (f" Ours: {TUNED[paper]}." if paper in TUNED else ""), ""]
+    lines = [
+        f"Paper numbers: {SOURCES[paper]}, ImageNet, ResNet-50, linear evaluation top-1 (%)."
+        + (f" Ours: {TUNED[paper]}." if paper in TUNED else ""),
+        "",
+    ]
     shown = side.assign(ours=[_pct(a, b) for a, b in zip(side["ours"], side["ours_std"])])
     lines += [markdown_table(shown.drop(columns="ours_std").rename(columns={"ours": "ours (%)"})), ""]
     series = [c for c in SERIES[paper] if c in side.columns]  # swept ones; the others are fixed or paper columns
@@ -272,8 +310,12 @@ def _per_class_table(summary: pd.DataFrame, reference: str | None) -> list[str]:
     if table.empty or table.shape[1] > CLASSES_IN_TABLE:
         return []
     _, reference = class_change(summary, reference)
-    return [f"Per-class linear top-1 (%), mean over seeds (figure `classes`: each cell's change against "
-            f"`{reference}`):", "", markdown_table(table.round(1).reset_index()), ""]
+    return [
+        f"Per-class linear top-1 (%), mean over seeds (figure `classes`: each cell's change against `{reference}`):",
+        "",
+        markdown_table(table.round(1).reset_index()),
+        "",
+    ]
 
 
 def report(exp_dir: str | Path, reference: str | None = None) -> Path:
@@ -284,18 +326,31 @@ def report(exp_dir: str | Path, reference: str | None = None) -> Path:
     collect(exp_dir)
     figures = [p for p in plot(exp_dir, reference) if p.suffix == ".png"]
     summary, agg = load_summary(exp_dir)
-    coords = list(agg.columns[1:agg.columns.get_loc("n")])  # label, coords..., n, stats
-    text = [f"# {exp.get('title') or exp.get('name', exp_dir.name)}", "",
-            f"Experiment `{exp.get('name', exp_dir.name)}` ({exp.get('kind', '?')}): {setup_line(exp)}.",
-            "", "## Setup", "", *_setup(exp, summary, exp_dir), "",
-            "## Results", "", "Mean ± std over seeds; n = finished replicates / cells.", "",
-            results_table(agg, coords), "", *_per_class_table(summary, reference)]
+    coords = list(agg.columns[1 : agg.columns.get_loc("n")])  # label, coords..., n, stats
+    text = [
+        f"# {exp.get('title') or exp.get('name', exp_dir.name)}",
+        "",
+        f"Experiment `{exp.get('name', exp_dir.name)}` ({exp.get('kind', '?')}): {setup_line(exp)}.",
+        "",
+        "## Setup",
+        "",
+        *_setup(exp, summary, exp_dir),
+        "",
+        "## Results",
+        "",
+        "Mean ± std over seeds; n = finished replicates / cells.",
+        "",
+        results_table(agg, coords),
+        "",
+        *_per_class_table(summary, reference),
+    ]
     problems = _problems(summary)
     if problems:
         text += ["Cells without a result:", "", *problems, ""]
     text += ["## Figures", ""]
-    text += [f"![{p.stem}]({store.FIGURES}/{p.name}) ([PDF]({store.FIGURES}/{p.with_suffix('.pdf').name}))"
-             for p in figures]
+    text += [
+        f"![{p.stem}]({store.FIGURES}/{p.name}) ([PDF]({store.FIGURES}/{p.with_suffix('.pdf').name}))" for p in figures
+    ]
     text += ["", *sensitivity_lines(summary, exp)]
     text += ["## Comparison with the paper", "", *_comparison(exp, summary, agg, exp_dir), ""]
     path = store.atomic_write(exp_dir / store.REPORT, lambda f: f.write("\n".join(text)))

@@ -4,6 +4,7 @@ swept key (the augmentation), read as the drop in top-1 from the reference level
 The reference is the key's first value in grid order (the experiment lists the full augmentation
 first). Drops are paired by seed (reference minus condition, same method and seed), in points.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,11 @@ def drop_table(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMARY
         return None
     method, other = keys
     conditions = list(dict.fromkeys(summary[other]))
-    top1 = finished(summary).dropna(subset=[metric]).pivot_table(
-        index=[method, "seed"], columns=other, values=metric, aggfunc="mean")
+    top1 = (
+        finished(summary)
+        .dropna(subset=[metric])
+        .pivot_table(index=[method, "seed"], columns=other, values=metric, aggfunc="mean")
+    )
     if conditions[0] not in top1.columns:
         return pd.DataFrame(columns=[method, other, "seed", "drop"])
     drop = 100 * top1.rsub(top1[conditions[0]], axis=0)
@@ -78,9 +82,14 @@ def report_lines(summary: pd.DataFrame, exp: dict[str, Any]) -> list[str]:
         return []
     _, other = _axes(exp)
     reference = summary[other].iloc[0]
-    return ["## Sensitivity to augmentations, per method", "",
-            f"Top-1 points each method loses against its own `{reference}` cell (same seed; negative: a gain).", "",
-            markdown_table(table.fillna("")) if len(table) else "No finished pair of cells yet.", ""]
+    return [
+        "## Sensitivity to augmentations, per method",
+        "",
+        f"Top-1 points each method loses against its own `{reference}` cell (same seed; negative: a gain).",
+        "",
+        markdown_table(table.fillna("")) if len(table) else "No finished pair of cells yet.",
+        "",
+    ]
 
 
 def plot_drop(summary: pd.DataFrame, exp: dict[str, Any]) -> Figure | None:
@@ -96,9 +105,18 @@ def plot_drop(summary: pd.DataFrame, exp: dict[str, Any]) -> Figure | None:
     if long.empty:
         ax.text(0.5, 0.5, "no finished pairs yet", ha="center", va="center", transform=ax.transAxes)
     else:
-        sns.barplot(data=long.assign(**{method: long[method].astype(str)}), x=other, y="drop", hue=method,
-                    order=conditions[1:], hue_order=[str(m) for m in methods], errorbar="sd", capsize=0.1,
-                    palette=sns.color_palette("colorblind", len(methods)), ax=ax)
+        sns.barplot(
+            data=long.assign(**{method: long[method].astype(str)}),
+            x=other,
+            y="drop",
+            hue=method,
+            order=conditions[1:],
+            hue_order=[str(m) for m in methods],
+            errorbar="sd",
+            capsize=0.1,
+            palette=sns.color_palette("colorblind", len(methods)),
+            ax=ax,
+        )
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title=method)
     ax.axhline(0, color="#555555", lw=0.8)
     ax.set(xlabel=f"{other.split('.')[-1]} (reference: {conditions[0]})", ylabel=DROP)

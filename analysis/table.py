@@ -6,6 +6,7 @@ launches cells. The
 columns of a product grid are the settings experiment.json says it swept (exact dotted keys); a
 cell whose files cannot be read is a row with status `corrupt` and the file in `reason`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,9 +24,7 @@ def load_experiment(exp_dir: str | Path) -> dict[str, Any]:
     """experiment.json of a results directory; a clear error when the grid was never launched."""
     exp = store.read_record(Path(exp_dir) / store.EXPERIMENT)
     if exp is None:
-        raise FileNotFoundError(
-            f"no readable experiment.json in {exp_dir}; launch the grid first (ablate grid EXP)"
-        )
+        raise FileNotFoundError(f"no readable experiment.json in {exp_dir}; launch the grid first (ablate grid EXP)")
     return exp
 
 
@@ -60,8 +59,7 @@ def _cell_ids(exp_dir: Path, exp: dict[str, Any]) -> list[str]:
     """Cells in the launcher's order, then any cell directory it did not list."""
     listed = list(exp.get("cells") or [])
     extra = sorted(
-        p.name for p in exp_dir.iterdir()
-        if p.is_dir() and p.name not in listed and (p / store.CELL).exists()
+        p.name for p in exp_dir.iterdir() if p.is_dir() and p.name not in listed and (p / store.CELL).exists()
     )
     return listed + extra
 
@@ -78,8 +76,11 @@ def _read(cell_dir: Path) -> tuple[dict, dict | None, dict | None, store.Corrupt
     """(cell.json, result.json, job.json, the first unreadable one) of a cell directory."""
     parts: list[Any] = []
     bad = None
-    for read in (lambda: store.read_record(cell_dir / store.CELL) or {}, lambda: store.read_result(cell_dir),
-                 lambda: store.read_job(cell_dir)):
+    for read in (
+        lambda: store.read_record(cell_dir / store.CELL) or {},
+        lambda: store.read_result(cell_dir),
+        lambda: store.read_job(cell_dir),
+    ):
         try:
             parts.append(read())
         except store.Corrupt as err:
@@ -102,8 +103,7 @@ def _cell_parts(cell_dir: Path, settings: dict[str, Any]) -> tuple[dict, dict, d
     }
     # Only finished cells carry numbers: a failed run's partial metrics must never be averaged.
     done = row["status"] == FINISHED
-    metrics = {m: _number(v) if done else math.nan
-               for m, v in _flat((result or {}).get("metrics") or {}).items()}
+    metrics = {m: _number(v) if done else math.nan for m, v in _flat((result or {}).get("metrics") or {}).items()}
     return row, {**(info.get("coords") or {}), **settings}, metrics
 
 
@@ -118,7 +118,7 @@ def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
 def per_class_columns(columns: Any) -> dict[str, str]:
     """{summary column: class name} of the per-class linear top-1 columns, in result.json's order."""
     prefix = f"{PER_CLASS}."
-    return {c: c[len(prefix):] for c in columns if isinstance(c, str) and c.startswith(prefix)}
+    return {c: c[len(prefix) :] for c in columns if isinstance(c, str) and c.startswith(prefix)}
 
 
 def per_class(summary: pd.DataFrame) -> pd.DataFrame:
@@ -182,6 +182,7 @@ def collect(exp_dir: str | Path) -> list[Path]:
 
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub-style Markdown table (no tabulate dependency); NaN shows as an empty cell."""
+
     def cell(v: Any) -> str:
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).replace("|", "\\|")
 
@@ -194,7 +195,7 @@ PROTOCOL_KEY = "eval.linear"  # the setting that names a grid's linear evaluatio
 
 
 def setup_line(exp: dict[str, Any]) -> str:
-    """"cifar10, resnet18, 100 epochs, lbfgs probe": what every figure title and the report name first (a grid
+    """ "cifar10, resnet18, 100 epochs, lbfgs probe": what every figure title and the report name first (a grid
     from before the protocol was a key was scored by the lbfgs probe)."""
     fixed = exp.get("fixed") or {}
     epochs = f"{fixed['train.epochs']} epochs" if "train.epochs" in fixed else "epochs swept"

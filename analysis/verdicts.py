@@ -13,12 +13,13 @@ mean difference combines two sources of noise, in quadrature:
 Evidence for the thresholds (tests/test_verdicts.py): on 4,000 test images a 0.1-point difference is
 within noise, a 5-point one is not.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -34,6 +35,7 @@ RESAMPLES = 2000
 class Interval:
     """A difference A - B in percentage points with its LEVEL interval; `seeds` paired replicates on
     `images` shared test images."""
+
     diff: float
     low: float
     high: float
@@ -47,23 +49,28 @@ class Interval:
 
     def text(self) -> str:
         sources = "test images and seeds" if self.seeds > 1 else "test images only (one seed)"
-        return (f"{self.diff:+.1f} points, {LEVEL:.0%} CI [{self.low:+.1f}, {self.high:+.1f}] "
-                f"({self.seeds} seed{'s' * (self.seeds > 1)} x {self.images:,} paired test images; {sources})")
+        return (
+            f"{self.diff:+.1f} points, {LEVEL:.0%} CI [{self.low:+.1f}, {self.high:+.1f}] "
+            f"({self.seeds} seed{'s' * (self.seeds > 1)} x {self.images:,} paired test images; {sources})"
+        )
 
 
-def paired_interval(a: Sequence[np.ndarray], b: Sequence[np.ndarray], seed: int = 0,
-                    resamples: int = RESAMPLES) -> Interval:
+def paired_interval(
+    a: Sequence[np.ndarray], b: Sequence[np.ndarray], seed: int = 0, resamples: int = RESAMPLES
+) -> Interval:
     """The interval of mean(A) - mean(B) in points, from per-seed correctness on the same test images:
     ``a[s]`` and ``b[s]`` are vectors (bool, or fractions when a side averages several cells) of seed s."""
     if not a or len(a) != len(b):
-        raise ValueError(f"paired_interval needs the same number (>= 1) of replicates on both sides, "
-                         f"got {len(a)} and {len(b)}")
+        raise ValueError(
+            f"paired_interval needs the same number (>= 1) of replicates on both sides, got {len(a)} and {len(b)}"
+        )
     d = np.stack([np.asarray(x, float) - np.asarray(y, float) for x, y in zip(a, b)])  # (seeds, images)
     per_image, per_seed = d.mean(0), d.mean(1)
     rng = np.random.default_rng(seed)
     n = per_image.size
-    means = np.concatenate([per_image[rng.integers(0, n, (chunk, n))].mean(1)
-                            for chunk in _chunks(resamples, max(1, 2**22 // max(n, 1)))])
+    means = np.concatenate(
+        [per_image[rng.integers(0, n, (chunk, n))].mean(1) for chunk in _chunks(resamples, max(1, 2**22 // max(n, 1)))]
+    )
     variance = means.var(ddof=1) + (per_seed.var(ddof=1) / len(per_seed) if len(per_seed) > 1 else 0.0)
     half = Z * math.sqrt(variance)
     diff = per_image.mean()

@@ -2,6 +2,7 @@
 `log.wandb`) or WANDB_PROJECT is set. One run per experiment ("report", in the experiment's group) that
 each report continues: the figures as images, the report page, the summary as a table. Like the cells'
 logger it never fails what called it: an error prints one line."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,15 @@ def log_report(exp_dir: Path, summary: pd.DataFrame, figures: list[Path], page: 
     project = next((s["wandb_project"] for s in sections if s.get("wandb_project")), None)
     try:
         import wandb
+
         run = wandb_run(run_id(name, "report"), name, "report", project, exp_dir, job_type="report")
-        run.log({**{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures},
-                 "report": wandb.Html(page.read_text()), "summary": wandb.Table(dataframe=summary)})
+        run.log(
+            {
+                **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures},
+                "report": wandb.Html(page.read_text()),
+                "summary": wandb.Table(dataframe=summary),
+            }
+        )
         run.finish()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - W&B never stops a report
         print(f"W&B report: {type(err).__name__}: {err}; the report is written without it", file=sys.stderr)

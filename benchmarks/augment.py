@@ -12,11 +12,12 @@ Throughput counts source images (two views each). The last line is `ratio: R` (o
 
     python benchmarks/augment.py [--device cpu] [--size 32] [--batch 512] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision.transforms import v2
@@ -33,12 +34,14 @@ def seconds(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def reference(size: int) -> v2.Compose:
-    return v2.Compose([
-        v2.RandomResizedCrop(size, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-        v2.RandomGrayscale(0.2),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            v2.RandomGrayscale(0.2),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -49,8 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--ref-images", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads for both (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,8 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"threads: {torch.get_num_threads()}, images {args.size}x{args.size}, best of {args.reps}")
     print(f"ours {ours!r} on {device}, batch {args.batch}: {ips['ours']:,.0f} images/s")
     for name in ref_data:
-        print(f"torchvision.transforms.v2 per sample, {name} on cpu ({n_ref} images): "
-              f"{ips[name]:,.0f} images/s")
+        print(f"torchvision.transforms.v2 per sample, {name} on cpu ({n_ref} images): {ips[name]:,.0f} images/s")
     print(f"ratio: {ips['ours'] / max(ips['uint8'], ips['float']):.2f}")
     return ips
 

@@ -18,6 +18,7 @@ the model's forward, the loss, backward, the optimiser and the rest (ms per step
     python benchmarks/cpu_speed.py --baseline-tree /tmp/pre [--threads 1 2] [--rounds 5] [--steps 8]
     python benchmarks/cpu_speed.py --profile [--threads 1 2] [--mode asymmetric]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -43,6 +44,7 @@ N_CLASSES = 10
 def photos_cpu(mode: str, views: str):
     """The preset's cell config, on synthetic data (the step never reads the data section)."""
     from ablation.config import build_config, read_yaml
+
     tree = {k: v for k, v in read_yaml(REPO / "experiments" / "presets.yaml")[PRESET].items() if k != "slurm"}
     tree |= {"data": {"name": "embedded", "size": tree["data"]["size"]}, "augment": {"views": views, "mode": mode}}
     return build_config(tree, ["train.device=cpu"])
@@ -52,6 +54,7 @@ def training(cfg, images: torch.Tensor, labels: torch.Tensor):
     """The cell's own training (ablation.training.Training: its setup, epoch and step) on the set; a
     baseline tree from before that module gets the same objects from ablation.cell's parts."""
     from ablation.data import ImageSet
+
     try:
         from ablation.training import Training
     except ImportError:
@@ -67,6 +70,7 @@ class _Assembled:
         from ablation.augment import TwoViews
         from ablation.cell import build_model, build_optimisation, generator, train_step
         from ablation.data import DeviceBatcher
+
         self.cfg, self.generator, self.train_step = cfg, generator, train_step
         self.batcher = DeviceBatcher(images, labels, cfg.train.batch_size)
         self.method = build_model(cfg, torch.device("cpu"), N_CLASSES)
@@ -80,9 +84,18 @@ class _Assembled:
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         steps = len(self.batcher)
-        return self.train_step(self.method, self.method, self.views, x, y, self.generator(torch.device("cpu"), 0, epoch,
-                               step), self.optimizer, self.scheduler, self.cfg, (epoch * steps + step + 1,
-                               steps * self.cfg.train.epochs))
+        return self.train_step(
+            self.method,
+            self.method,
+            self.views,
+            x,
+            y,
+            self.generator(torch.device("cpu"), 0, epoch, step),
+            self.optimizer,
+            self.scheduler,
+            self.cfg,
+            (epoch * steps + step + 1, steps * self.cfg.train.epochs),
+        )
 
 
 class Cell:
@@ -92,16 +105,18 @@ class Cell:
     def __init__(self, mode: str, views: str, batch: int, steps: int, seed: int = 0):
         self.cfg = photos_cpu(mode, views)
         self.cfg.train.batch_size = batch
-        images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8,
-                               generator=torch.Generator().manual_seed(seed))
+        images = torch.randint(
+            0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+        )
         self.training = training(self.cfg, images, torch.arange(len(images)) % N_CLASSES)
         self.model, self.optimizer = self.training.method, self.training.optimizer
         self.step: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor] = self.training.step
 
     def views_only(self) -> None:
         """Make `step` draw the two views of the batch and nothing else (the augmentation's share)."""
-        self.step = lambda x, y, epoch, step: self.model.views(self.training.views, x,
-                                                                torch.Generator().manual_seed(step))[0].sum()
+        self.step = lambda x, y, epoch, step: self.model.views(
+            self.training.views, x, torch.Generator().manual_seed(step)
+        )[0].sum()
 
     def epoch(self, epoch: int) -> torch.Tensor:
         """The loss summed over one epoch of the cell's training."""
@@ -127,9 +142,25 @@ def child(args: argparse.Namespace) -> None:
 def run_child(tree: Path, threads: int, args: argparse.Namespace) -> float:
     """images/s of one child process whose `ablation` comes from `tree`."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", "--threads", str(threads), "--mode", args.mode,
-            "--views", args.views, "--batch", str(args.batch), "--steps", str(args.steps), "--warmup",
-            str(args.warmup), "--part", args.part]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--threads",
+        str(threads),
+        "--mode",
+        args.mode,
+        "--views",
+        args.views,
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--part",
+        args.part,
+    ]
     run = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=False)
     if run.returncode:
         sys.exit(f"the child on {tree} failed:\n{run.stderr[-3000:]}")
@@ -138,8 +169,10 @@ def run_child(tree: Path, threads: int, args: argparse.Namespace) -> float:
 
 def side_by_side(args: argparse.Namespace) -> None:
     trees = {"new": REPO, "baseline": Path(args.baseline_tree).resolve()} if args.baseline_tree else {"new": REPO}
-    print(f"{PRESET} {args.part}, views {args.views!r} {args.mode}, batch {args.batch}, {args.steps} steps after "
-          f"{args.warmup}; trees: " + ", ".join(f"{k} {v}" for k, v in trees.items()))
+    print(
+        f"{PRESET} {args.part}, views {args.views!r} {args.mode}, batch {args.batch}, {args.steps} steps after "
+        f"{args.warmup}; trees: " + ", ".join(f"{k} {v}" for k, v in trees.items())
+    )
     for threads in args.threads:
         rates: dict[str, list[float]] = defaultdict(list)
         load = [os.getloadavg()[0]]
@@ -147,16 +180,25 @@ def side_by_side(args: argparse.Namespace) -> None:
             for name in list(trees)[:: 1 if round_ % 2 == 0 else -1]:
                 rates[name].append(run_child(trees[name], threads, args) / threads)
             load.append(os.getloadavg()[0])
-            print(f"  {threads} thread(s) round {round_ + 1}: " + ", ".join(
-                f"{k} {v[-1]:.0f}" for k, v in rates.items()) + " images/s per core", flush=True)
+            print(
+                f"  {threads} thread(s) round {round_ + 1}: "
+                + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items())
+                + " images/s per core",
+                flush=True,
+            )
         line = ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in rates.items())
         ratio = ""
         if "baseline" in rates:
             ratios = [a / b for a, b in zip(rates["new"], rates["baseline"])]
-            ratio = (f"; ratio new/baseline: median {statistics.median(ratios):.2f} "
-                     f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
-        print(f"{threads} thread(s) per process: median images/s per core: {line}{ratio}; "
-              f"load average {min(load):.1f}-{max(load):.1f} (1 min)", flush=True)
+            ratio = (
+                f"; ratio new/baseline: median {statistics.median(ratios):.2f} "
+                f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
+            )
+        print(
+            f"{threads} thread(s) per process: median images/s per core: {line}{ratio}; "
+            f"load average {min(load):.1f}-{max(load):.1f} (1 min)",
+            flush=True,
+        )
 
 
 @contextmanager
@@ -167,6 +209,7 @@ def labelled(obj: object, attr: str, label: str) -> Iterator[None]:
     def wrapped(*a, **k):
         with torch.profiler.record_function(label):
             return original(*a, **k)
+
     setattr(obj, attr, wrapped)
     try:
         yield
@@ -182,6 +225,7 @@ def profile(args: argparse.Namespace) -> None:
     from contextlib import ExitStack
 
     from ablation.augment import REGISTRY
+
     warnings.filterwarnings("ignore", message=r"Seems like `optimizer.step\(\)` has been overridden")  # our label
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -198,17 +242,24 @@ def profile(args: argparse.Namespace) -> None:
             Cell(args.mode, args.views, args.batch, args.warmup).epoch(0)  # first calls, as a child's warm-up
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 float(cell.epoch(0))
-        ms = {e.key: e.cpu_time_total / 1000 / args.steps for e in prof.key_averages()
-              if e.key in {"forward", "loss", "backward", "optimiser", "step"} or e.key.startswith("aug.")}
+        ms = {
+            e.key: e.cpu_time_total / 1000 / args.steps
+            for e in prof.key_averages()
+            if e.key in {"forward", "loss", "backward", "optimiser", "step"} or e.key.startswith("aug.")
+        }
         step = ms.pop("step")
-        nested = {"aug.color.apply": ("aug.jitter.apply", "aug.grayscale.apply"),
-                  "aug.color.draw": ("aug.jitter.draw", "aug.grayscale.draw")}
+        nested = {
+            "aug.color.apply": ("aug.jitter.apply", "aug.grayscale.apply"),
+            "aug.color.draw": ("aug.jitter.draw", "aug.grayscale.draw"),
+        }
         for outer, inner in nested.items():  # color runs jitter and grayscale: count them once
             if outer in ms:
                 ms[outer] -= sum(ms.get(i, 0.0) for i in inner)
         aug = sum(v for k, v in ms.items() if k.startswith("aug."))
-        print(f"\n{PRESET} step, {threads} thread(s), views {args.views!r} {args.mode}, batch {args.batch}: "
-              f"{step:.1f} ms ({args.batch / step * 1000 / threads:.0f} images/s per core, under the profiler)")
+        print(
+            f"\n{PRESET} step, {threads} thread(s), views {args.views!r} {args.mode}, batch {args.batch}: "
+            f"{step:.1f} ms ({args.batch / step * 1000 / threads:.0f} images/s per core, under the profiler)"
+        )
         print("| part | ms per step | share |\n|---|---|---|")
         rows = sorted(((k, v) for k, v in ms.items() if k.startswith("aug.")), key=lambda kv: -kv[1])
         rows += [("augmentation, all", aug)] + [(k, ms[k]) for k in ("forward", "loss", "backward", "optimiser")]
@@ -225,11 +276,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per child")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--batch", type=int, default=256, help="images per step (the preset's batch)")
-    parser.add_argument("--mode", default="symmetric", choices=("symmetric", "asymmetric"),
-                        help="two-view mode (symmetric: the preset's; asymmetric: the photo experiments')")
+    parser.add_argument(
+        "--mode",
+        default="symmetric",
+        choices=("symmetric", "asymmetric"),
+        help="two-view mode (symmetric: the preset's; asymmetric: the photo experiments')",
+    )
     parser.add_argument("--views", default="crop+color", help="augmentation spec of the views")
-    parser.add_argument("--part", default="step", choices=("step", "views"),
-                        help="what is timed: the whole step, or the method's views of the batch alone")
+    parser.add_argument(
+        "--part",
+        default="step",
+        choices=("step", "views"),
+        help="what is timed: the whole step, or the method's views of the batch alone",
+    )
     parser.add_argument("--profile", action="store_true", help="the step's time by part, this tree only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -30,6 +30,7 @@ It cannot hang: a section that fails prints its error and the next one runs; a K
 fails, dies or outlasts the time stops its section at once; the summary prints before --minutes
 runs out, whatever is still running then.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,8 @@ import threading
 import time
 import traceback
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / ".whl"
@@ -60,10 +61,22 @@ POLL_S = 0.2  # how soon a K-cells child that failed or died is noticed
 SUMMARY_S = 5.0  # the summary prints this long before --minutes runs out, whatever is still running
 FAULT_ENV = "DEVICE_CHECK_FAULT"  # test hook: 'crash' or 'hang' makes the second child of K cells do so
 CHILDREN: list = []  # the K-cells processes started, ended when time runs out
-CELL = {"augment.views": "crop+color(s=0.5)", "augment.mode": "symmetric", "data.name": "folder",
-        "data.download": False, "eval.random_init": False}
-SMOKE_CELL = {"model.encoder": "small_cnn", "model.width": 8, "model.head_hidden": 64, "model.out_dim": 32,
-              "train.batch_size": 32, "eval.knn_k": 20, "eval.batch_size": 64}
+CELL = {
+    "augment.views": "crop+color(s=0.5)",
+    "augment.mode": "symmetric",
+    "data.name": "folder",
+    "data.download": False,
+    "eval.random_init": False,
+}
+SMOKE_CELL = {
+    "model.encoder": "small_cnn",
+    "model.width": 8,
+    "model.head_hidden": 64,
+    "model.out_dim": 32,
+    "train.batch_size": 32,
+    "eval.knn_k": 20,
+    "eval.batch_size": 64,
+}
 
 
 def _prepend_path(folder: Path) -> None:
@@ -88,8 +101,11 @@ def _needs(wheel: Path) -> list[str]:
     """The distributions a wheel requires (its METADATA's Requires-Dist, extras left out)."""
     with zipfile.ZipFile(wheel) as z:
         meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
-    return [_dist(re.split(r"[\s;<>=!~\[(]", line.split(":", 1)[1].strip())[0])
-            for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    return [
+        _dist(re.split(r"[\s;<>=!~\[(]", line.split(":", 1)[1].strip())[0])
+        for line in meta.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
 
 
 def wheels_for(names: list[str], folder: Path) -> list[Path]:
@@ -115,9 +131,26 @@ def bootstrap(wheels: Path) -> list[str]:
     chosen = wheels_for(missing, wheels) if missing and wheels.is_dir() else []
     if chosen:
         import subprocess
+
         print(f"installing for {', '.join(missing)}: {', '.join(w.name for w in chosen)} into {SITE}", flush=True)
-        run = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                              "--upgrade", "--target", str(SITE), *map(str, chosen)], capture_output=True, text=True)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--upgrade",
+                "--target",
+                str(SITE),
+                *map(str, chosen),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if run.returncode:
             print(f"could not install them: {(run.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
         if str(SITE) not in sys.path:
@@ -127,6 +160,7 @@ def bootstrap(wheels: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- data
+
 
 def cifar_root(given: Path | None, scratch: Path) -> Path:
     """The CIFAR-10 image folder: `given` or the default places; a .tar.xz is unpacked into `scratch`."""
@@ -139,8 +173,10 @@ def cifar_root(given: Path | None, scratch: Path) -> Path:
                 if not (scratch / top / "train").is_dir():
                     tar.extractall(scratch, filter="data")
             return scratch / top
-    sys.exit(f"no CIFAR-10 image folder at {', '.join(map(str, [given] if given else CIFAR))}; "
-             f"run `bash benchmarks/device_prep.sh` where ../shared has it and carry .data/")
+    sys.exit(
+        f"no CIFAR-10 image folder at {', '.join(map(str, [given] if given else CIFAR))}; "
+        f"run `bash benchmarks/device_prep.sh` where ../shared has it and carry .data/"
+    )
 
 
 def tiny_folder(scratch: Path, per_class: int = 16) -> Path:
@@ -160,6 +196,7 @@ def tiny_folder(scratch: Path, per_class: int = 16) -> Path:
 
 
 # ---------------------------------------------------------------- sections
+
 
 class Report:
     """Sections with their time, failures kept (the check goes on), and a deadline: SUMMARY_S before
@@ -228,8 +265,13 @@ def cell_config(root: Path, smoke: bool, epochs: int = 1, device: str = "auto"):
     from ablation.grid import EXPERIMENTS_DIR
 
     preset = read_yaml(EXPERIMENTS_DIR / "presets.yaml")["cifar10"]
-    keys = {**CELL, "data.root": str(root), "train.epochs": epochs, "train.device": device,
-            **(SMOKE_CELL if smoke else {})}
+    keys = {
+        **CELL,
+        "data.root": str(root),
+        "train.epochs": epochs,
+        "train.device": device,
+        **(SMOKE_CELL if smoke else {}),
+    }
     return build_config(preset, [f"{k}={v}" for k, v in keys.items()])
 
 
@@ -244,12 +286,14 @@ def embedded_config(device: str):
 
 def _sync(device) -> None:
     import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _throughput(config: dict, warmup: int, steps: int, threads: int, barrier, queue, details: bool,
-                wait_s: float, fault: str) -> None:
+def _throughput(
+    config: dict, warmup: int, steps: int, threads: int, barrier, queue, details: bool, wait_s: float, fault: str
+) -> None:
     """One of K processes: a cell's training steps; after `warmup` steps (compilation included) all K
     start together, and each reports when its `steps` timed steps began and ended. A failure is
     reported on the queue as one line (the parent stops the others at once); `fault` (the test hook
@@ -262,8 +306,9 @@ def _throughput(config: dict, warmup: int, steps: int, threads: int, barrier, qu
         raise SystemExit(1) from None
 
 
-def _measure(config: dict, warmup: int, steps: int, threads: int, barrier, queue, details: bool,
-             wait_s: float, fault: str) -> None:
+def _measure(
+    config: dict, warmup: int, steps: int, threads: int, barrier, queue, details: bool, wait_s: float, fault: str
+) -> None:
     import warnings
 
     import torch
@@ -372,9 +417,13 @@ def together(config: dict, k: int, warmup: int, steps: int, deadline: float, det
     threads = max(1, (os.cpu_count() or 1) // k)
     wait_s = max(1.0, deadline - time.monotonic())
     fault = os.environ.get(FAULT_ENV, "")
-    procs = [spawn.Process(target=_throughput, args=(config, warmup, steps, threads, barrier, queue,
-                                                     details and i == 0, wait_s, fault if i == 1 else ""))
-             for i in range(k)]
+    procs = [
+        spawn.Process(
+            target=_throughput,
+            args=(config, warmup, steps, threads, barrier, queue, details and i == 0, wait_s, fault if i == 1 else ""),
+        )
+        for i in range(k)
+    ]
     CHILDREN.extend(procs)
     for p in procs:
         p.start()
@@ -384,17 +433,20 @@ def together(config: dict, k: int, warmup: int, steps: int, deadline: float, det
     return {"images_s": sum(r["images"] for r in results) / window, **first}
 
 
-def k_cells(report: Report, title: str, config, ks: list[int], warmup: int, steps: int,
-            rates: dict[int, float]) -> None:
+def k_cells(
+    report: Report, title: str, config, ks: list[int], warmup: int, steps: int, rates: dict[int, float]
+) -> None:
     """Aggregate images/s for each K into `rates` (those measured stay in the summary when a later K
     fails), and (K = 1) the augmentation's share and the syncs of a step."""
     try:
         _k_cells(report, title, config, ks, warmup, steps, rates)
     finally:
         if rates:
-            report.note(f"{title} together: " + ", ".join(f"K={k} {r:,.0f} images/s ({r / rates[ks[0]]:.2f}x)"
-                                                         for k, r in rates.items())
-                        + f" (goal: K cells >= {GOAL_K_GAIN}x one)")
+            report.note(
+                f"{title} together: "
+                + ", ".join(f"K={k} {r:,.0f} images/s ({r / rates[ks[0]]:.2f}x)" for k, r in rates.items())
+                + f" (goal: K cells >= {GOAL_K_GAIN}x one)"
+            )
 
 
 def _section_deadline(report: Report) -> float:
@@ -404,8 +456,9 @@ def _section_deadline(report: Report) -> float:
     return now + max(1.0, (report.deadline - 2 * SUMMARY_S - now) / 2)
 
 
-def _k_cells(report: Report, title: str, config, ks: list[int], warmup: int, steps: int,
-             rates: dict[int, float]) -> None:
+def _k_cells(
+    report: Report, title: str, config, ks: list[int], warmup: int, steps: int, rates: dict[int, float]
+) -> None:
     for k in ks:
         out = together(config.to_dict(), k, warmup, steps, _section_deadline(report), details=k == ks[0])
         rates[k] = out["images_s"]
@@ -413,15 +466,21 @@ def _k_cells(report: Report, title: str, config, ks: list[int], warmup: int, ste
         print(f"{title}, K={k} at once: {rates[k]:,.0f} images/s together{gain}", flush=True)
         if "augment_s" in out:
             share = out["augment_s"] / out["step_s"]
-            report.note(f"{title}, augmentation: {1e3 * out['augment_s']:.1f} ms of a "
-                        f"{1e3 * out['step_s']:.1f} ms step "
-                        f"= {100 * share:.1f}% (goal < {100 * GOAL_AUG_SHARE:.0f}%)")
+            report.note(
+                f"{title}, augmentation: {1e3 * out['augment_s']:.1f} ms of a "
+                f"{1e3 * out['step_s']:.1f} ms step "
+                f"= {100 * share:.1f}% (goal < {100 * GOAL_AUG_SHARE:.0f}%)"
+            )
             if "syncs" in out:
-                report.note(f"{title}, host-device synchronisations in 3 training steps: {out['syncs']} (goal 0)"
-                            + (f": {'; '.join(out['sync_sources'])}" if out["syncs"] else ""))
+                report.note(
+                    f"{title}, host-device synchronisations in 3 training steps: {out['syncs']} (goal 0)"
+                    + (f": {'; '.join(out['sync_sources'])}" if out["syncs"] else "")
+                )
             else:
-                print("host-device synchronisations: counted on CUDA only (tests/test_accel.py checks the "
-                      "step on the CPU)")
+                print(
+                    "host-device synchronisations: counted on CUDA only (tests/test_accel.py checks the "
+                    "step on the CPU)"
+                )
 
 
 def one_cell(report: Report, cfg, out: Path) -> None:
@@ -433,14 +492,20 @@ def one_cell(report: Report, cfg, out: Path) -> None:
     epoch_s, m = result["epoch_s"], result["metrics"]
     steady = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
     per_epoch = result["images_per_s"] * result["train_time_s"] / len(epoch_s)  # training images per epoch
-    print(f"epochs: {result['epochs_done']}, seconds per epoch: first {epoch_s[0]:.1f} (compilation included), "
-          f"then median {steady:.2f}; wall {result['wall_time_s']:.0f} s with data and probes")
-    report.note(f"cifar10 cell ({cfg.model.encoder}, batch {cfg.train.batch_size}, {result['device']}): "
-                f"{steady:.2f} s/epoch = {per_epoch / steady:,.0f} images/s (goal <= {50_000 / GOAL_IMAGES_S:.0f} s, "
-                f">= {GOAL_IMAGES_S:,}; A100 single-file SimCLR {A100_S_PER_EPOCH} s = {A100_IMAGES_S:,} images/s, "
-                f"lightly's benchmark ~{LIGHTLY_S_PER_EPOCH:.0f} s)")
-    report.note(f"cifar10 cell after {result['epochs_done']} epochs: linear top-1 {m['linear_top1']:.4f}, "
-                f"top-5 {m['linear_top5']:.4f}, kNN top-1 {m['knn_top1']:.4f}, final loss {m['final_loss']:.4f}")
+    print(
+        f"epochs: {result['epochs_done']}, seconds per epoch: first {epoch_s[0]:.1f} (compilation included), "
+        f"then median {steady:.2f}; wall {result['wall_time_s']:.0f} s with data and probes"
+    )
+    report.note(
+        f"cifar10 cell ({cfg.model.encoder}, batch {cfg.train.batch_size}, {result['device']}): "
+        f"{steady:.2f} s/epoch = {per_epoch / steady:,.0f} images/s (goal <= {50_000 / GOAL_IMAGES_S:.0f} s, "
+        f">= {GOAL_IMAGES_S:,}; A100 single-file SimCLR {A100_S_PER_EPOCH} s = {A100_IMAGES_S:,} images/s, "
+        f"lightly's benchmark ~{LIGHTLY_S_PER_EPOCH:.0f} s)"
+    )
+    report.note(
+        f"cifar10 cell after {result['epochs_done']} epochs: linear top-1 {m['linear_top1']:.4f}, "
+        f"top-5 {m['linear_top5']:.4f}, kNN top-1 {m['knn_top1']:.4f}, final loss {m['final_loss']:.4f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,8 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=8.0, help="finish within this many minutes")
     parser.add_argument("--cell-s", type=float, default=180.0, help="training time of the cifar10 cell")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: the code paths, in under a minute")
-    parser.add_argument("--wheels", type=Path, default=WHEELS,
-                        help="where missing packages' wheels are (default .whl/)")
+    parser.add_argument(
+        "--wheels", type=Path, default=WHEELS, help="where missing packages' wheels are (default .whl/)"
+    )
     args = parser.parse_args(argv)
     report = Report(args.minutes)
     try:
@@ -468,8 +534,11 @@ def _check(args: argparse.Namespace, report: Report) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here; use --smoke for the CPU check")
     name = report.device = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"device check on {name}, torch {torch.__version__}, python {sys.version.split()[0]}"
-          + (f"; not installed: {', '.join(missing)}" if missing else ""), flush=True)
+    print(
+        f"device check on {name}, torch {torch.__version__}, python {sys.version.split()[0]}"
+        + (f"; not installed: {', '.join(missing)}" if missing else ""),
+        flush=True,
+    )
     scratch = Path(tempfile.mkdtemp(prefix="device-check-"))
     if args.smoke:
         os.environ["ABLATION_CACHE"] = str(scratch / "cache")  # no decoded copies left behind
@@ -481,19 +550,51 @@ def _check(args: argparse.Namespace, report: Report) -> None:
         with report.section(f"two-view augmentation at {size} px (benchmarks/augment.py)"):
             small = ["--batch", "64", "--reps", "1", "--ref-images", "8"] if smoke else ["--batch", "512"]
             ips = aug.main(["--device", device, "--size", str(size), *small])
-            report.note(f"augmentation {size} px: {ips['ours']:,.0f} images/s on {device} = "
-                        f"{ips['ours'] / max(ips['uint8'], ips['float']):.1f}x torchvision per sample on the CPU")
+            report.note(
+                f"augmentation {size} px: {ips['ours']:,.0f} images/s on {device} = "
+                f"{ips['ours'] / max(ips['uint8'], ips['float']):.1f}x torchvision per sample on the CPU"
+            )
     with report.section("training step: ours vs lightly (benchmarks/train_step.py)"):
         reference = "lightly" if "lightly" not in missing else "none"
-        sizes = (["--encoder", "small_cnn", "--batch", "32", "--steps", "1", "--warmup", "1", "--images", "160",
-                  "--workers", "0"] if smoke else
-                 ["--batch", "512", "--steps", "20", "--warmup", "3", "--rounds", "2", "--images", "10240",
-                  "--workers", str(min(16, os.cpu_count() or 1))])
-        best = _benchmark("train_step").main(["--device", device, "--data-root", str(root), "--reference",
-                                              reference, *sizes])
+        sizes = (
+            [
+                "--encoder",
+                "small_cnn",
+                "--batch",
+                "32",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--images",
+                "160",
+                "--workers",
+                "0",
+            ]
+            if smoke
+            else [
+                "--batch",
+                "512",
+                "--steps",
+                "20",
+                "--warmup",
+                "3",
+                "--rounds",
+                "2",
+                "--images",
+                "10240",
+                "--workers",
+                str(min(16, os.cpu_count() or 1)),
+            ]
+        )
+        best = _benchmark("train_step").main(
+            ["--device", device, "--data-root", str(root), "--reference", reference, *sizes]
+        )
         if "lightly" in best:
-            report.note(f"training step: ours {best['ours']:,.0f} vs lightly {best['lightly']:,.0f} images/s = "
-                        f"{best['ours'] / best['lightly']:.2f}x (goal >= {GOAL_VS_LIGHTLY}x)")
+            report.note(
+                f"training step: ours {best['ours']:,.0f} vs lightly {best['lightly']:,.0f} images/s = "
+                f"{best['ours'] / best['lightly']:.2f}x (goal >= {GOAL_VS_LIGHTLY}x)"
+            )
         else:
             report.note(f"training step: ours {best['ours']:,.0f} images/s; lightly not installed, no reference")
     if device == "cuda":
@@ -501,8 +602,15 @@ def _check(args: argparse.Namespace, report: Report) -> None:
     rates: dict[int, float] = {}
     with report.section("cifar10 cells at once on one device (ablation.pack)"):
         ks = [1, 2] if smoke else [1, 2, 4]
-        k_cells(report, "cifar10 cells", cell_config(root, smoke, device=device), ks,
-                warmup=1 if smoke else 5, steps=1 if smoke else 30, rates=rates)
+        k_cells(
+            report,
+            "cifar10 cells",
+            cell_config(root, smoke, device=device),
+            ks,
+            warmup=1 if smoke else 5,
+            steps=1 if smoke else 30,
+            rates=rates,
+        )
     with report.section("one cifar10 cell on the real data"):
         batch = cell_config(root, smoke).train.batch_size
         budget = min(args.cell_s, report.left() - 90)  # 90 s: probes, the small cells, the summary

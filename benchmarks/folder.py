@@ -14,14 +14,15 @@ crops there) and decode_jpeg alone. The last line is `ratio: R` (ours / referenc
 
     python benchmarks/folder.py [--images 256] [--workers N] [--size 224] [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -45,8 +46,11 @@ def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     image = np.empty((height, width, 3))
     for c in range(3):
         a = rng.uniform(0, 1, 5)
-        image[..., c] = (0.5 + 0.25 * np.sin(6 * a[0] * np.pi * x + 6 * a[1]) * np.cos(5 * a[2] * np.pi * y + a[3])
-                         + 0.15 * np.sin(40 * a[4] * (x + y)))
+        image[..., c] = (
+            0.5
+            + 0.25 * np.sin(6 * a[0] * np.pi * x + 6 * a[1]) * np.cos(5 * a[2] * np.pi * y + a[3])
+            + 0.15 * np.sin(40 * a[4] * (x + y))
+        )
     image += rng.normal(0, 0.03, image.shape)
     return Image.fromarray((image.clip(0, 1) * 255).astype(np.uint8))
 
@@ -87,14 +91,22 @@ def main() -> None:
         crop = parse_spec("crop").ops[0]
         ours = StreamBatcher(split, args.batch, (0, 1), args.size, crop, 1, args.workers, torch.device("cpu"))
         reference = DataLoader(
-            ImageFolder(str(root / "train"), transform=T.Compose([
-                T.RandomResizedCrop(args.size), T.RandomHorizontalFlip(), T.PILToTensor()])),
-            batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
-            persistent_workers=args.workers > 0)
+            ImageFolder(
+                str(root / "train"),
+                transform=T.Compose([T.RandomResizedCrop(args.size), T.RandomHorizontalFlip(), T.PILToTensor()]),
+            ),
+            batch_size=args.batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.workers,
+            persistent_workers=args.workers > 0,
+        )
         seed = iter(range(10**6))
-        contenders = {"ours": lambda: ours.epoch(torch.Generator().manual_seed(next(seed))),
-                      "reference": lambda: reference}
-        best = {name: 0.0 for name in contenders}
+        contenders = {
+            "ours": lambda: ours.epoch(torch.Generator().manual_seed(next(seed))),
+            "reference": lambda: reference,
+        }
+        best = dict.fromkeys(contenders, 0.0)
         for epoch in contenders.values():  # warm-up: workers start, files enter the page cache
             timed(epoch)
         for _ in range(args.rounds):
@@ -102,30 +114,43 @@ def main() -> None:
                 seconds, images = timed(epoch)
                 best[name] = max(best[name], images / seconds)
         cores = max(1, args.workers)
-        print(f"{args.images} JPEGs (long side 500 px, short 333-500), random resized crop to {args.size} px, "
-              f"batch {args.batch}, {args.workers} loader workers, best of {args.rounds} epochs each")
+        print(
+            f"{args.images} JPEGs (long side 500 px, short 333-500), random resized crop to {args.size} px, "
+            f"batch {args.batch}, {args.workers} loader workers, best of {args.rounds} epochs each"
+        )
         how = "region decoding" if stream._jpegcrop is not None else "whole-image decoding (no _jpegcrop)"
-        print(f"ours (StreamBatcher: libjpeg-turbo {how}, reduced scale where the crop allows, torch resize): "
-              f"{best['ours']:.0f} images/s ({best['ours'] / cores:.0f} per core)")
-        print(f"reference (ImageFolder + PIL + RandomResizedCrop + PILToTensor, DataLoader): "
-              f"{best['reference']:.0f} images/s ({best['reference'] / cores:.0f} per core)")
+        print(
+            f"ours (StreamBatcher: libjpeg-turbo {how}, reduced scale where the crop allows, torch resize): "
+            f"{best['ours']:.0f} images/s ({best['ours'] / cores:.0f} per core)"
+        )
+        print(
+            f"reference (ImageFolder + PIL + RandomResizedCrop + PILToTensor, DataLoader): "
+            f"{best['reference']:.0f} images/s ({best['reference'] / cores:.0f} per core)"
+        )
         device = torch.device(args.device)
         if device.type == "cuda":
             gpu = StreamBatcher(split, args.batch, (0, 1), args.size, crop, 1, args.workers, device, "device")
             timed(lambda: gpu.epoch(torch.Generator().manual_seed(0)), device)
-            rate = max(n / s for s, n in (timed(lambda r=r: gpu.epoch(torch.Generator().manual_seed(r)), device)
-                                          for r in range(args.rounds)))
-            print(f"ours on {device} (workers read files, batched decode_jpeg and crops on the GPU): "
-                  f"{rate:.0f} images/s")
+            rate = max(
+                n / s
+                for s, n in (
+                    timed(lambda r=r: gpu.epoch(torch.Generator().manual_seed(r)), device) for r in range(args.rounds)
+                )
+            )
+            print(
+                f"ours on {device} (workers read files, batched decode_jpeg and crops on the GPU): {rate:.0f} images/s"
+            )
             data = [read_file(f) for f in split.files]
-            decode_jpeg(data[:args.batch], mode=ImageReadMode.RGB, device=device)
+            decode_jpeg(data[: args.batch], mode=ImageReadMode.RGB, device=device)
             torch.cuda.synchronize(device)
             start = time.perf_counter()
             for i in range(0, len(data), args.batch):
-                decode_jpeg(data[i:i + args.batch], mode=ImageReadMode.RGB, device=device)
+                decode_jpeg(data[i : i + args.batch], mode=ImageReadMode.RGB, device=device)
             torch.cuda.synchronize(device)
-            print(f"decode_jpeg alone on {device}, batches of {args.batch}: "
-                  f"{len(data) / (time.perf_counter() - start):.0f} images/s")
+            print(
+                f"decode_jpeg alone on {device}, batches of {args.batch}: "
+                f"{len(data) / (time.perf_counter() - start):.0f} images/s"
+            )
         print(f"ratio: {best['ours'] / best['reference']:.2f}")
 
 

@@ -8,6 +8,7 @@ including the Python and torch imports); the cost of `import torch` alone is pri
 
     python benchmarks/grid.py [--reps 3] [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -28,15 +29,21 @@ from ablation import store
 from ablation.cli import main
 from ablation.grid import load_experiment
 
-AXES = {"loss.temperature": [0.05 * (i + 1) for i in range(10)],
-        "optim.weight_decay": [1e-6 * (i + 1) for i in range(10)],
-        "model.out_dim": [16 * (i + 1) for i in range(10)]}
+AXES = {
+    "loss.temperature": [0.05 * (i + 1) for i in range(10)],
+    "optim.weight_decay": [1e-6 * (i + 1) for i in range(10)],
+    "model.out_dim": [16 * (i + 1) for i in range(10)],
+}
 
 
 def write_experiment(folder: Path) -> Path:
     path = folder / "big.yaml"
-    spec = {"name": "big", "title": "1,000-cell benchmark", "cell": {"augment": {"views": "crop+color"}},
-            "grid": {"kind": "product", "axes": AXES}}
+    spec = {
+        "name": "big",
+        "title": "1,000-cell benchmark",
+        "cell": {"augment": {"views": "crop+color"}},
+        "grid": {"kind": "product", "axes": AXES},
+    }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -49,11 +56,13 @@ def fake_states(path: Path, results: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
         if i % 3 == 0:
             metrics = {"linear_top1": 0.5, "linear_top5": 0.9, "knn_top1": 0.4, "final_loss": 1.0}
-            (d / store.RESULT).write_text(json.dumps({"status": "finished", "metrics": metrics,
-                                                     "wall_time_s": 60.0, "images_per_s": 5000.0}))
+            (d / store.RESULT).write_text(
+                json.dumps({"status": "finished", "metrics": metrics, "wall_time_s": 60.0, "images_per_s": 5000.0})
+            )
         elif i % 3 == 1:
-            (d / store.JOB).write_text(json.dumps({"executor": "slurm", "job_id": f"999999_{i}",
-                                                  "submitted": time.time()}))
+            (d / store.JOB).write_text(
+                json.dumps({"executor": "slurm", "job_id": f"999999_{i}", "submitted": time.time()})
+            )
 
 
 def best_of(reps: int, fn: Callable[[], object]) -> float:
@@ -79,8 +88,10 @@ def subprocess_seconds(argv: list[str], cwd: Path) -> float:
 def run(folder: Path, reps: int) -> None:
     path, results = write_experiment(folder), folder / "results"
     fake_states(path, results)
-    commands = {"grid --dry-run": ["grid", str(path), "--dry-run", "--results", str(results)],
-                "status": ["status", str(path), "--results", str(results)]}
+    commands = {
+        "grid --dry-run": ["grid", str(path), "--dry-run", "--results", str(results)],
+        "status": ["status", str(path), "--results", str(results)],
+    }
     ablate = str(Path(sys.executable).with_name("ablate"))
     if not Path(ablate).exists():
         ablate = shutil.which("ablate") or ablate

@@ -26,6 +26,7 @@ lightly is needed for the reference only; install it into a separate venv (see `
 
     python benchmarks/train_step.py [--device auto] [--batch 256] [--steps 5] [--warmup 1] [--workers N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import torch
 from PIL import Image
@@ -59,10 +60,12 @@ Step = Callable[[], object]
 def require_lightly() -> None:
     """Exit with install instructions when lightly is missing (it is a benchmark-only dependency)."""
     if importlib.util.find_spec("lightly") is None:
-        sys.exit("lightly is not installed; the reference path needs it: pip install lightly\n"
-                 "To keep the project's venv untouched, use a separate one, from the repository root:\n"
-                 "  python -m venv ../venv-bench && ../venv-bench/bin/pip install -e . lightly\n"
-                 "  ../venv-bench/bin/python benchmarks/train_step.py")
+        sys.exit(
+            "lightly is not installed; the reference path needs it: pip install lightly\n"
+            "To keep the project's venv untouched, use a separate one, from the repository root:\n"
+            "  python -m venv ../venv-bench && ../venv-bench/bin/pip install -e . lightly\n"
+            "  ../venv-bench/bin/python benchmarks/train_step.py"
+        )
 
 
 def load_images(root: Path | None, n: int) -> tuple[ImageSet, str]:
@@ -105,15 +108,30 @@ def encoder(name: str, seed: int) -> tuple[nn.Module, int]:
     return build_encoder(name, cifar_stem=True)
 
 
-def our_config(batch: int, device: torch.device, seed: int, encoder_name: str = "resnet18",
-               compile_setting: str = "auto") -> CellConfig:
+def our_config(
+    batch: int, device: torch.device, seed: int, encoder_name: str = "resnet18", compile_setting: str = "auto"
+) -> CellConfig:
     """The cell that ours trains: the recipe above as a cell's config."""
-    return build_config({}, [f"model.encoder={encoder_name}", "model.cifar_stem=true", "model.head_hidden=2048",
-                             "model.out_dim=128", f"train.batch_size={batch}", f"train.seed={seed}",
-                             f"augment.views={VIEWS}", "augment.mode=symmetric", f"loss.temperature={TEMPERATURE}",
-                             "optim.name=lars", "optim.lr_scaling=sqrt", f"optim.weight_decay={WEIGHT_DECAY}",
-                             f"optim.momentum={MOMENTUM}", f"train.device={device}",
-                             f"train.compile={compile_setting}"])
+    return build_config(
+        {},
+        [
+            f"model.encoder={encoder_name}",
+            "model.cifar_stem=true",
+            "model.head_hidden=2048",
+            "model.out_dim=128",
+            f"train.batch_size={batch}",
+            f"train.seed={seed}",
+            f"augment.views={VIEWS}",
+            "augment.mode=symmetric",
+            f"loss.temperature={TEMPERATURE}",
+            "optim.name=lars",
+            "optim.lr_scaling=sqrt",
+            f"optim.weight_decay={WEIGHT_DECAY}",
+            f"optim.momentum={MOMENTUM}",
+            f"train.device={device}",
+            f"train.compile={compile_setting}",
+        ],
+    )
 
 
 def ours(cfg: CellConfig, data: ImageSet) -> Callable[[], Step]:
@@ -142,8 +160,9 @@ def forever(loader: Iterable) -> Iterator:
         yield from loader
 
 
-def lightly_recipe(data: ImageSet, batch: int, device: torch.device, seed: int, workers: int,
-                   encoder_name: str = "resnet18") -> Callable[[], Step]:
+def lightly_recipe(
+    data: ImageSet, batch: int, device: torch.device, seed: int, workers: int, encoder_name: str = "resnet18"
+) -> Callable[[], Step]:
     """A factory of step functions over fresh DataLoader epochs, following lightly's SimCLR examples."""
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
@@ -155,13 +174,24 @@ def lightly_recipe(data: ImageSet, batch: int, device: torch.device, seed: int, 
     head = SimCLRProjectionHead(dim, 2048, 128)
     model = nn.Sequential(backbone, head).to(device, memory_format=torch.channels_last)
     decay, no_decay = get_weight_decay_parameters([backbone, head])
-    optimizer = LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-                     lr=scaled_lr(None, batch, "sqrt"), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    optimizer = LARS(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=scaled_lr(None, batch, "sqrt"),
+        momentum=MOMENTUM,
+        weight_decay=WEIGHT_DECAY,
+    )
     model.train()
     criterion = NTXentLoss(temperature=TEMPERATURE)
     transform = SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)
-    loader = DataLoader(PILImages(data, transform), batch_size=batch, shuffle=True, drop_last=True,
-                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = DataLoader(
+        PILImages(data, transform),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
 
     def start() -> Step:
         source = forever(loader)
@@ -171,7 +201,9 @@ def lightly_recipe(data: ImageSet, batch: int, device: torch.device, seed: int, 
             v1, v2 = v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)
             z1, z2 = forward_pair(model, v1, v2, device)
             train(criterion(z1, z2), optimizer)
+
         return step
+
     return start
 
 
@@ -197,15 +229,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; the best of each side counts")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reference DataLoader workers")
     parser.add_argument("--images", type=int, default=2560, help="training images loaded (CIFAR: per class share)")
-    parser.add_argument("--data-root", type=Path, default=None, help="image folder root/train/<class>/* "
-                        "(default: the CIFAR-10 JPEG copy in ../shared, else the embedded set)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="image folder root/train/<class>/* (default: the CIFAR-10 JPEG copy in ../shared, else the embedded set)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--encoder", default="resnet18", choices=("resnet18", "small_cnn"),
-                        help="both sides' encoder (small_cnn: quick CPU checks)")
-    parser.add_argument("--compile", default="auto", choices=("auto", "always", "never"),
-                        help="ours: train.compile (auto: on CUDA)")
-    parser.add_argument("--reference", default="lightly", choices=("lightly", "none"),
-                        help="none: measure ours alone (no lightly needed)")
+    parser.add_argument(
+        "--encoder",
+        default="resnet18",
+        choices=("resnet18", "small_cnn"),
+        help="both sides' encoder (small_cnn: quick CPU checks)",
+    )
+    parser.add_argument(
+        "--compile", default="auto", choices=("auto", "always", "never"), help="ours: train.compile (auto: on CUDA)"
+    )
+    parser.add_argument(
+        "--reference",
+        default="lightly",
+        choices=("lightly", "none"),
+        help="none: measure ours alone (no lightly needed)",
+    )
     args = parser.parse_args(argv)
     if args.reference == "lightly":
         require_lightly()
@@ -214,10 +259,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     lightly_version = importlib.metadata.version("lightly") if args.reference == "lightly" else "not used"
     device = resolve_device(args.device)
     data, source = load_images(args.data_root, args.images)
-    print(f"device {device}, torch {torch.__version__} ({torch.get_num_threads()} threads), lightly "
-          f"{lightly_version}, {len(data)} images from {source}, {args.encoder}, batch {args.batch}, "
-          f"{args.warmup} warmup + {args.steps} timed steps x {args.rounds} rounds, reference workers "
-          f"{args.workers}", flush=True)
+    print(
+        f"device {device}, torch {torch.__version__} ({torch.get_num_threads()} threads), lightly "
+        f"{lightly_version}, {len(data)} images from {source}, {args.encoder}, batch {args.batch}, "
+        f"{args.warmup} warmup + {args.steps} timed steps x {args.rounds} rounds, reference workers "
+        f"{args.workers}",
+        flush=True,
+    )
     sides = {"ours": ours(our_config(args.batch, device, args.seed, args.encoder, args.compile), data)}
     if args.reference == "lightly":
         sides["lightly"] = lightly_recipe(data, args.batch, device, args.seed, args.workers, args.encoder)
@@ -228,13 +276,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             best[name] = max(best[name], ips)
             print(f"round {r + 1} {name}: {ips:,.1f} images/s", flush=True)
     compiled = "compiled" if uses_compile(args.compile, device) else "eager"
-    print(f"ours (uint8 on {device}, DeviceBatcher, TwoViews({VIEWS!r}, symmetric) on device, nt_xent, "
-          f"LARS, {compiled}): {best['ours']:,.1f} images/s")
+    print(
+        f"ours (uint8 on {device}, DeviceBatcher, TwoViews({VIEWS!r}, symmetric) on device, nt_xent, "
+        f"LARS, {compiled}): {best['ours']:,.1f} images/s"
+    )
     if args.reference == "none":
         print("ratio: n/a (no reference)")
         return best
-    print(f"lightly (SimCLRTransform on PIL, DataLoader {args.workers} workers, NTXentLoss, LARS, eager): "
-          f"{best['lightly']:,.1f} images/s")
+    print(
+        f"lightly (SimCLRTransform on PIL, DataLoader {args.workers} workers, NTXentLoss, LARS, eager): "
+        f"{best['lightly']:,.1f} images/s"
+    )
     print(f"ratio: {best['ours'] / best['lightly']:.2f}")
     return best
 

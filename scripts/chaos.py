@@ -16,6 +16,7 @@ an operator would, and checks:
 Prints one line per fault and per run, and last `chaos: R runs, F faults, OK` (exit 0) or the
 broken invariants (exit 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,12 @@ sys.path.insert(0, str(ROOT))
 from ablation import status, store  # noqa: E402
 from ablation.grid import load_experiment  # noqa: E402
 
-CELL = {"data": {"n_train": 256, "n_test": 128, "size": 16},
-        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
-        "train": {"epochs": 100, "batch_size": 64, "checkpoint_every": 1},  # still training during the faults
-        "eval": {"knn_k": 20, "random_init": False}}
+CELL = {
+    "data": {"n_train": 256, "n_test": 128, "size": 16},
+    "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+    "train": {"epochs": 100, "batch_size": 64, "checkpoint_every": 1},  # still training during the faults
+    "eval": {"knn_k": 20, "random_init": False},
+}
 GRID = {"kind": "product", "axes": {"train.seed": [0, 1, 2]}}  # three cells: one alone, two in a pack
 SLURM = {"cpus_per_task": 1, "gpus_per_node": 0, "timeout_min": 30, "cells_per_gpu": 2}
 FAULTS = ("usr2", "usr2-full", "scancel", "kill-pack", "cut-log", "relaunch", "retry", "status")
@@ -58,9 +61,14 @@ class Chaos:
 
     def ablate(self, *argv: str, results: Path) -> tuple[int, str]:
         """One `ablate` command as an operator types it; its output is checked for tracebacks."""
-        run = subprocess.run([sys.executable, "-m", "ablation.cli", *argv, "--results", str(results)],
-                             capture_output=True, text=True, cwd=self.work, timeout=600,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        run = subprocess.run(
+            [sys.executable, "-m", "ablation.cli", *argv, "--results", str(results)],
+            capture_output=True,
+            text=True,
+            cwd=self.work,
+            timeout=600,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         out = run.stdout + run.stderr
         if "Traceback" in out:
             self.errors.append(f"`ablate {' '.join(argv)}` printed a traceback:\n{out[-2000:]}")
@@ -104,17 +112,21 @@ class Chaos:
                     return f"kill-pack {log.name}"
             return "kill-pack (no pack running)"
         if kind == "cut-log":
-            logs = [p for c in exp.cells if (p := store.metrics_path(folder / c.id)).exists()
-                    and not (folder / c.id / store.RESULT).exists()]
+            logs = [
+                p
+                for c in exp.cells
+                if (p := store.metrics_path(folder / c.id)).exists() and not (folder / c.id / store.RESULT).exists()
+            ]
             if logs:
                 log = self.rng.choice(logs)
                 text = log.read_text()
-                log.write_text(text[:max(1, len(text) - self.rng.randint(3, 40))])
+                log.write_text(text[: max(1, len(text) - self.rng.randint(3, 40))])
                 return f"cut-log {log.parent.name}"
             return "cut-log (no log yet)"
         if kind in ("relaunch", "retry"):
-            code, out = self.ablate("grid", str(path), "--executor", "slurm", *(["--retry"] if kind == "retry" else []),
-                                    results=results)
+            code, out = self.ablate(
+                "grid", str(path), "--executor", "slurm", *(["--retry"] if kind == "retry" else []), results=results
+            )
             return f"{kind} (exit {code}: {out.strip().splitlines()[0] if out.strip() else ''})"
         code, _ = self.ablate("status", str(path), results=results)
         json_code, _ = self.ablate("status", str(path), "--json", results=results)
@@ -132,8 +144,9 @@ class Chaos:
         _wait_gone(exp.name)  # its jobs write their last files after the results
         if code != 0 or any(r.state != status.DONE for r in rows):
             raise SystemExit(f"chaos: the reference run did not finish:\n{out}\n{status.render(rows)}")
-        return {r.cell.label: store.read_result(store.experiment_dir(results, exp.name) / r.cell.id) or {}
-                for r in rows}
+        return {
+            r.cell.label: store.read_result(store.experiment_dir(results, exp.name) / r.cell.id) or {} for r in rows
+        }
 
     def run(self, index: int, reference: dict[str, dict], faults: int) -> None:
         path, results = self.experiment(f"chaos-{index}-{os.getpid()}"), self.work / f"results-{index}"
@@ -175,21 +188,28 @@ class Chaos:
                 self.errors.append(f"run {index}: cell {label} ended {row.state} ({row.reason})")
                 continue
             result = store.read_result(cell_dir) or {}
-            moved = [p for p in (cell_dir / store.ATTEMPTS).glob(f"*-{store.RESULT}")
-                     if (json.loads(p.read_text() or "{}") or {}).get("status") == store.FINISHED]
+            moved = [
+                p
+                for p in (cell_dir / store.ATTEMPTS).glob(f"*-{store.RESULT}")
+                if (json.loads(p.read_text() or "{}") or {}).get("status") == store.FINISHED
+            ]
             if moved:
                 self.errors.append(f"run {index}: cell {label} finished more than once ({moved[0]})")
             ref = reference[label]
             if result["losses"] != ref["losses"] or result["metrics"] != ref["metrics"]:
-                self.errors.append(f"run {index}: cell {label} differs from the uninterrupted run "
-                                   f"(resumed at {result.get('resumed_at')})")
+                self.errors.append(
+                    f"run {index}: cell {label} differs from the uninterrupted run "
+                    f"(resumed at {result.get('resumed_at')})"
+                )
 
 
 def _wait_gone(name: str, timeout_s: float = 120) -> None:
     """Until no job of this name is left in the queue (running, completing or requeued)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and subprocess.run(
-            ["squeue", "-h", "--name", name], capture_output=True, text=True, timeout=60).stdout.strip():
+    while (
+        time.monotonic() < deadline
+        and subprocess.run(["squeue", "-h", "--name", name], capture_output=True, text=True, timeout=60).stdout.strip()
+    ):
         time.sleep(1)
 
 
@@ -203,8 +223,11 @@ def _parent(pid: int) -> int | None:
 def _snapshot(work: Path, exclude: Path) -> dict[str, tuple]:
     """Size and mtime of every file of the work folder outside `exclude` (and of the earlier runs'
     results, which a later run must not touch), plus the repository's `git status`."""
-    files = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in work.rglob("*")
-             if p.is_file() and exclude not in p.parents}
+    files = {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in work.rglob("*")
+        if p.is_file() and exclude not in p.parents
+    }
     git = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT).stdout
     return {**files, "git status": (git,)}
 
@@ -222,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             start = time.monotonic()
             chaos.run(i, reference, args.faults)
-            print(f"chaos: run {i} ended in {time.monotonic() - start:.0f}s; {len(chaos.errors)} problems so far",
-                  flush=True)
+            print(
+                f"chaos: run {i} ended in {time.monotonic() - start:.0f}s; {len(chaos.errors)} problems so far",
+                flush=True,
+            )
         for error in chaos.errors:
             print(f"chaos: BROKEN: {error}")
         print(f"chaos: {args.runs} runs, {chaos.faults} faults, {'OK' if not chaos.errors else 'FAILED'}")

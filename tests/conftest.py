@@ -1,4 +1,5 @@
 """Shared fixtures: the real CIFAR-10 copy when ../shared has it; the fast lane's guard against whole cells."""
+
 from __future__ import annotations
 
 import sys
@@ -36,9 +37,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def _refuse_in_fast_lane() -> None:
     test = _running[-1] if _running else None
     if test is not None and not any(test.get_closest_marker(mark) for mark in SLOW_LANE):
-        pytest.fail(f"{test.nodeid} ran a whole cell (ablation.cell.run_cell trained it) but is not marked "
-                    "@pytest.mark.slow: mark it, or test the behaviour without training a cell, so that the "
-                    "fast lane stays fast", pytrace=False)
+        pytest.fail(
+            f"{test.nodeid} ran a whole cell (ablation.cell.run_cell trained it) but is not marked "
+            "@pytest.mark.slow: mark it, or test the behaviour without training a cell, so that the "
+            "fast lane stays fast",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,5 +1,6 @@
 """The hot path: no host-device wait in a training step of any method, bf16 channels_last input,
 torch.compile against eager, and the eager fallback when compiling fails."""
+
 from __future__ import annotations
 
 import traceback
@@ -14,12 +15,28 @@ from ablation.config import build_config
 from ablation.data import DeviceBatcher
 from ablation.training import build_optimisation, generator, initial_method, train_step
 
-TINY = ["data.size=16", "model.width=4", "model.head_hidden=16", "model.out_dim=8", "train.batch_size=16",
-        "augment.mode=symmetric"]
+TINY = [
+    "data.size=16",
+    "model.width=4",
+    "model.head_hidden=16",
+    "model.out_dim=8",
+    "train.batch_size=16",
+    "augment.mode=symmetric",
+]
 # aten ops that read a device value on the host (item, float(t), bool(t), `if t:`) or whose output
 # shape depends on values (boolean-mask indexing): each makes the host wait for a GPU.
-SYNCING = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "masked_select", "unique", "_unique2",
-           "unique_consecutive", "equal", "repeat_interleave"}
+SYNCING = {
+    "_local_scalar_dense",
+    "is_nonzero",
+    "item",
+    "nonzero",
+    "masked_select",
+    "unique",
+    "_unique2",
+    "unique_consecutive",
+    "equal",
+    "repeat_interleave",
+}
 # a tensor made from Python data (torch.tensor([...]), as_tensor, `t[i] = 0.0`): made on the host, so
 # on a GPU it is a host-to-device copy, which waits for the device's queue
 FROM_PYTHON = {"lift_fresh", "lift_fresh_copy"}
@@ -37,8 +54,7 @@ class HostTraffic(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name.split("::")[-1]
-        masked = name in ("index_put", "index_put_") and any(
-            i is not None and i.dtype == torch.bool for i in args[1])
+        masked = name in ("index_put", "index_put_") and any(i is not None and i.dtype == torch.bool for i in args[1])
         if name in SYNCING or name in FROM_PYTHON or masked:
             self.calls.append(f"{func}\n" + "".join(traceback.format_stack(limit=6)[:-1]))
         return func(*args, **(kwargs or {}))
@@ -65,14 +81,34 @@ def _traffic(extra: list[str], views=None, device: str = "cpu") -> tuple[list, l
     losses = []
     with HostTraffic() as spy:
         for step, (x, y) in enumerate(batcher.epoch(generator(dev, 0, 0))):
-            losses.append(net.run(lambda m: train_step(m, model, views, x, y, generator(dev, 0, 0, step),  # noqa: B023
-                                                       optimizer, scheduler, cfg, (step + 1, 4))))  # noqa: B023
+            losses.append(
+                net.run(
+                    lambda m, x=x, y=y, step=step: train_step(
+                        m,
+                        model,
+                        views,
+                        x,
+                        y,
+                        generator(dev, 0, 0, step),
+                        optimizer,
+                        scheduler,
+                        cfg,
+                        (step + 1, 4),
+                    )
+                )
+            )
     return losses, spy.calls
 
 
-METHODS = [["optim.name=lars"], ["optim.name=sgd"], ["loss.name=margin", "loss.semi_hard=true"],
-           ["method=supervised"], ["method=byol", "method_args.predictor_hidden=16"],
-           ["method=simsiam", "method_args.predictor_hidden=16"], ["method=barlow_twins"]]
+METHODS = [
+    ["optim.name=lars"],
+    ["optim.name=sgd"],
+    ["loss.name=margin", "loss.semi_hard=true"],
+    ["method=supervised"],
+    ["method=byol", "method_args.predictor_hidden=16"],
+    ["method=simsiam", "method_args.predictor_hidden=16"],
+    ["method=barlow_twins"],
+]
 
 
 # every method: SimCLR with each optimiser, and the other methods' losses and updates (BYOL's target)
@@ -87,6 +123,7 @@ def _masked_write(two):
         v1, v2 = two(x, g)
         v1[v1 > 0.5] = 0.0
         return v1, v2
+
     return views
 
 
@@ -94,6 +131,7 @@ def _tensor_from_a_list(two):
     def views(x, g):
         v1, v2 = two(x, g)
         return v1 * torch.tensor([0.5, 1.0, 2.0], device=x.device)[:, None, None], v2
+
     return views
 
 
@@ -101,6 +139,7 @@ def _item(two):
     def views(x, g):
         v1, v2 = two(x, g)
         return v1 * v1.mean().item(), v2
+
     return views
 
 
@@ -142,10 +181,25 @@ def _train(steps: int, compiled: bool, said: list[str], backend="inductor", *ext
     cpu = torch.device("cpu")
     net = accel.CompiledStep(model, model, compiled, backend=backend, say=said.append)
     x, y = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 10
-    losses = [float(net.run(lambda m: train_step(m, model, TwoViews(cfg.augment.views, mode="symmetric"), x, y,
-                                                 generator(cpu, 0, 0, s), optimizer, scheduler, cfg,  # noqa: B023
-                                                 (s + 1, steps))))  # noqa: B023
-              for s in range(steps)]
+    losses = [
+        float(
+            net.run(
+                lambda m, s=s: train_step(
+                    m,
+                    model,
+                    TwoViews(cfg.augment.views, mode="symmetric"),
+                    x,
+                    y,
+                    generator(cpu, 0, 0, s),
+                    optimizer,
+                    scheduler,
+                    cfg,
+                    (s + 1, steps),
+                )
+            )
+        )
+        for s in range(steps)
+    ]
     return losses, model.state_dict()
 
 
@@ -173,14 +227,23 @@ def test_a_failed_compilation_under_ddp_stops_the_cell_with_one_line_and_no_eage
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
         said: list[str] = []
-        net = accel.CompiledStep(model, DistributedDataParallel(model), True, backend=_failing_backend,
-                                 say=said.append)
+        net = accel.CompiledStep(model, DistributedDataParallel(model), True, backend=_failing_backend, say=said.append)
         cpu, calls = torch.device("cpu"), []
 
         def step(m):
             calls.append(m)
-            return train_step(m, model, TwoViews(cfg.augment.views, mode="symmetric"), torch.rand(16, 3, 16, 16),
-                              torch.arange(16) % 10, generator(cpu, 0, 0, 0), optimizer, scheduler, cfg, (1, 2))
+            return train_step(
+                m,
+                model,
+                TwoViews(cfg.augment.views, mode="symmetric"),
+                torch.rand(16, 3, 16, 16),
+                torch.arange(16) % 10,
+                generator(cpu, 0, 0, 0),
+                optimizer,
+                scheduler,
+                cfg,
+                (1, 2),
+            )
 
         with pytest.raises(accel.CompileFailed) as failed:
             net.run(step)
@@ -202,8 +265,15 @@ def test_compiled_and_eager_steps_give_the_same_loss():
 
 
 @pytest.mark.slow  # dynamo traces each method's step: seconds each; the fast lane keeps the fallback tests above
-@pytest.mark.parametrize("extra", [["method=supervised"], ["method=byol", "method_args.predictor_hidden=16"],
-                                   ["method=simsiam", "method_args.predictor_hidden=16"], ["method=barlow_twins"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["method=supervised"],
+        ["method=byol", "method_args.predictor_hidden=16"],
+        ["method=simsiam", "method_args.predictor_hidden=16"],
+        ["method=barlow_twins"],
+    ],
+)
 def test_every_method_compiles_without_falling_back(extra):
     """The graph capture of each method's networks (BYOL's no-grad target too), with a backend that
     compiles nothing, so it is quick; inductor's kernels are checked on SimCLR above."""

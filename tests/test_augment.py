@@ -1,5 +1,6 @@
 """Augmentations: per-op contracts over the whole registry, statistics of the random draws,
 equality with naive per-sample references, specs, two views and the preview."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,7 +93,7 @@ def test_apply_mask_fraction_follows_p(name):
 def test_seeds_reproduce_and_random_ops_vary_with_seed(name):
     x, op = batch(), always(name)
     assert torch.equal(op(x, gen(5)), op(x, gen(5)))
-    if any(k != "mask" for k in op.sample(x, gen()).keys()):  # has random parameters
+    if any(k != "mask" for k in op.sample(x, gen())):  # has random parameters
         assert not torch.equal(op(x, gen(5)), op(x, gen(6)))
 
 
@@ -119,13 +120,15 @@ def test_registering_a_new_op_is_one_definition_and_duplicates_raise():
 
     try:
         assert parse_spec("test_darken(factor=0.25)")(torch.ones(2, 3, 4, 4)).max() == 0.25
-        with pytest.raises(ValueError, match="test_darken.*factor.*2.0.*0.0, 1.0"):
+        with pytest.raises(ValueError, match=r"test_darken.*factor.*2.0.*0.0, 1.0"):
             Darken(factor=2.0)
         with pytest.raises(ValueError, match="already registered"):
+
             @register
             class Again(Augmentation):
                 name = "crop"
                 doc = "clash"
+
         assert REGISTRY["crop"].__name__ == "Crop"
     finally:
         REGISTRY.pop("test_darken")
@@ -165,8 +168,10 @@ def test_crop_box_distribution_matches_torchvision_reference(shape):
     box = always("crop").sample(torch.zeros(n, 3, h, w), gen(3))["box"]
     ours_area, ours_aspect = box[:, 2] * box[:, 3] / (h * w), (box[:, 2] / box[:, 3]).log()
     torch.manual_seed(0)
-    ref = torch.tensor([T.RandomResizedCrop.get_params(torch.zeros(1, h, w), [0.08, 1.0], [3 / 4, 4 / 3])
-                        for _ in range(n)], dtype=torch.float32)  # (top, left, height, width)
+    ref = torch.tensor(
+        [T.RandomResizedCrop.get_params(torch.zeros(1, h, w), [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
+        dtype=torch.float32,
+    )  # (top, left, height, width)
     ref_area, ref_aspect = ref[:, 2] * ref[:, 3] / (h * w), (ref[:, 3] / ref[:, 2]).log()
     for ours, theirs in ((ours_area, ref_area), (ours_aspect, ref_aspect)):
         se = (ours.var() / n + theirs.var() / n).sqrt()
@@ -191,8 +196,11 @@ def test_crop_equals_per_sample_torchvision_resized_crop():
 
 def test_full_box_crop_without_flip_is_identity():
     x = batch()
-    params = {"mask": torch.ones(12, dtype=torch.bool), "flip": torch.zeros(12, dtype=torch.bool),
-              "box": torch.tensor([[0.0, 0.0, 24.0, 24.0]]).repeat(12, 1)}
+    params = {
+        "mask": torch.ones(12, dtype=torch.bool),
+        "flip": torch.zeros(12, dtype=torch.bool),
+        "box": torch.tensor([[0.0, 0.0, 24.0, 24.0]]).repeat(12, 1),
+    }
     torch.testing.assert_close(always("crop").apply(x, params), x, atol=1e-6, rtol=0)
 
 
@@ -307,9 +315,17 @@ def test_equalize_posterize_match_torchvision_and_solarize_threshold():
     assert torch.allclose(always("solarize")(x)[0, 0, 0], torch.tensor([0.2, 0.5, 0.2]))
 
 
-@pytest.mark.parametrize("spec", [
-    "crop+color(s=0.5)+blur(p=1.0)", "crop(scale_min=0.2,flip=false)+cutout(fill=random)",
-    "posterize(bits=3)+noise(sigma_max=0.2)", "rotate", "identity", "none"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "crop+color(s=0.5)+blur(p=1.0)",
+        "crop(scale_min=0.2,flip=false)+cutout(fill=random)",
+        "posterize(bits=3)+noise(sigma_max=0.2)",
+        "rotate",
+        "identity",
+        "none",
+    ],
+)
 def test_spec_round_trips(spec):
     compose = parse_spec(spec)
     assert compose.spec == spec and parse_spec(compose.spec) == compose
@@ -327,25 +343,28 @@ def test_spec_forms_agree_and_canonicalise():
     assert torch.equal(parse_spec("")(x), x)
 
 
-@pytest.mark.parametrize("spec, pattern", [
-    ("crop+colr", r"unknown augmentation 'colr' \(did you mean 'color'\?\); choose from: .*crop"),
-    ("color(ss=0.5)", r"unknown 'color' parameter 'ss' \(did you mean 's'\?\); choose from: p, s, jitter_p"),
-    ("color(s=7)", r"'color\(s=7\)'.*'s' = 7.0.*\[0.0, 2.0\]"),
-    ("crop(flip=maybe)", r"'crop\(flip=maybe\)'.*'flip' must be bool"),
-    ("cutout(fill=blue)", r"'fill' = 'blue'.*\{zero, random\}"),
-    ("blur(p)", r"bad argument 'p' in 'blur\(p\)'"),
-    ("crop(", r"bad augmentation spec 'crop\('"),
-    ([{"color": 0.5}], r"parameters of 'color' must be a mapping"),
-    ([3], r"bad augmentation list entry 3"),
-    ("crop(scale_min=nan)", r"'scale_min' = nan is not allowed \(not a finite number\)"),
-    ([{"crop": {"scale_min": float("nan")}}], r"'scale_min' = nan is not allowed"),
-    ("blur(sigma_max=inf)", r"'sigma_max' = inf is not allowed"),
-    ("crop(scale_min=0.9,scale_max=0.1)", r"scale_min = 0.9 is greater than scale_max = 0.1"),
-    ("crop(ratio_min=2,ratio_max=1)", r"ratio_min = 2.0 is greater than ratio_max = 1.0"),
-    ("crop(scale_min=0.5, scale_min=0.6)", r"parameter 'scale_min' is given twice"),
-    ("crop++color", r"bad augmentation spec 'crop\+\+color': an empty op"),
-    ("+crop", r"bad augmentation spec '\+crop': an empty op"),
-])
+@pytest.mark.parametrize(
+    "spec, pattern",
+    [
+        ("crop+colr", r"unknown augmentation 'colr' \(did you mean 'color'\?\); choose from: .*crop"),
+        ("color(ss=0.5)", r"unknown 'color' parameter 'ss' \(did you mean 's'\?\); choose from: p, s, jitter_p"),
+        ("color(s=7)", r"'color\(s=7\)'.*'s' = 7.0.*\[0.0, 2.0\]"),
+        ("crop(flip=maybe)", r"'crop\(flip=maybe\)'.*'flip' must be bool"),
+        ("cutout(fill=blue)", r"'fill' = 'blue'.*\{zero, random\}"),
+        ("blur(p)", r"bad argument 'p' in 'blur\(p\)'"),
+        ("crop(", r"bad augmentation spec 'crop\('"),
+        ([{"color": 0.5}], r"parameters of 'color' must be a mapping"),
+        ([3], r"bad augmentation list entry 3"),
+        ("crop(scale_min=nan)", r"'scale_min' = nan is not allowed \(not a finite number\)"),
+        ([{"crop": {"scale_min": float("nan")}}], r"'scale_min' = nan is not allowed"),
+        ("blur(sigma_max=inf)", r"'sigma_max' = inf is not allowed"),
+        ("crop(scale_min=0.9,scale_max=0.1)", r"scale_min = 0.9 is greater than scale_max = 0.1"),
+        ("crop(ratio_min=2,ratio_max=1)", r"ratio_min = 2.0 is greater than ratio_max = 1.0"),
+        ("crop(scale_min=0.5, scale_min=0.6)", r"parameter 'scale_min' is given twice"),
+        ("crop++color", r"bad augmentation spec 'crop\+\+color': an empty op"),
+        ("+crop", r"bad augmentation spec '\+crop': an empty op"),
+    ],
+)
 def test_bad_specs_name_the_token_and_the_choices(spec, pattern):
     with pytest.raises(ValueError, match=pattern):
         parse_spec(spec)

@@ -1,6 +1,7 @@
 """AutoAugment (ImageNet policy): each step against torchvision on one image at a time, the whole
 op against a per-sample replay of its draw, and the statistics of the draws. The registry-wide
 contracts (shape, range, replay, p = 0 identity, mask rate) run in test_augment.py."""
+
 from __future__ import annotations
 
 import math
@@ -27,11 +28,21 @@ def reference(img: torch.Tensor, kind: str, m: float) -> torch.Tensor:
     if kind == "rotate":
         return TF.rotate(img, m, interpolation=NEAREST)
     if kind == "shear_x":
-        return TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=[math.degrees(math.atan(m)), 0.0],
-                         interpolation=NEAREST, center=[0, 0])
+        return TF.affine(
+            img,
+            angle=0.0,
+            translate=[0, 0],
+            scale=1.0,
+            shear=[math.degrees(math.atan(m)), 0.0],
+            interpolation=NEAREST,
+            center=[0, 0],
+        )
     u8 = (img * 255).round().to(torch.uint8)
-    eight_bit = {"posterize": lambda: TF.posterize(u8, int(m)), "solarize": lambda: TF.solarize(u8, m * 255),
-                 "equalize": lambda: TF.equalize(u8)}
+    eight_bit = {
+        "posterize": lambda: TF.posterize(u8, int(m)),
+        "solarize": lambda: TF.solarize(u8, m * 255),
+        "equalize": lambda: TF.equalize(u8),
+    }
     if kind in eight_bit:
         return eight_bit[kind]().float() / 255
     enhance = {"color": TF.adjust_saturation, "contrast": TF.adjust_contrast, "sharpness": TF.adjust_sharpness}
@@ -46,9 +57,10 @@ def test_each_step_matches_torchvision_per_sample():
     x = images(len(cases))
     kind = torch.tensor([k for k, _, _ in cases])
     takes_bin = SIGNED + ("posterize", "solarize")
-    mags = [0.0 if k < 0 else (s if KINDS[k] in SIGNED else 1)
-            * magnitude(KINDS[k], b if KINDS[k] in takes_bin else None)
-            for k, b, s in cases]
+    mags = [
+        0.0 if k < 0 else (s if KINDS[k] in SIGNED else 1) * magnitude(KINDS[k], b if KINDS[k] in takes_bin else None)
+        for k, b, s in cases
+    ]
     got = apply_step(x, kind, torch.tensor(mags))
     for i, (k, _, _) in enumerate(cases):
         want = x[i] if k < 0 else reference(x[i], KINDS[k], mags[i])
@@ -64,7 +76,7 @@ def test_whole_op_equals_a_per_sample_replay_of_its_draw():
     params = op.sample(x, torch.Generator().manual_seed(2))
     got = op.apply(x, params)
     for i in range(len(x)):
-        want = x[i:i + 1]
+        want = x[i : i + 1]
         for step, (kind, _, bin_) in enumerate(POLICY[params["policy"][i]]):
             if params["fire"][i, step]:
                 sign = int(params["sign"][i, step]) if kind in SIGNED else 1

@@ -1,4 +1,5 @@
 """One cell: trains, evaluates, resumes bit-exactly, records failures, never re-runs a finished cell."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,24 @@ from ablation.config import build_config
 
 pytestmark = pytest.mark.slow  # every test here trains a cell
 
-TINY = ["data.n_train=256", "data.n_test=128", "data.size=16", "model.width=8", "model.head_hidden=32",
-        "model.out_dim=16", "train.epochs=3", "train.batch_size=64", "train.checkpoint_every=1",
-        "eval.knn_k=20", "augment.views=crop+color"]
+TINY = [
+    "data.n_train=256",
+    "data.n_test=128",
+    "data.size=16",
+    "model.width=8",
+    "model.head_hidden=32",
+    "model.out_dim=16",
+    "train.epochs=3",
+    "train.batch_size=64",
+    "train.checkpoint_every=1",
+    "eval.knn_k=20",
+    "augment.views=crop+color",
+]
 
 
 class StopAfter:
     """An interrupt that fires after `steps` training steps (what a signal handler would set)."""
+
     reason = "test interrupt"
 
     def __init__(self, steps: int):
@@ -73,7 +85,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(uninterrupted, tmp_path, 
 
 
 def test_finished_cell_is_not_rerun(uninterrupted):
-    result, out = uninterrupted
+    _result, out = uninterrupted
     stamp = (out / "result.json").stat().st_mtime_ns
     again = run_cell(tiny(), out, interrupt=StopAfter(0), show_progress=False)
     assert again == json.loads((out / "result.json").read_text())
@@ -87,12 +99,20 @@ def test_checkpoint_loads_with_weights_only(uninterrupted):
 
 
 def test_non_finite_loss_fails_the_cell_with_a_reason(tmp_path):
-    cfg = tiny("optim.name=sgd", "optim.lr=1000", "optim.lr_scaling=linear", "loss.normalize=false",
-               "loss.temperature=0.0001", "train.epochs=2")
+    cfg = tiny(
+        "optim.name=sgd",
+        "optim.lr=1000",
+        "optim.lr_scaling=linear",
+        "loss.normalize=false",
+        "loss.temperature=0.0001",
+        "train.epochs=2",
+    )
     result = run_cell(cfg, tmp_path, show_progress=False)
     assert result["status"] == "failed" and "non-finite loss" in result["reason"]
+
     def strict(constant: str) -> None:
         raise AssertionError(f"result.json holds {constant}: not strict JSON")
+
     written = json.loads((tmp_path / "result.json").read_text(), parse_constant=strict)
     assert written["status"] == "failed" and written["metrics"]["final_loss"] is None
 
@@ -120,11 +140,19 @@ def test_an_unreadable_checkpoint_makes_the_cell_corrupt_naming_the_file(tmp_pat
 def test_a_second_run_of_a_cell_waits_for_the_first_to_end(tmp_path):
     """One writer per cell: a run started while another holds the cell (a cancelled Slurm task
     still saving, say) writes nothing until that one has ended."""
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from ablation import store\n"
-        f"with store.locked(store.Path({str(tmp_path)!r}) / store.CELL_LOCK):\n"
-        "    print('holding', flush=True); time.sleep(3); print(time.time(), flush=True)\n")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from ablation import store\n"
+                f"with store.locked(store.Path({str(tmp_path)!r}) / store.CELL_LOCK):\n"
+                "    print('holding', flush=True); time.sleep(3); print(time.time(), flush=True)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "holding"
     run_cell(tiny("train.epochs=1"), tmp_path, show_progress=False)
     released = float(holder.stdout.readline())

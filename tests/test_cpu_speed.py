@@ -1,5 +1,6 @@
 """benchmarks/cpu_speed.py times the cell's own step on the photos-cpu recipe, and its profile accounts
 for the whole step."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,8 +33,23 @@ def test_the_benchmark_times_the_cells_own_step_on_the_preset(bench):
 
 
 def test_a_child_prints_its_images_per_second(bench, capsys, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["cpu_speed.py", "--child", "--threads", "1", "--batch", "8", "--steps", "1",
-                                     "--warmup", "1", "--part", "views"])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "cpu_speed.py",
+            "--child",
+            "--threads",
+            "1",
+            "--batch",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--part",
+            "views",
+        ],
+    )
     before = torch.get_num_threads()
     try:
         bench.main()

@@ -1,5 +1,6 @@
 """Training curves and per-class figures from results folders written by hand (no training):
 grouped as experiment.json says, numbers equal to a naive computation."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ from analysis.curves import groups, load_curves, plot_curves
 
 OPS = ["crop", "color", "blur"]  # not alphabetical, so ordering bugs show
 CLASSES = ["disk", "ring", "star"]
-FIXED = {"data.name": "embedded", "model.encoder": "small_cnn", "train.epochs": 3, "train.batch_size": 64,
-         "augment.mode": "asymmetric"}
+FIXED = {
+    "data.name": "embedded",
+    "model.encoder": "small_cnn",
+    "train.epochs": 3,
+    "train.batch_size": 64,
+    "augment.mode": "asymmetric",
+}
 
 
 def accuracy(i: int, seed: int, c: int) -> float:
@@ -29,8 +35,19 @@ def write(root: Path, cells: list[dict], **exp) -> Path:
     ids = [f"c{n}" for n in range(len(cells))]
     (root / "experiment.json").parent.mkdir(parents=True, exist_ok=True)
     settings = {cid: c["coords"] for cid, c in zip(ids, cells)} if exp.get("kind") == "product" else {}
-    (root / "experiment.json").write_text(json.dumps({"name": "t", "title": "t", "fixed": FIXED, "cells": ids,
-                                                      "settings": settings, "swept": exp.get("axes", []), **exp}))
+    (root / "experiment.json").write_text(
+        json.dumps(
+            {
+                "name": "t",
+                "title": "t",
+                "fixed": FIXED,
+                "cells": ids,
+                "settings": settings,
+                "swept": exp.get("axes", []),
+                **exp,
+            }
+        )
+    )
     for cid, c in zip(ids, cells):
         d = root / cid
         d.mkdir()
@@ -38,19 +55,60 @@ def write(root: Path, cells: list[dict], **exp) -> Path:
         (d / "cell.json").write_text(json.dumps(meta))
         per_class = {name: accuracy(c["i"], c["seed"], k) for k, name in enumerate(CLASSES)}
         finished = c.get("status", "finished") == "finished"
-        metrics = {"linear_top1": sum(per_class.values()) / 3, "linear_top5": 1.0, "knn_top1": 0.1,
-                   "random_init_top1": 0.1, "final_loss": 1.0, PER_CLASS: per_class} if finished else None
-        (d / "result.json").write_text(json.dumps({**meta, "status": c.get("status", "finished"), "metrics": metrics,
-                                                   "wall_time_s": 3.0, "images_per_s": 1.0, "epochs_done": 3}))
-        write_metrics(d, [{"epoch": e, "wall_s": 2.0 * e, "loss": 5.0 - 0.1 * e * (1 + c["i"]), "pos_sim": 0.5,
-                           "uniform": -2.0, **({"knn_top1": 0.1 * e} if e == 2 else {})} for e in (1, 2, 3)])
+        metrics = (
+            {
+                "linear_top1": sum(per_class.values()) / 3,
+                "linear_top5": 1.0,
+                "knn_top1": 0.1,
+                "random_init_top1": 0.1,
+                "final_loss": 1.0,
+                PER_CLASS: per_class,
+            }
+            if finished
+            else None
+        )
+        (d / "result.json").write_text(
+            json.dumps(
+                {
+                    **meta,
+                    "status": c.get("status", "finished"),
+                    "metrics": metrics,
+                    "wall_time_s": 3.0,
+                    "images_per_s": 1.0,
+                    "epochs_done": 3,
+                }
+            )
+        )
+        write_metrics(
+            d,
+            [
+                {
+                    "epoch": e,
+                    "wall_s": 2.0 * e,
+                    "loss": 5.0 - 0.1 * e * (1 + c["i"]),
+                    "pos_sim": 0.5,
+                    "uniform": -2.0,
+                    **({"knn_top1": 0.1 * e} if e == 2 else {}),
+                }
+                for e in (1, 2, 3)
+            ],
+        )
     return root
 
 
 def pairwise(tmp_path: Path, failed: tuple = ()) -> Path:
-    cells = [{"label": a if a == b else f"{a}+{b}", "coords": {"first": a, "second": b}, "seed": s,
-              "i": 3 * i + j, **({"status": "failed"} if (a, b) in failed else {})}
-             for i, a in enumerate(OPS) for j, b in enumerate(OPS) for s in (0, 1)]
+    cells = [
+        {
+            "label": a if a == b else f"{a}+{b}",
+            "coords": {"first": a, "second": b},
+            "seed": s,
+            "i": 3 * i + j,
+            **({"status": "failed"} if (a, b) in failed else {}),
+        }
+        for i, a in enumerate(OPS)
+        for j, b in enumerate(OPS)
+        for s in (0, 1)
+    ]
     return write(tmp_path / "pairwise", cells, kind="pairwise", ops=OPS, paper="figure5")
 
 
@@ -96,16 +154,28 @@ def test_curves_are_grouped_by_the_rows_of_the_pairwise_grid(tmp_path):
     axes = fig.axes
     assert len(axes) == 3 * 4  # rows: first op; columns: loss, pos_sim, uniform, knn (logged at epoch 2 only)
     assert [ax.get_ylabel() for ax in axes[::4]] == [f"1st: {op}" for op in OPS]
-    assert [ax.get_title() for ax in axes[:4]] == ["training loss", "positive-pair cosine", "uniformity",
-                                                   "kNN top-1 (%)"]
+    assert [ax.get_title() for ax in axes[:4]] == [
+        "training loss",
+        "positive-pair cosine",
+        "uniformity",
+        "kNN top-1 (%)",
+    ]
     blur_row_loss = axes[8].get_lines()
     assert len([line for line in blur_row_loss if len(line.get_xdata()) == 3]) == 3  # one line per 2nd op
 
 
 def test_curves_of_a_pairwise_grid_with_a_method_facet_have_a_row_per_method_and_first_op(tmp_path):
-    cells = [{"label": f"{pair_spec(a, b)},method={m}", "coords": {"first": a, "second": b, "method": m},
-              "seed": 0, "i": 3 * i + j}
-             for m in ("simclr", "byol") for i, a in enumerate(OPS) for j, b in enumerate(OPS)]
+    cells = [
+        {
+            "label": f"{pair_spec(a, b)},method={m}",
+            "coords": {"first": a, "second": b, "method": m},
+            "seed": 0,
+            "i": 3 * i + j,
+        }
+        for m in ("simclr", "byol")
+        for i, a in enumerate(OPS)
+        for j, b in enumerate(OPS)
+    ]
     exp_dir = write(tmp_path / "facets", cells, kind="pairwise", ops=OPS, paper="figure5", axes=["method"])
     exp = json.loads((exp_dir / "experiment.json").read_text())
     g = groups(exp, load_curves(exp_dir, exp, analysis.load_summary(exp_dir)[0]))
@@ -115,14 +185,25 @@ def test_curves_of_a_pairwise_grid_with_a_method_facet_have_a_row_per_method_and
 
 def test_curves_of_a_product_grid_are_grouped_by_its_swept_keys(tmp_path):
     temps, norms = [0.5, 0.1], [True, False]
-    cells = [{"label": f"temperature={t},normalize={str(n).lower()}", "coords": {"loss.temperature": t,
-              "loss.normalize": n}, "seed": 0, "i": k} for k, (t, n) in enumerate((t, n) for t in temps for n in norms)]
+    cells = [
+        {
+            "label": f"temperature={t},normalize={str(n).lower()}",
+            "coords": {"loss.temperature": t, "loss.normalize": n},
+            "seed": 0,
+            "i": k,
+        }
+        for k, (t, n) in enumerate((t, n) for t in temps for n in norms)
+    ]
     exp_dir = write(tmp_path / "t5", cells, kind="product", axes=["loss.temperature", "loss.normalize"])
     exp = json.loads((exp_dir / "experiment.json").read_text())
     g = groups(exp, load_curves(exp_dir, exp, analysis.load_summary(exp_dir)[0]))
     assert (g.row, g.rows, g.lines, g.line_name) == ("loss.temperature", temps, ["true", "false"], "normalize")
-    one = write(tmp_path / "t1", [{**c, "coords": {"loss.temperature": c["coords"]["loss.temperature"]}}
-                                  for c in cells[::2]], kind="product", axes=["loss.temperature"])
+    one = write(
+        tmp_path / "t1",
+        [{**c, "coords": {"loss.temperature": c["coords"]["loss.temperature"]}} for c in cells[::2]],
+        kind="product",
+        axes=["loss.temperature"],
+    )
     exp1 = json.loads((one / "experiment.json").read_text())
     g1 = groups(exp1, load_curves(one, exp1, analysis.load_summary(one)[0]))
     assert (g1.row, g1.rows, g1.lines) == (None, [None], ["0.5", "0.1"])

@@ -1,4 +1,5 @@
 """Data: embedded set (deterministic, balanced, class only in shape), folders + cache, batching."""
+
 from __future__ import annotations
 
 import os
@@ -80,6 +81,7 @@ def test_embedded_colour_carries_no_class_information():
 def _colour_match_rate(x: torch.Tensor, spec: str) -> float:
     """Fraction of augmented views whose nearest original by colour (per-channel mean and std) is
     their own image, over three seeded draws; chance is 1 / len(x)."""
+
     def colour(t: torch.Tensor) -> torch.Tensor:
         return torch.cat([t.mean((2, 3)), t.std((2, 3))], 1)
 
@@ -104,7 +106,7 @@ def test_embedded_colour_shortcut_survives_crop_but_not_colour_distortion():
 def test_load_dataset_embedded_and_unknown_name():
     train, test = load_dataset("embedded", None, 16, False, None, n_train=20, n_test=10, seed=1)
     assert train.images.shape == (20, 3, 16, 16) and len(test) == 10
-    with pytest.raises(ValueError, match="did you mean 'cifar10'.*choose from"):
+    with pytest.raises(ValueError, match=r"did you mean 'cifar10'.*choose from"):
         load_dataset("cifar-10", None, 32, False, None)
 
 
@@ -193,7 +195,7 @@ def test_missing_data_gives_one_clear_error(tmp_path: Path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=r"nowhere.*train/<class>"):
         load_dataset("folder", missing, 32, False, tmp_path / "cache")
-    with pytest.raises(ValueError, match="needs data.root"):
+    with pytest.raises(ValueError, match=r"needs data.root"):
         load_dataset("folder", None, 32, False, tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match=r"cifar10 not found.*data.download=true"):
         load_dataset("cifar10", missing, 32, False, tmp_path / "cache")
@@ -262,8 +264,10 @@ def test_batcher_resume_equals_tail_of_full_epoch():
 def test_batcher_shards_partition_each_global_batch():
     images, labels = _indexed(50)
     whole = [y for _, y in DeviceBatcher(images, labels, 12).epoch(torch.Generator().manual_seed(1))]
-    ranks = [[y for _, y in DeviceBatcher(images, labels, 12, shard=(r, 4)).epoch(torch.Generator().manual_seed(1))]
-             for r in range(4)]
+    ranks = [
+        [y for _, y in DeviceBatcher(images, labels, 12, shard=(r, 4)).epoch(torch.Generator().manual_seed(1))]
+        for r in range(4)
+    ]
     for step, batch in enumerate(whole):
         parts = [ranks[r][step] for r in range(4)]
         assert [len(p) for p in parts] == [3] * 4 and torch.equal(torch.cat(parts), batch)

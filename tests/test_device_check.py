@@ -1,5 +1,6 @@
 """benchmarks/device_check.py: --smoke runs every part of the GPU check on the CPU, end to end, and the
 wheels it installs on a machine without network are the missing packages and what they need."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-SUMMARY = ("augmentation 32 px:", "augmentation 64 px:", "training step: ours", "cifar10 cells, augmentation:",
-           "cifar10 cells together: K=1 ", "cifar10 cell (small_cnn, batch 32, cpu):", "linear top-1", "kNN top-1")
+SUMMARY = (
+    "augmentation 32 px:",
+    "augmentation 64 px:",
+    "training step: ours",
+    "cifar10 cells, augmentation:",
+    "cifar10 cells together: K=1 ",
+    "cifar10 cell (small_cnn, batch 32, cpu):",
+    "linear top-1",
+    "kNN top-1",
+)
 
 
 def _smoke(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, float, str]:
@@ -25,8 +34,12 @@ def _smoke(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.Completed
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "simplejpeg.py").write_text("raise ImportError('simplejpeg is not installed here')\n")
-    env = {**os.environ, "TMPDIR": str(tmp_path), **env,  # its scratch folders go to tmp_path
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(hide), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmp_path),
+        **env,  # its scratch folders go to tmp_path
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hide), os.environ.get("PYTHONPATH")])),
+    }
     argv = [sys.executable, "benchmarks/device_check.py", "--smoke", "--wheels", str(tmp_path), *args]
     t0 = time.monotonic()
     run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -69,10 +82,12 @@ def test_a_k_cells_child_that_crashes_or_hangs_fails_its_section_alone(tmp_path,
 def test_the_summary_prints_before_the_time_runs_out_whatever_is_still_running():
     """A section that never returns: the watchdog prints the summary (with what was noted) and ends
     the process SUMMARY_S before --minutes."""
-    code = ("import sys, time; sys.path.insert(0, 'benchmarks'); import device_check as c\n"
-            "r = c.Report(0.1)\n"
-            "r.note('measured: 1 thing')\n"
-            "with r.section('stuck'):\n    time.sleep(60)\n")
+    code = (
+        "import sys, time; sys.path.insert(0, 'benchmarks'); import device_check as c\n"
+        "r = c.Report(0.1)\n"
+        "r.note('measured: 1 thing')\n"
+        "with r.section('stuck'):\n    time.sleep(60)\n"
+    )
     t0 = time.monotonic()
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     took = time.monotonic() - t0
@@ -84,7 +99,7 @@ def test_the_summary_prints_before_the_time_runs_out_whatever_is_still_running()
 
 def _wheel(folder: Path, name: str, *requires: str) -> Path:
     path = folder / f"{name}-1.0-py3-none-any.whl"
-    meta = "Metadata-Version: 2.1\nName: {}\n".format(name) + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    meta = f"Metadata-Version: 2.1\nName: {name}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(f"{name}-1.0.dist-info/METADATA", meta)
     return path

@@ -1,5 +1,6 @@
 """Faults an operator meets: a cell's files broken or swapped under it, a reused --out, a full disk.
 Each ends in one line that names the file and leaves the cell resumable."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,9 +17,12 @@ from ablation.config import build_config
 from ablation.grid import load_experiment
 from ablation.names import CORRUPT, FINISHED
 
-TINY = {"data": {"n_train": 128, "n_test": 64, "size": 16},
-        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
-        "train": {"epochs": 2, "batch_size": 64}, "eval": {"knn_k": 10, "random_init": False}}
+TINY = {
+    "data": {"n_train": 128, "n_test": 64, "size": 16},
+    "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+    "train": {"epochs": 2, "batch_size": 64},
+    "eval": {"knn_k": 10, "random_init": False},
+}
 
 
 def one_cell(tmp_path: Path):
@@ -50,9 +54,28 @@ def test_a_broken_metrics_log_makes_the_cell_corrupt_and_retry_resumes_it(tmp_pa
     assert any(p.name.endswith(store.METRICS_LOG) for p in (cell / store.ATTEMPTS).iterdir())
 
 
-RUN = ["--set", "data.n_train=128", "--set", "data.n_test=64", "--set", "data.size=16", "--set", "model.width=8",
-       "--set", "model.head_hidden=32", "--set", "model.out_dim=16", "--set", "train.epochs=1",
-       "--set", "train.batch_size=64", "--set", "eval.knn_k=10", "--set", "eval.random_init=false"]
+RUN = [
+    "--set",
+    "data.n_train=128",
+    "--set",
+    "data.n_test=64",
+    "--set",
+    "data.size=16",
+    "--set",
+    "model.width=8",
+    "--set",
+    "model.head_hidden=32",
+    "--set",
+    "model.out_dim=16",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    "eval.knn_k=10",
+    "--set",
+    "eval.random_init=false",
+]
 
 
 @pytest.mark.slow
@@ -85,6 +108,7 @@ def disk(tmp_path):
     def remount(options: str) -> Path:
         subprocess.run(["mount", "-o", f"remount,{options}", str(root)], check=True)
         return root
+
     yield remount
     subprocess.run(["umount", str(root)], check=True)
 
@@ -102,8 +126,11 @@ def test_a_read_only_results_folder_is_one_line_and_exit_2(tmp_path, disk, capsy
     root = disk("rw")
     launch.prepare(root, exp)  # the grid's folder exists; nothing can be written any more
     disk("ro")
-    for argv in (["grid", path, "--executor", "local", "--results", str(root)],
-                 ["collect", path, "--results", str(root)], ["run", *RUN, "--out", str(root / "run")]):
+    for argv in (
+        ["grid", path, "--executor", "local", "--results", str(root)],
+        ["collect", path, "--results", str(root)],
+        ["run", *RUN, "--out", str(root / "run")],
+    ):
         assert main(argv) == 2, argv
         err = one_line_error(capsys, argv[0])
         assert "cannot write there (Read-only file system" in err and str(root) in err
@@ -112,7 +139,7 @@ def test_a_read_only_results_folder_is_one_line_and_exit_2(tmp_path, disk, capsy
 def test_a_full_results_folder_is_one_line_and_exit_2(tmp_path, disk, capsys):
     exp, _ = one_cell(tmp_path)
     root = disk("rw")
-    with open(root / "filler", "wb") as f, pytest.raises(OSError):
+    with open(root / "filler", "wb") as f, pytest.raises(OSError, match="No space left"):
         f.write(b"x" * 256 * 1024)
     assert main(["grid", str(exp.path), "--executor", "local", "--results", str(root)]) == 2
     err = one_line_error(capsys, "grid")
@@ -138,6 +165,7 @@ def test_a_disk_that_fills_mid_run_names_the_checkpoint_and_the_cell_resumes(tmp
 
 class DeleteFolder:
     """An interrupt that never fires but deletes the cell's folder after `steps` steps (an operator's rm -r)."""
+
     reason = "never"
 
     def __init__(self, folder: Path, steps: int):
@@ -153,10 +181,24 @@ class DeleteFolder:
 
 @pytest.mark.slow
 def test_a_cell_whose_folder_is_deleted_stops_without_writing_and_a_new_run_owns_it(tmp_path):
-    cfg = build_config({}, [f"{k}={v}" for k, v in (
-        ("data.n_train", 128), ("data.n_test", 64), ("data.size", 16), ("model.width", 8), ("model.head_hidden", 32),
-        ("model.out_dim", 16), ("train.epochs", 2), ("train.batch_size", 64), ("eval.knn_k", 10),
-        ("eval.random_init", "false"))])
+    cfg = build_config(
+        {},
+        [
+            f"{k}={v}"
+            for k, v in (
+                ("data.n_train", 128),
+                ("data.n_test", 64),
+                ("data.size", 16),
+                ("model.width", 8),
+                ("model.head_hidden", 32),
+                ("model.out_dim", 16),
+                ("train.epochs", 2),
+                ("train.batch_size", 64),
+                ("eval.knn_k", 10),
+                ("eval.random_init", "false"),
+            )
+        ],
+    )
     out = tmp_path / "cell"
     with pytest.raises(store.LockLost, match="removed or replaced"):
         run_cell(cfg, out, interrupt=DeleteFolder(out, 1), show_progress=False)

@@ -2,6 +2,7 @@
 
 Every test makes its own JPEG folder: images of 100-600 px per side, a colour per class.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,7 @@ from ablation.augment import parse_spec
 from ablation.cell import Preempted, run_cell
 from ablation.cli import main
 from ablation.config import build_config
-from ablation.data import folders, stream
-from ablation.data import source_crop
+from ablation.data import folders, source_crop, stream
 from ablation.data.folders import Split, scan
 from ablation.data.sources import ImageFiles
 from ablation.data.stream import StreamBatcher, UnreadableImage, decode_crops
@@ -61,12 +61,27 @@ def photos(tmp_path_factory) -> Path:
 
 
 # 24 images per class of the folder's 60 train (10 test) ones: 3 steps of 32 per epoch
-TINY = ["data.name=folder", "data.size=16", "data.per_class=24", "data.workers=2", "model.width=8",
-        "model.head_hidden=32", "model.out_dim=16", "train.epochs=2", "train.batch_size=32",
-        "train.checkpoint_every=1", "eval.knn_k=20"]
+TINY = [
+    "data.name=folder",
+    "data.size=16",
+    "data.per_class=24",
+    "data.workers=2",
+    "model.width=8",
+    "model.head_hidden=32",
+    "model.out_dim=16",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.checkpoint_every=1",
+    "eval.knn_k=20",
+]
 STREAM = ["data.serve=stream", "augment.mode=symmetric", "augment.views=crop+color"]
-RESIDENT = ["data.serve=resident", "data.stored_size=24", "augment.base=crop(flip=false)",
-            "augment.mode=asymmetric", "augment.views=color"]
+RESIDENT = [
+    "data.serve=resident",
+    "data.stored_size=24",
+    "augment.base=crop(flip=false)",
+    "augment.mode=asymmetric",
+    "augment.views=color",
+]
 
 
 def cfg(root: Path, *extra: str):
@@ -112,8 +127,9 @@ def _one_line_error(args: list[str], capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("problem", ["missing root", "train is a file", "empty class", "missing class",
-                                     "unknown class list", "symlink loop"])
+@pytest.mark.parametrize(
+    "problem", ["missing root", "train is a file", "empty class", "missing class", "unknown class list", "symlink loop"]
+)
 def test_folder_problems_are_one_line_errors_before_anything_runs(photos, tmp_path, capsys, problem):
     root = tmp_path / "data"
     make_folder(root, train=2, test=1)
@@ -137,16 +153,23 @@ def test_folder_problems_are_one_line_errors_before_anything_runs(photos, tmp_pa
         (root / "train" / "blue" / "loop.jpg").symlink_to("loop.jpg")
         match = re.escape(f"cannot read {root / 'train' / 'blue' / 'loop.jpg'} (Too many levels of symbolic links)")
     out = tmp_path / "cell"
-    args = ["run", "--out", str(out), *[a for kv in TINY + STREAM for a in ("--set", kv)],
-            "--set", f"data.root={root}", *extra]
+    args = [
+        "run",
+        "--out",
+        str(out),
+        *[a for kv in TINY + STREAM for a in ("--set", kv)],
+        "--set",
+        f"data.root={root}",
+        *extra,
+    ]
     assert re.search(match, _one_line_error(args, capsys))
     assert not (out / "checkpoint.pt").exists()
 
 
 def test_folder_only_keys_are_rejected_for_other_sets():
-    with pytest.raises(ValueError, match="data.classes: only for data.name=folder"):
+    with pytest.raises(ValueError, match=r"data.classes: only for data.name=folder"):
         build_config({}, ["data.classes=[a]"])
-    with pytest.raises(ValueError, match="data.stored_size: 16 is below data.size 32"):
+    with pytest.raises(ValueError, match=r"data.stored_size: 16 is below data.size 32"):
         build_config({}, ["data.name=folder", "data.root=x", "data.size=32", "data.stored_size=16"])
 
 
@@ -161,13 +184,14 @@ def test_reduced_scale_decode_matches_full_decode_then_crop(tmp_path):
     image.paste(Image.open(next((tmp_path / "train" / "amber").iterdir())).resize((600, 500)))
     image.save(tmp_path / "big.jpg", quality=95)
     crop = parse_spec("crop(scale_min=0.9,flip=false)").ops[0]
-    u = torch.tensor([[0.5] * source_crop.TRIES + [0.5] * source_crop.TRIES + [0.3, 0.7, 0.9, 0.0]])  # areas, ratios, x, y, flip, apply
+    # areas, ratios, x, y, flip, apply
+    u = torch.tensor([[0.5] * source_crop.TRIES + [0.5] * source_crop.TRIES + [0.3, 0.7, 0.9, 0.0]])
     got = decode_crops(str(tmp_path / "big.jpg"), crop, u, 64)[0]
     box, _ = source_crop.boxes(crop, u, torch.tensor([500.0]), torch.tensor([600.0]))
     x0, y0, bw, bh = (int(v) for v in box[0])
     assert min(bw, bh) >= 128  # so the 1/2-scale path ran
     full = TF.pil_to_tensor(Image.open(tmp_path / "big.jpg").convert("RGB"))
-    want = TF.resize(full[:, y0:y0 + bh, x0:x0 + bw], [64, 64], antialias=True)
+    want = TF.resize(full[:, y0 : y0 + bh, x0 : x0 + bw], [64, 64], antialias=True)
     assert (got.float() - want.float()).abs().mean() < 3.0
 
 
@@ -213,16 +237,19 @@ def test_one_crop_per_view_keeps_the_papers_crop_area():
     area = box[:, 2] * box[:, 3] / (h * w)
     torch.manual_seed(0)
     image = torch.zeros(1, 375, 500)  # get_params reads only its size
-    ref = torch.tensor([T.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
-                       dtype=torch.float32)  # (top, left, height, width)
+    ref = torch.tensor(
+        [T.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)], dtype=torch.float32
+    )  # (top, left, height, width)
     ref_area = ref[:, 2] * ref[:, 3] / (375 * 500)
     assert abs(area.mean() - ref_area.mean()) < 4 * (area.var() / n + ref_area.var() / n).sqrt()
     assert 0.48 < flip.float().mean().item() < 0.52
     assert (box[:, 0] >= 0).all() and (box[:, 0] + box[:, 2] <= w).all() and (box[:, 1] + box[:, 3] <= h).all()
 
 
-@pytest.mark.parametrize("views,base,mode", [("crop", "none", "symmetric"), ("none", "crop", "asymmetric"),
-                                              ("crop+color", "none", "symmetric")])
+@pytest.mark.parametrize(
+    "views,base,mode",
+    [("crop", "none", "symmetric"), ("none", "crop", "asymmetric"), ("crop+color", "none", "symmetric")],
+)
 def test_one_view_methods_take_the_first_source_crop(views, base, mode):
     """A one-view method (supervised) on a folder with its first crop at the source: the first crop drawn
     for the image, then the rest of the pipeline on the device (without device ops: the first view)."""
@@ -302,8 +329,9 @@ def test_streaming_cell_logs_embeddings_of_a_fixed_streamed_batch(streamed_cell)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,serve", [("supervised", STREAM), ("byol", STREAM),
-                                          ("supervised", [*RESIDENT, "data.stored_size=20"])])
+@pytest.mark.parametrize(
+    "method,serve", [("supervised", STREAM), ("byol", STREAM), ("supervised", [*RESIDENT, "data.stored_size=20"])]
+)
 def test_other_methods_train_on_folders_served_at_the_source(photos, tmp_path, monkeypatch, method, serve):
     """Labels of streamed batches reach supervised training; one view of source crops; BYOL's
     projections in the per-epoch log of a streamed folder. (Its own stored size and cache: the
@@ -360,9 +388,22 @@ def test_corrupt_jpeg_fails_the_cell_with_its_path_and_no_hang(tmp_path):
     bad.write_bytes(bad.read_bytes()[:600])  # truncated
     out = tmp_path / "cell"
     args = [a for kv in TINY + STREAM + [f"data.root={root}", "train.batch_size=8"] for a in ("--set", kv)]
-    run = subprocess.run([sys.executable, "-c", "import sys; from ablation.cli import main; sys.exit(main())",
-                          "run", "--out", str(out), *args], capture_output=True, text=True, timeout=120,
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from ablation.cli import main; sys.exit(main())",
+            "run",
+            "--out",
+            str(out),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert run.returncode == 2 and f"cannot decode image {bad}" in run.stderr, run.stderr
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "failed" and str(bad) in result["reason"] and "\n" not in result["reason"]
@@ -377,8 +418,13 @@ def png16(path: Path, h: int = 40, w: int = 56) -> None:
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_a_16_bit_png_is_read_as_8_bits_streamed_and_resident(tmp_path):
@@ -399,6 +445,7 @@ def test_an_empty_image_file_is_named_streamed_and_resident(tmp_path):
 
 # ---- the protocol per experiment on ImageNet-like presets ----------------------------------------
 
+
 @pytest.mark.parametrize("preset", ["imagenet", "imagenet100"])
 @pytest.mark.parametrize("name", SHIPPED)
 def test_imagenet_presets_crop_once_per_view_from_the_full_image(name, preset):
@@ -411,8 +458,13 @@ def test_imagenet_presets_crop_once_per_view_from_the_full_image(name, preset):
         a = cell.config.augment
         got = source_crop.split_source_crop(a.views, a.base, a.mode).describe()
         if a.mode == "asymmetric" or name == "budget":
-            assert got == {"first_crop": "crop(flip=false)", "crops_per_image": 1, "base": "none",
-                           "views": parse_spec(a.views).spec, "mode": a.mode}, cell.label
+            assert got == {
+                "first_crop": "crop(flip=false)",
+                "crops_per_image": 1,
+                "base": "none",
+                "views": parse_spec(a.views).spec,
+                "mode": a.mode,
+            }, cell.label
         elif parse_spec(a.views).ops[0].name != "crop":
             assert a.base == "none" and got["first_crop"] is None and got["views"] == parse_spec(a.views).spec
         else:
@@ -432,7 +484,17 @@ def test_imagenet100_dry_run_prints_gpu_hours(tmp_path, capsys):
 
 
 def test_grid_with_a_bad_folder_fails_before_any_cell(tmp_path, capsys):
-    args = ["grid", "pairwise", "--preset", "imagenet100", "--executor", "local", "--results", str(tmp_path),
-            "--set", f"data.root={tmp_path / 'missing'}"]
+    args = [
+        "grid",
+        "pairwise",
+        "--preset",
+        "imagenet100",
+        "--executor",
+        "local",
+        "--results",
+        str(tmp_path),
+        "--set",
+        f"data.root={tmp_path / 'missing'}",
+    ]
     assert re.search(r"no image folder at .*missing/train", _one_line_error(args, capsys))
     assert not list(tmp_path.glob("*/*/result.json"))

@@ -1,4 +1,5 @@
 """Experiments expand into validated cells; every shipped experiment resolves on every preset."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +18,16 @@ NEEDS = {"photos-cpu": ["data.root=photos"]}  # presets that need the user's dat
 # for 15+ distinct models (15-110 s each on two busy cores): the slow lane checks them; the embedded,
 # photos-cpu and cifar10 presets of every other experiment stay in the fast lane.
 COSTLY_DRY_RUNS = {(name, preset) for name in SHIPPED for preset in ("imagenet", "imagenet100")} | {
-    ("head", "cifar10"), ("method_sensitivity", "cifar10")}
-DRY_RUNS = [pytest.param(name, preset, id=f"{name}-{preset}",
-                         marks=[pytest.mark.slow] if (name, preset) in COSTLY_DRY_RUNS else [])
-            for name in SHIPPED for preset in PRESETS]
+    ("head", "cifar10"),
+    ("method_sensitivity", "cifar10"),
+}
+DRY_RUNS = [
+    pytest.param(
+        name, preset, id=f"{name}-{preset}", marks=[pytest.mark.slow] if (name, preset) in COSTLY_DRY_RUNS else []
+    )
+    for name in SHIPPED
+    for preset in PRESETS
+]
 
 
 def write(tmp_path: Path, spec: dict, name: str = "exp") -> Path:
@@ -33,8 +40,17 @@ def test_pairwise_is_all_ordered_pairs_with_singles_on_the_diagonal(tmp_path):
     path = write(tmp_path, {"grid": {"kind": "pairwise", "ops": ["crop", "color", "rotate"]}})
     exp = load_experiment(str(path))
     assert exp.kind == "pairwise" and exp.ops == ["crop", "color", "rotate"]
-    assert [c.label for c in exp.cells] == ["crop", "crop+color", "crop+rotate", "color+crop", "color",
-                                            "color+rotate", "rotate+crop", "rotate+color", "rotate"]
+    assert [c.label for c in exp.cells] == [
+        "crop",
+        "crop+color",
+        "crop+rotate",
+        "color+crop",
+        "color",
+        "color+rotate",
+        "rotate+crop",
+        "rotate+color",
+        "rotate",
+    ]
     cell = exp.cells[1]
     assert cell.coords == {"first": "crop", "second": "color"}
     assert cell.config.augment.views == "crop+color"
@@ -42,9 +58,13 @@ def test_pairwise_is_all_ordered_pairs_with_singles_on_the_diagonal(tmp_path):
 
 
 def test_product_axes_zipped_keys_and_seeds(tmp_path):
-    spec = {"grid": {"kind": "product", "seeds": [0, 1],
-                     "axes": {"loss.normalize,loss.temperature": [[True, 0.1], [False, 10]],
-                              "loss.name": ["nt_xent", "margin"]}}}
+    spec = {
+        "grid": {
+            "kind": "product",
+            "seeds": [0, 1],
+            "axes": {"loss.normalize,loss.temperature": [[True, 0.1], [False, 10]], "loss.name": ["nt_xent", "margin"]},
+        }
+    }
     exp = load_experiment(str(write(tmp_path, spec)))
     assert len(exp.cells) == 8 and exp.axes == ["loss.normalize", "loss.temperature", "loss.name"]
     first = exp.cells[0]
@@ -64,34 +84,51 @@ def test_cell_id_is_the_resolved_config_not_the_overrides(tmp_path):
 
 
 def test_presets_and_slurm_overrides(tmp_path):
-    spec = {"grid": {"kind": "pairwise", "ops": ["crop"]}, "slurm": {"partition": "gpu"},
-            "presets": {"tiny": {"train": {"epochs": 1}}}}
+    spec = {
+        "grid": {"kind": "pairwise", "ops": ["crop"]},
+        "slurm": {"partition": "gpu"},
+        "presets": {"tiny": {"train": {"epochs": 1}}},
+    }
     exp = load_experiment(str(write(tmp_path, spec)), preset="tiny", overrides=["slurm.cpus_per_task=2"])
     assert exp.name == "exp-tiny" and exp.cells[0].config.train.epochs == 1
     assert exp.slurm.partition == "gpu" and exp.slurm.cpus_per_task == 2
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"grid": {"kind": "pairwise", "ops": ["crop", "colr"]}}, r"cell 'crop\+colr'.*'colr'.*color"),
-    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"trian": {}}}, r"unknown config key 'trian'.*train"),
-    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"method": "byl"}},
-     r"cell 'crop': method: unknown method 'byl' \(did you mean 'byol'\?\)"),
-    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"train": {"epochs": "x"}}},
-     r"train.epochs: expected int, got 'x'"),
-    ({"grid": {"kind": "product", "axes": {"loss.temperature": [0.5, -1]}}},
-     r"loss.temperature: -1.0 is out of range"),
-    ({"grid": {"kind": "matrix"}}, r"grid.kind: 'matrix' is not allowed; choose from: pairwise, product"),
-    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "slurm": {"partiton": "x"}},
-     r"unknown config key 'slurm.partiton' \(did you mean 'slurm.partition'\?\)"),
-    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "paper": "fig5"}, r"paper: 'fig5'.*figure5"),
-    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "grdi": {}}, r"unknown key 'grdi' \(did you mean 'grid'\?\)"),
-    ({"grid": {"kind": "pairwise", "ops": "crop"}}, r"grid.ops: a pairwise grid needs a non-empty list .*got 'crop'"),
-    ({"grid": {"kind": "pairwise", "ops": {"crop": 1}}}, r"grid.ops: a pairwise grid needs a non-empty list"),
-    ({"grid": {"kind": "pairwise", "ops": ["crop", ""]}}, r"grid.ops: entry 2 \(''\) is not an augmentation spec"),
-    ({"grid": {"kind": "pairwise", "ops": ["crop", None]}}, r"grid.ops: entry 2 \(None\) is not"),
-    ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": "hello"}, r"cell: expected a mapping.*'hello'"),
-    ({"grid": "pairwise"}, r"grid: expected a mapping of keys, got 'pairwise'"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"grid": {"kind": "pairwise", "ops": ["crop", "colr"]}}, r"cell 'crop\+colr'.*'colr'.*color"),
+        ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"trian": {}}}, r"unknown config key 'trian'.*train"),
+        (
+            {"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"method": "byl"}},
+            r"cell 'crop': method: unknown method 'byl' \(did you mean 'byol'\?\)",
+        ),
+        (
+            {"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": {"train": {"epochs": "x"}}},
+            r"train.epochs: expected int, got 'x'",
+        ),
+        (
+            {"grid": {"kind": "product", "axes": {"loss.temperature": [0.5, -1]}}},
+            r"loss.temperature: -1.0 is out of range",
+        ),
+        ({"grid": {"kind": "matrix"}}, r"grid.kind: 'matrix' is not allowed; choose from: pairwise, product"),
+        (
+            {"grid": {"kind": "pairwise", "ops": ["crop"]}, "slurm": {"partiton": "x"}},
+            r"unknown config key 'slurm.partiton' \(did you mean 'slurm.partition'\?\)",
+        ),
+        ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "paper": "fig5"}, r"paper: 'fig5'.*figure5"),
+        ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "grdi": {}}, r"unknown key 'grdi' \(did you mean 'grid'\?\)"),
+        (
+            {"grid": {"kind": "pairwise", "ops": "crop"}},
+            r"grid.ops: a pairwise grid needs a non-empty list .*got 'crop'",
+        ),
+        ({"grid": {"kind": "pairwise", "ops": {"crop": 1}}}, r"grid.ops: a pairwise grid needs a non-empty list"),
+        ({"grid": {"kind": "pairwise", "ops": ["crop", ""]}}, r"grid.ops: entry 2 \(''\) is not an augmentation spec"),
+        ({"grid": {"kind": "pairwise", "ops": ["crop", None]}}, r"grid.ops: entry 2 \(None\) is not"),
+        ({"grid": {"kind": "pairwise", "ops": ["crop"]}, "cell": "hello"}, r"cell: expected a mapping.*'hello'"),
+        ({"grid": "pairwise"}, r"grid: expected a mapping of keys, got 'pairwise'"),
+    ],
+)
 def test_invalid_experiments_name_file_key_and_choices(tmp_path, spec, message):
     path = write(tmp_path, spec)
     with pytest.raises(ValueError, match=rf"^{path}: .*{message}"):
@@ -114,12 +151,13 @@ def test_unknown_experiment_name_suggests():
 @pytest.mark.parametrize("name, preset", DRY_RUNS)
 def test_every_shipped_experiment_validates_with_dry_run(name, preset, tmp_path, capsys):
     sets = [arg for kv in NEEDS.get(preset, []) for arg in ("--set", kv)]
-    assert main(["grid", name, "--preset", preset, "--dry-run", "--show-config", "--results", str(tmp_path),
-                 *sets]) == 0
+    assert (
+        main(["grid", name, "--preset", preset, "--dry-run", "--show-config", "--results", str(tmp_path), *sets]) == 0
+    )
     out = capsys.readouterr().out
     exp = load_experiment(name, preset, NEEDS.get(preset, []))
     assert f"{len(exp.cells)} cells" in out and f"total: {len(exp.cells)} todo" in out
-    shown = list(yaml.safe_load_all(out[out.index("--- #"):]))   # --show-config: every cell's resolved config
+    shown = list(yaml.safe_load_all(out[out.index("--- #") :]))  # --show-config: every cell's resolved config
     assert shown == [c.config.to_dict() for c in exp.cells]
 
 
@@ -136,14 +174,23 @@ def test_shipped_pairwise_is_the_papers_seven_by_seven():
 
 @pytest.mark.parametrize("name", ["../../etc", "/tmp/abs", "a/b", "..", ".hidden", "with space", ""])
 def test_experiment_names_must_be_one_simple_folder_name(tmp_path, name):
-    path = write(tmp_path, {"name": name, "grid": {"kind": "pairwise", "ops": ["crop"]}} if name else
-                 {"name": "ok", "grid": {"kind": "pairwise", "ops": ["crop"]}, "presets": {"../x": {}}},
-                 "named")
+    path = write(
+        tmp_path,
+        {"name": name, "grid": {"kind": "pairwise", "ops": ["crop"]}}
+        if name
+        else {"name": "ok", "grid": {"kind": "pairwise", "ops": ["crop"]}, "presets": {"../x": {}}},
+        "named",
+    )
     preset = None if name else "../x"
     with pytest.raises(ValueError, match=rf"^{path}: (experiment|preset) name .* is not allowed: use letters"):
         load_experiment(str(path), preset)
-    assert main(["grid", str(path), "--executor", "local", "--results", str(tmp_path / "r")]
-                + (["--preset", preset] if preset else [])) == 2
+    assert (
+        main(
+            ["grid", str(path), "--executor", "local", "--results", str(tmp_path / "r")]
+            + (["--preset", preset] if preset else [])
+        )
+        == 2
+    )
     assert not (tmp_path / "r").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["named.yaml"]
 
 
@@ -170,15 +217,29 @@ def test_cifar10_preset_uses_the_papers_colour_strength(name):
     assert strengths == {0.5}
 
 
-@pytest.mark.parametrize("figure, error", [
-    ({"kind": "heat"}, r"figure.kind: 'heat' is not allowed.*choose from: budget"),
-    ({"kind": "budget", "x": "train.epochs"}, r"kind 'budget' needs hue, facet, compositions, singles"),
-    ({"kind": "budget", "x": "train.epochs", "hue": "augment.views", "facet": "augment.base",
-      "compositions": [], "singles": []}, r"figure.facet: 'augment.base' is not a swept key"),
-])
+@pytest.mark.parametrize(
+    "figure, error",
+    [
+        ({"kind": "heat"}, r"figure.kind: 'heat' is not allowed.*choose from: budget"),
+        ({"kind": "budget", "x": "train.epochs"}, r"kind 'budget' needs hue, facet, compositions, singles"),
+        (
+            {
+                "kind": "budget",
+                "x": "train.epochs",
+                "hue": "augment.views",
+                "facet": "augment.base",
+                "compositions": [],
+                "singles": [],
+            },
+            r"figure.facet: 'augment.base' is not a swept key",
+        ),
+    ],
+)
 def test_figure_section_is_validated(tmp_path, figure, error):
-    spec = {"grid": {"kind": "product", "axes": {"train.epochs": [1, 2], "augment.views": ["crop", "color"]}},
-            "figure": figure}
+    spec = {
+        "grid": {"kind": "product", "axes": {"train.epochs": [1, 2], "augment.views": ["crop", "color"]}},
+        "figure": figure,
+    }
     with pytest.raises(ValueError, match=error):
         load_experiment(str(write(tmp_path, spec)))
 
@@ -197,31 +258,57 @@ def _pairs(*ops: str) -> set[str]:
 
 
 SYMMETRIC = {"embedded": {"crop+color"}, "cifar10": {"crop+color(s=0.5)"}, "photos-cpu": {"crop+color"}}
-STRENGTHS = {"crop+color(s=0.125)", "crop+color(s=0.25)", "crop+color(s=0.5)", "crop+color(s=1.0)",
-             "crop+color(s=1.0)+blur", "crop+autoaugment"}
+STRENGTHS = {
+    "crop+color(s=0.125)",
+    "crop+color(s=0.25)",
+    "crop+color(s=0.5)",
+    "crop+color(s=1.0)",
+    "crop+color(s=1.0)+blur",
+    "crop+autoaugment",
+}
 TAKEN_AWAY = {"crop+color", "crop+color(gray_p=0.0)", "crop", "crop+grayscale(p=0.2)", "color"}
 BUDGET = {"crop", "color", "crop+color", "color+crop"}
 # (view modes, base, views) of every shipped experiment's cells on the small-image presets. The
 # ImageNet presets give Figure 5 its shared first crop (tests/test_folders.py); none of it reaches these.
 RESOLVED = {
-    "pairwise": {p: ({"asymmetric"}, "none", _pairs("crop", "cutout", "color", "sobel", "noise", "blur", "rotate"))
-                 for p in ("embedded", "photos-cpu")}
-    | {"cifar10": ({"asymmetric"}, "none",
-                   _pairs("crop", "cutout", "color(s=0.5)", "sobel", "noise", "blur", "rotate"))},
-    "pairwise_check": {p: ({"asymmetric"}, "none", _pairs("crop", "cutout", "color", "blur"))
-                       for p in ("embedded", "photos-cpu")}
+    "pairwise": {
+        p: ({"asymmetric"}, "none", _pairs("crop", "cutout", "color", "sobel", "noise", "blur", "rotate"))
+        for p in ("embedded", "photos-cpu")
+    }
+    | {
+        "cifar10": (
+            {"asymmetric"},
+            "none",
+            _pairs("crop", "cutout", "color(s=0.5)", "sobel", "noise", "blur", "rotate"),
+        )
+    },
+    "pairwise_check": {
+        p: ({"asymmetric"}, "none", _pairs("crop", "cutout", "color", "blur")) for p in ("embedded", "photos-cpu")
+    }
     | {"cifar10": ({"asymmetric"}, "none", _pairs("crop", "cutout", "color(s=0.5)", "blur"))},
     "budget": {p: ({"asymmetric", "symmetric"}, "none", BUDGET) for p in ("embedded", "photos-cpu")}
-    | {"cifar10": ({"asymmetric", "symmetric"}, "none", {"crop", "color(s=0.5)", "crop+color(s=0.5)",
-                                                         "color(s=0.5)+crop"})},
+    | {
+        "cifar10": (
+            {"asymmetric", "symmetric"},
+            "none",
+            {"crop", "color(s=0.5)", "crop+color(s=0.5)", "color(s=0.5)+crop"},
+        )
+    },
     "color_strength": {p: ({"symmetric"}, "none", STRENGTHS) for p in SYMMETRIC},
     "method_sensitivity": {p: ({"symmetric"}, "none", TAKEN_AWAY) for p in ("embedded", "photos-cpu")}
-    | {"cifar10": ({"symmetric"}, "none", {"crop+color(s=0.5)", "crop+color(s=0.5,gray_p=0.0)", "crop",
-                                          "crop+grayscale(p=0.2)", "color(s=0.5)"})},
+    | {
+        "cifar10": (
+            {"symmetric"},
+            "none",
+            {"crop+color(s=0.5)", "crop+color(s=0.5,gray_p=0.0)", "crop", "crop+grayscale(p=0.2)", "color(s=0.5)"},
+        )
+    },
     "protocols": {p: ({"asymmetric"}, "none", BUDGET) for p in ("embedded", "photos-cpu")}
     | {"cifar10": ({"asymmetric"}, "none", {"crop", "color(s=0.5)", "crop+color(s=0.5)", "color(s=0.5)+crop"})},
-    **{name: {p: ({"symmetric"}, "none", views) for p, views in SYMMETRIC.items()}
-       for name in ("temperature", "head", "loss", "batch_epochs")},
+    **{
+        name: {p: ({"symmetric"}, "none", views) for p, views in SYMMETRIC.items()}
+        for name in ("temperature", "head", "loss", "batch_epochs")
+    },
 }
 
 

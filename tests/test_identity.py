@@ -1,5 +1,6 @@
 """The cell id is the canonical meaning of a config: spellings of one spec are one cell, keys that
 cannot change a result are not part of it, anything that can change a result is."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,36 +28,59 @@ def cell_id(*overrides: str) -> str:
 
 
 def test_spellings_of_one_spec_are_one_cell():
-    ids = {cell_id(f"augment.views={spec}") for spec in
-           ("crop+color", "crop + color", "crop+color(s=1.0)", "crop+color(s=1)", " crop()+color(s=1.0, p=1.0) ")}
+    ids = {
+        cell_id(f"augment.views={spec}")
+        for spec in (
+            "crop+color",
+            "crop + color",
+            "crop+color(s=1.0)",
+            "crop+color(s=1)",
+            " crop()+color(s=1.0, p=1.0) ",
+        )
+    }
     assert len(ids) == 1
     assert cell_id("augment.views=crop+color(s=0.5)") not in ids
     assert cell_id("augment.views=color+crop") not in ids
     assert cell_id("augment.base=none") == cell_id("augment.base=") == cell_id("augment.base= none ")
 
 
-@pytest.mark.parametrize("override", ["data.workers=0", "data.download=true", "train.checkpoint_every=1",
-                                      "eval.batch_size=64"])
+@pytest.mark.parametrize(
+    "override", ["data.workers=0", "data.download=true", "train.checkpoint_every=1", "eval.batch_size=64"]
+)
 def test_keys_that_cannot_change_a_result_do_not_change_the_id(override):
     assert cell_id(override) == cell_id()
 
 
-@pytest.mark.parametrize("override", ["train.seed=1", "loss.temperature=0.2", "model.sync_bn=false",
-                                      "train.device=cpu", "data.resident=never", "eval.knn_k=20", "method=byol",
-                                      "loss.name=margin"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.seed=1",
+        "loss.temperature=0.2",
+        "model.sync_bn=false",
+        "train.device=cpu",
+        "data.resident=never",
+        "eval.knn_k=20",
+        "method=byol",
+        "loss.name=margin",
+    ],
+)
 def test_keys_that_can_change_a_result_change_the_id(override):
     assert cell_id(override) != cell_id()
 
 
 def test_only_departures_from_the_defaults_are_hashed_so_a_new_option_keeps_old_ids():
     assert departures(build_config()) == {}
-    assert departures(build_config({}, ["train.seed=1", "augment.views=crop + color(s=0.5)", "data.workers=3"])) \
-        == {"train": {"seed": 1}, "augment": {"views": "crop+color(s=0.5)"}}
+    assert departures(build_config({}, ["train.seed=1", "augment.views=crop + color(s=0.5)", "data.workers=3"])) == {
+        "train": {"seed": 1},
+        "augment": {"views": "crop+color(s=0.5)"},
+    }
     assert cell_id("train.seed=0") == cell_id()  # a value set to its default is no departure
     # the methods' keys at their defaults (plain SimCLR) are no departure: SimCLR cells keep their ids
     assert cell_id("method=simclr", "method_args={}", "loss.semi_hard=false") == cell_id()
     assert departures(build_config({}, ["method=barlow_twins", "method_args={lambd: 0.5}"])) == {
-        "method": "barlow_twins", "method_args": {"_revision": 1, "lambd": 0.5}}  # names.METHOD_REVISIONS
+        "method": "barlow_twins",
+        "method_args": {"_revision": 1, "lambd": 0.5},
+    }  # names.METHOD_REVISIONS
     assert cell_id("loss.name=margin", "loss.semi_hard=true") != cell_id("loss.name=margin")
 
 
@@ -64,8 +88,9 @@ def test_method_parameters_count_as_the_method_takes_them():
     byol = cell_id("method=byol")
     assert cell_id("method=byol", "method_args={momentum: 0.996}") == byol  # BYOL's default, spelled out
     assert cell_id("method=byol", "method_args={momentum: 0.99}") != byol
-    assert cell_id("method=barlow_twins", "method_args={lambd: 1}") \
-        == cell_id("method=barlow_twins", "method_args={lambd: 1.0}")
+    assert cell_id("method=barlow_twins", "method_args={lambd: 1}") == cell_id(
+        "method=barlow_twins", "method_args={lambd: 1.0}"
+    )
 
 
 @pytest.mark.parametrize("spec", ["crop", "crop+color", " crop + color + blur ", "none", "", "rotate+noise+sobel"])
@@ -74,8 +99,10 @@ def test_the_torch_free_form_of_a_spec_without_parameters_is_the_canonical_one(s
 
 
 def test_a_spec_without_parameters_is_canonical_without_torch():
-    code = ("import sys; from ablation.identity import canonical_spec; "
-            "assert canonical_spec('crop + color') == 'crop+color'; assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from ablation.identity import canonical_spec; "
+        "assert canonical_spec('crop + color') == 'crop+color'; assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -91,9 +118,18 @@ def test_settings_spell_out_the_ops_of_a_spec():
 FOLDER = ("data.name=folder", "data.root=photos")
 
 
-@pytest.mark.parametrize("override", ["data.serve=stream", "data.serve=resident", "data.stored_size=64",
-                                      "data.decode=device", "data.classes=[a,b]", "data.classes=imagenet100",
-                                      "data.per_class=10"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.serve=stream",
+        "data.serve=resident",
+        "data.stored_size=64",
+        "data.decode=device",
+        "data.classes=[a,b]",
+        "data.classes=imagenet100",
+        "data.per_class=10",
+    ],
+)
 def test_folder_keys_set_change_a_folder_cells_id(override):
     assert cell_id(*FOLDER, override) != cell_id(*FOLDER)
 
@@ -101,8 +137,9 @@ def test_folder_keys_set_change_a_folder_cells_id(override):
 def test_folder_keys_at_their_defaults_are_no_departure():
     """At the defaults a folder is a resident set at data.size with every class: the id of a config
     without these keys; other data sets never read them."""
-    assert cell_id(*FOLDER, "data.serve=auto", "data.stored_size=null", "data.decode=workers",
-                   "data.classes=null") == cell_id(*FOLDER)
+    assert cell_id(
+        *FOLDER, "data.serve=auto", "data.stored_size=null", "data.decode=workers", "data.classes=null"
+    ) == cell_id(*FOLDER)
     assert departures(build_config({}, list(FOLDER))) == {"data": {"name": "folder", "root": "photos"}}
     assert departures(build_config({}, [*FOLDER, "data.serve=stream"]))["data"]["serve"] == "stream"
     assert cell_id(*FOLDER, "data.workers=16") == cell_id(*FOLDER)
@@ -126,18 +163,35 @@ def test_a_method_revision_makes_new_ids_for_that_method_only():
 
 # ---- renamed ops and parameters keep finished cells ------------------------------------------------
 
+
 def register_scale(name: str, factor: str) -> type:
     """A test op that scales the image, registered under `name` with its one parameter called `factor`."""
-    return register(type(name, (Augmentation,), {
-        "name": name, "doc": "scale the image", "__annotations__": {factor: "float"},
-        factor: param(1.0, 0.0, 1.0, "the scale"), "transform": lambda self, x, params: x * getattr(self, factor)}))
+    return register(
+        type(
+            name,
+            (Augmentation,),
+            {
+                "name": name,
+                "doc": "scale the image",
+                "__annotations__": {factor: "float"},
+                factor: param(1.0, 0.0, 1.0, "the scale"),
+                "transform": lambda self, x, params: x * getattr(self, factor),
+            },
+        )
+    )
 
 
 def grid_with(tmp_path, views: str):
     """The one-cell experiment `renamed` whose views are `views` (rewritten in place: one results folder)."""
     path = tmp_path / "renamed.yaml"
-    path.write_text(yaml.safe_dump({"cell": {"augment": {"views": views}},
-                                    "grid": {"kind": "product", "axes": {"augment.mode": ["symmetric"]}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "cell": {"augment": {"views": views}},
+                "grid": {"kind": "product", "axes": {"augment.mode": ["symmetric"]}},
+            }
+        )
+    )
     return load_experiment(str(path))
 
 
@@ -163,8 +217,9 @@ def test_a_renamed_op_and_parameter_keep_finished_cells_finished(tmp_path, scale
     # the rename: the op becomes test_shrink and its parameter factor; without an alias that is a new cell
     REGISTRY.pop("test_scale")
     shrink = register_scale("test_shrink", "factor")
-    assert [row.state for row in status.statuses(tmp_path, grid_with(tmp_path, "crop+test_shrink(factor=0.5)"))] \
-        == [TODO]
+    assert [row.state for row in status.statuses(tmp_path, grid_with(tmp_path, "crop+test_shrink(factor=0.5)"))] == [
+        TODO
+    ]
 
     monkeypatch.setitem(OP_RENAMES.names, "test_scale", "test_shrink")
     monkeypatch.setitem(OP_RENAMES.params, "test_scale", {"amount": "factor"})
@@ -231,13 +286,16 @@ def test_a_fingerprint_given_that_the_folder_contradicts_is_refused(tmp_path, mo
     root = fake_folder(tmp_path / "photos")
     with pytest.raises(ValueError, match=r"^data.fingerprint: 'abc0' is not what the images under .* give"):
         identify(build_config({}, ["data.name=folder", f"data.root={root}", "data.fingerprint=abc0"]))
-    with pytest.raises(ValueError, match="data.fingerprint: only for data.name=folder"):
+    with pytest.raises(ValueError, match=r"data.fingerprint: only for data.name=folder"):
         build_config({}, ["data.fingerprint=abc0"])
 
 
 def test_a_torchvision_cell_is_named_by_its_data_set_not_by_its_root():
-    assert cell_id("data.name=cifar10", "data.root=data/cifar10") == cell_id("data.name=cifar10", "data.root=/x") \
+    assert (
+        cell_id("data.name=cifar10", "data.root=data/cifar10")
+        == cell_id("data.name=cifar10", "data.root=/x")
         == cell_id("data.name=cifar10")
+    )
 
 
 # Ids as they were before fingerprints (computed by that version): the ids finished cells are kept under.

@@ -1,5 +1,6 @@
 """Local launches: every cell once, finished ones skipped, failures recorded and retried on demand;
 sacct output (pending array ranges, requeues) read into cell states."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,12 @@ from ablation.cli import main
 from ablation.grid import Cell, load_experiment
 from ablation.slurm import sacct
 
-TINY = {"data": {"n_train": 256, "n_test": 128, "size": 16},
-        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
-        "train": {"epochs": 1, "batch_size": 64}, "eval": {"knn_k": 20, "random_init": False}}
+TINY = {
+    "data": {"n_train": 256, "n_test": 128, "size": 16},
+    "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+    "train": {"epochs": 1, "batch_size": 64},
+    "eval": {"knn_k": 20, "random_init": False},
+}
 # One cell fails while loading its data (no CIFAR-10 there), the other trains. (A missing image folder
 # would stop the whole launch before any cell: launches check folders first.)
 FAILING = {"data.name,data.root": [["cifar10", "/nonexistent/images"], ["embedded", None]]}
@@ -42,8 +46,9 @@ def pairwise(tmp_path: Path) -> Path:
 
 def results(root: Path, exp) -> dict[str, dict | None]:
     folder = store.experiment_dir(root, exp.name)
-    return {c.label: json.loads(p.read_text()) if (p := folder / c.id / "result.json").exists() else None
-            for c in exp.cells}
+    return {
+        c.label: json.loads(p.read_text()) if (p := folder / c.id / "result.json").exists() else None for c in exp.cells
+    }
 
 
 @pytest.mark.slow
@@ -134,8 +139,9 @@ def test_claims_of_live_and_dead_local_processes(tmp_path):
     child.start()
     child.join()
     for cell, pid in ((live, os.getpid()), (dead, child.pid)):
-        (root / exp.name / cell.id / "job.json").write_text(json.dumps(
-            {"executor": "local", "pid": pid, "host": os.uname().nodename, "submitted": time.time()}))
+        (root / exp.name / cell.id / "job.json").write_text(
+            json.dumps({"executor": "local", "pid": pid, "host": os.uname().nodename, "submitted": time.time()})
+        )
     rows = {r.cell.id: r for r in status.statuses(root, exp)}
     assert rows[live.id].state == status.RUNNING
     assert rows[dead.id].state == status.FAILED and "without a result" in rows[dead.id].reason
@@ -146,10 +152,12 @@ def test_claims_of_live_and_dead_local_processes(tmp_path):
 def test_status_needs_no_torch(tmp_path):
     """`ablate status` on a big grid must stay fast: torch alone takes seconds to import."""
     path = pairwise(tmp_path)
-    code = ("import sys; from ablation.cli import main; "
-            f"code = main(['status', {str(path)!r}, '--results', {str(tmp_path / 'results')!r}]); "
-            "heavy = [m for m in ('torch', 'torchvision', 'kornia', 'submitit') if m in sys.modules]; "
-            "assert code == 1 and not heavy, (code, heavy)")
+    code = (
+        "import sys; from ablation.cli import main; "
+        f"code = main(['status', {str(path)!r}, '--results', {str(tmp_path / 'results')!r}]); "
+        "heavy = [m for m in ('torch', 'torchvision', 'kornia', 'submitit') if m in sys.modules]; "
+        "assert code == 1 and not heavy, (code, heavy)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "total: 4 todo (of 4)" in run.stdout
@@ -175,13 +183,19 @@ def test_sacct_output_names_every_array_task():
     assert sacct.expand_array("12_3") == ["12_3"]
 
 
-@pytest.mark.parametrize("sacct_state, result, state", [
-    ("PENDING", None, status.QUEUED), ("REQUEUED", None, status.QUEUED), ("RUNNING", None, status.RUNNING),
-    ("CANCELLED", None, status.CANCELLED), ("TIMEOUT", None, status.TIMEOUT),
-    ("COMPLETED", None, status.FAILED),  # ended without a finished result
-    ("COMPLETED", {"status": "finished", "metrics": {"linear_top1": 0.5}, "wall_time_s": 3}, status.DONE),
-    ("FAILED", {"status": "failed", "reason": "boom"}, status.FAILED),
-])
+@pytest.mark.parametrize(
+    "sacct_state, result, state",
+    [
+        ("PENDING", None, status.QUEUED),
+        ("REQUEUED", None, status.QUEUED),
+        ("RUNNING", None, status.RUNNING),
+        ("CANCELLED", None, status.CANCELLED),
+        ("TIMEOUT", None, status.TIMEOUT),
+        ("COMPLETED", None, status.FAILED),  # ended without a finished result
+        ("COMPLETED", {"status": "finished", "metrics": {"linear_top1": 0.5}, "wall_time_s": 3}, status.DONE),
+        ("FAILED", {"status": "failed", "reason": "boom"}, status.FAILED),
+    ],
+)
 def test_slurm_cell_states(sacct_state, result, state):
     cell = Cell("abc", "crop", {}, 0, None)
     job = {"executor": "slurm", "job_id": "12_1", "submitted": time.time()}
@@ -220,19 +234,36 @@ def test_auto_executor_is_local_without_sbatch_or_without_a_controller(tmp_path,
         launch.pick_executor("pbs")
 
 
-CORRUPTIONS = {"truncated": '{"status": "finished", "metr', "empty": "", "a list": "[1, 2]",
-               "unknown status": '{"status": "done?"}'}
+CORRUPTIONS = {
+    "truncated": '{"status": "finished", "metr',
+    "empty": "",
+    "a list": "[1, 2]",
+    "unknown status": '{"status": "done?"}',
+}
 
 
 def fake_results(root: Path, exp) -> None:
     """Finished results written by hand for every cell (what analysis and status read)."""
     launch.prepare(root, exp)
     for i, cell in enumerate(exp.cells):
-        metrics = {"linear_top1": 0.3 + 0.01 * i, "linear_top5": 0.8, "knn_top1": 0.3, "random_init_top1": 0.2,
-                   "final_loss": 4.0}
-        store.write_json(root / exp.name / cell.id / "result.json", {
-            "id": cell.id, "status": "finished", "metrics": metrics, "wall_time_s": 1.0, "images_per_s": 100.0,
-            "epochs_done": 1})
+        metrics = {
+            "linear_top1": 0.3 + 0.01 * i,
+            "linear_top5": 0.8,
+            "knn_top1": 0.3,
+            "random_init_top1": 0.2,
+            "final_loss": 4.0,
+        }
+        store.write_json(
+            root / exp.name / cell.id / "result.json",
+            {
+                "id": cell.id,
+                "status": "finished",
+                "metrics": metrics,
+                "wall_time_s": 1.0,
+                "images_per_s": 100.0,
+                "epochs_done": 1,
+            },
+        )
 
 
 @pytest.mark.parametrize("content", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
@@ -294,9 +325,25 @@ def test_sigterm_to_a_local_launch_with_workers_stops_the_workers_too(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     exp, root = load_experiment(str(path)), tmp_path / "results"
     code = "import sys; from ablation.cli import main; sys.exit(main())"
-    launcher = subprocess.Popen([sys.executable, "-c", code, "grid", str(path), "--executor", "local",
-                                 "--workers", "2", "--results", str(root)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "grid",
+            str(path),
+            "--executor",
+            "local",
+            "--workers",
+            "2",
+            "--results",
+            str(root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     claims = lambda: list((root / exp.name).glob("*/job.json")) if (root / exp.name).exists() else []  # noqa: E731
     deadline = time.monotonic() + 120
     while len(claims()) < 2 and time.monotonic() < deadline and launcher.poll() is None:
@@ -327,8 +374,10 @@ def test_a_corrupt_checkpoint_is_reported_and_retry_reruns_the_cell_from_scratch
     assert row.state == status.CORRUPT and row.reason.startswith(f"{cell_dir / 'checkpoint.pt'}: cannot be loaded")
     assert launch.launch(root, exp, "local")["ran"] == {}  # every rerun would fail the same way: wait for --retry
     assert launch.launch(root, exp, "local", retry=True)["ran"] == {exp.cells[0].id: "finished"}
-    assert sorted(p.name.split("-", 2)[-1] for p in (cell_dir / "attempts").iterdir()) == ["checkpoint.pt",
-                                                                                         "result.json"]
+    assert sorted(p.name.split("-", 2)[-1] for p in (cell_dir / "attempts").iterdir()) == [
+        "checkpoint.pt",
+        "result.json",
+    ]
     assert json.loads((cell_dir / "result.json").read_text())["resumed_at"] == []  # from scratch
 
 
@@ -339,9 +388,17 @@ def test_a_cell_whose_job_ended_is_running_while_a_live_process_holds_its_lock(t
     root = tmp_path / "results"
     folder = launch.prepare(root, exp)
     cell = exp.cells[0]
-    (folder / cell.id / "job.json").write_text(json.dumps(  # a local claim whose process has ended
-        {"executor": "local", "pid": os.getpid(), "started": "-1", "host": os.uname().nodename,
-         "submitted": time.time()}))
+    (folder / cell.id / "job.json").write_text(
+        json.dumps(  # a local claim whose process has ended
+            {
+                "executor": "local",
+                "pid": os.getpid(),
+                "started": "-1",
+                "host": os.uname().nodename,
+                "submitted": time.time(),
+            }
+        )
+    )
     assert {r.cell.id: r.state for r in status.statuses(root, exp)}[cell.id] == status.FAILED
     with store.locked(folder / cell.id / store.CELL_LOCK):
         row = next(r for r in status.statuses(root, exp) if r.cell.id == cell.id)
@@ -364,9 +421,17 @@ def test_a_claim_whose_process_ended_but_is_not_reaped_yet_is_not_running(tmp_pa
     folder = launch.prepare(root, exp)
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     started = status.process_start(child.pid)
-    (folder / exp.cells[0].id / "job.json").write_text(json.dumps(
-        {"executor": "local", "pid": child.pid, "started": started, "host": os.uname().nodename,
-         "submitted": time.time()}))
+    (folder / exp.cells[0].id / "job.json").write_text(
+        json.dumps(
+            {
+                "executor": "local",
+                "pid": child.pid,
+                "started": started,
+                "host": os.uname().nodename,
+                "submitted": time.time(),
+            }
+        )
+    )
     assert status.statuses(root, exp)[0].state == status.RUNNING
     child.stdin.close()
     deadline = time.monotonic() + 30
@@ -377,8 +442,9 @@ def test_a_claim_whose_process_ended_but_is_not_reaped_yet_is_not_running(tmp_pa
     child.wait()
 
 
-def test_cells_finished_under_their_ids_before_fingerprints_are_found_not_rerun_then_moved(tmp_path, monkeypatch,
-                                                                                            capsys):
+def test_cells_finished_under_their_ids_before_fingerprints_are_found_not_rerun_then_moved(
+    tmp_path, monkeypatch, capsys
+):
     """A folder grid launched before ids named the data: its finished cells, kept under ids that hashed
     data.root, are done for status and skipped by a launch, which moves them to their new ids; from then
     on they are found with the data at another path too. A cell still held under its old id stays there."""
@@ -399,13 +465,22 @@ def test_cells_finished_under_their_ids_before_fingerprints_are_found_not_rerun_
         del old_config["data"]["fingerprint"]
         store.write_yaml(folder / cell.legacy / store.CONFIG, old_config)
         store.write_json(folder / cell.legacy / store.CELL, {"id": cell.legacy, "label": cell.label})
-        store.write_json(folder / cell.legacy / store.RESULT, {"id": cell.legacy, "status": "finished",
-                                                               "metrics": {"linear_top1": 0.5}, "wall_time_s": 1.0})
+        store.write_json(
+            folder / cell.legacy / store.RESULT,
+            {"id": cell.legacy, "status": "finished", "metrics": {"linear_top1": 0.5}, "wall_time_s": 1.0},
+        )
     held = exp.cells[2]
     (folder / held.legacy / store.RESULT).unlink()
-    store.write_json(folder / held.legacy / store.JOB, {  # claimed by a live process: this one
-        "executor": "local", "pid": os.getpid(), "started": status.process_start(os.getpid()),
-        "host": os.uname().nodename, "submitted": time.time()})
+    store.write_json(
+        folder / held.legacy / store.JOB,
+        {  # claimed by a live process: this one
+            "executor": "local",
+            "pid": os.getpid(),
+            "started": status.process_start(os.getpid()),
+            "host": os.uname().nodename,
+            "submitted": time.time(),
+        },
+    )
     assert [r.state for r in status.statuses(root, exp)] == [status.DONE, status.DONE, status.RUNNING]
     _held_cell(folder / held.legacy, held.config, replace=False)  # its run may resume there
     exp = load_experiment(str(path), None, ["data.name=folder", data["scratch"]])

@@ -1,5 +1,6 @@
 """The per-epoch back-ends: W&B runs (offline: no network, no account) one per cell, continued by a resumed
 cell, never failing it; a W&B key leaves the cell id alone."""
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,16 @@ BLOCK, HEADER, RECORD = 32768, 7, 7  # W&B's run file: a LevelDB-style log of pr
 def wandb_records(path: Path):
     """The records of an offline run file (`run-<id>.wandb`), read with W&B's own protobuf schema."""
     from wandb.proto import wandb_internal_pb2 as pb
+
     data, pos, part = path.read_bytes(), HEADER, b""
     assert data[:4] == b":W&B", path
     while pos + RECORD <= len(data):
         left = BLOCK - pos % BLOCK
-        _, size, kind = struct.unpack("<IHB", data[pos:pos + RECORD]) if left >= RECORD else (0, 0, 0)
+        _, size, kind = struct.unpack("<IHB", data[pos : pos + RECORD]) if left >= RECORD else (0, 0, 0)
         if kind == 0:  # the zero padding at the end of a block
             pos += left
             continue
-        part += data[pos + RECORD:pos + RECORD + size]
+        part += data[pos + RECORD : pos + RECORD + size]
         pos += RECORD + size
         if kind in (1, 4):  # a whole record, or the last piece of one
             record = pb.Record()
@@ -50,6 +52,7 @@ def offline_runs(cell_dir: Path) -> list[dict]:
     """Each offline run under a cell folder, oldest first: id, group, name, tags, config, history, summary.
     W&B's service writes the files after `finish` returns: its teardown waits until they are complete."""
     import wandb
+
     wandb.teardown()
     runs = []
     for folder in sorted((cell_dir / "wandb").glob("offline-run-*")):
@@ -57,9 +60,13 @@ def offline_runs(cell_dir: Path) -> list[dict]:
         for record in wandb_records(next(folder.glob("*.wandb"))):
             kind = record.WhichOneof("record_type")
             if kind == "run":
-                run.update(id=record.run.run_id, group=record.run.run_group, name=record.run.display_name,
-                           tags=list(record.run.tags),
-                           config={c.key: json.loads(c.value_json) for c in record.run.config.update})
+                run.update(
+                    id=record.run.run_id,
+                    group=record.run.run_group,
+                    name=record.run.display_name,
+                    tags=list(record.run.tags),
+                    config={c.key: json.loads(c.value_json) for c in record.run.config.update},
+                )
             elif kind == "history":
                 run["history"].append(items(record.history.item))
             elif kind == "summary":
@@ -85,9 +92,13 @@ def test_the_wandb_keys_leave_the_cell_id_alone():
 @pytest.mark.slow
 def test_grid_with_wandb_writes_one_offline_run_per_cell(offline, tmp_path):
     path = tmp_path / "wb.yaml"
-    cell = {"data": {"n_train": 256, "n_test": 128, "size": 16}, "model": {"width": 8, "head_hidden": 32,
-            "out_dim": 16}, "train": {"epochs": 2, "batch_size": 64}, "eval": {"knn_k": 20, "random_init": False},
-            "log": {"wandb": True}}
+    cell = {
+        "data": {"n_train": 256, "n_test": 128, "size": 16},
+        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+        "train": {"epochs": 2, "batch_size": 64},
+        "eval": {"knn_k": 20, "random_init": False},
+        "log": {"wandb": True},
+    }
     grid = {"kind": "pairwise", "ops": ["crop", "color"]}
     path.write_text(yaml.safe_dump({"name": "wb", "cell": cell, "grid": grid}))
     exp = load_experiment(str(path))
@@ -125,6 +136,7 @@ def test_an_interrupted_cell_continues_its_wandb_run(offline, tmp_path):
 @pytest.mark.slow
 def test_a_failing_wandb_leaves_the_cell_result_identical(offline, tmp_path, capsys, monkeypatch):
     import wandb
+
     cfg = tiny("train.log_every=0")
     plain = run_cell(cfg, tmp_path / "plain", show_progress=False)
 
@@ -137,7 +149,6 @@ def test_a_failing_wandb_leaves_the_cell_result_identical(offline, tmp_path, cap
     assert logged["id"] == plain["id"] and logged["status"] == "finished"
     assert capsys.readouterr().err.count("no W&B today") == 1
     assert store.read_metrics(tmp_path / "wb")[-1]["loss"] == store.read_metrics(tmp_path / "plain")[-1]["loss"]
-
 
 
 class Broken(Logger):

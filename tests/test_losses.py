@@ -1,4 +1,5 @@
 """Contrastive losses against naive per-pair loops, and 2-process gathering against one process."""
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ def _embeddings(n: int, seed: int, scale: float = 1.0) -> tuple[torch.Tensor, to
 def _assert_matches_naive(name, n, temperature, normalize, margin, semi_hard=False):
     # unnormalised: small scale keeps exp/sigmoid of the naive loop inside float64 range
     z1, z2 = _embeddings(n, seed=n, scale=1.0 if normalize else 0.4)
-    got = contrastive_loss(name, z1, z2, temperature=temperature, normalize=normalize, margin=margin,
-                           semi_hard=semi_hard)
+    got = contrastive_loss(
+        name, z1, z2, temperature=temperature, normalize=normalize, margin=margin, semi_hard=semi_hard
+    )
     want = naive_loss(name, z1, z2, temperature, normalize, margin, semi_hard)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got, (z1, z2)), torch.autograd.grad(want, (z1, z2)))
@@ -86,7 +88,7 @@ def test_semi_hard_keeps_only_negatives_below_the_positive():
     assert mined.item() == 0.0
     plain = contrastive_loss("margin", z1, z2, margin=0.5)
     assert plain.item() > 0.0  # image 1's anchors see negatives at s = 0 > s+ = -1
-    with pytest.raises(ValueError, match="semi-hard.*not 'nt_xent'"):
+    with pytest.raises(ValueError, match=r"semi-hard.*not 'nt_xent'"):
         contrastive_loss("nt_xent", z1, z2, semi_hard=True)
 
 
@@ -148,13 +150,16 @@ def test_gather_is_identity_without_distributed():
 # ---- two processes (gloo) against one process on the same total batch ----
 
 CASES = [(name, normalize, False) for name in LOSSES for normalize in (True, False)] + [
-    (name, True, True) for name in SEMI_HARD_LOSSES]
+    (name, True, True) for name in SEMI_HARD_LOSSES
+]
 
 
-def _loss_and_grads(name: str, normalize: bool, semi_hard: bool,
-                    rows: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _loss_and_grads(
+    name: str, normalize: bool, semi_hard: bool, rows: slice
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     def loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         return contrastive_loss(name, z1, z2, temperature=0.2, normalize=normalize, margin=0.5, semi_hard=semi_hard)
+
     return two.loss_and_grads(loss, rows, seed=123, out_dim=4, noise=0.3)
 
 

@@ -1,10 +1,11 @@
 """Methods in grids: recipes per preset, pairwise facets, the shipped Table 1 / Table 4 / method_sensitivity
 experiments, and their analysis (paper rows beside ours, accuracy drops, one heatmap per method)."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pytest
@@ -23,6 +24,7 @@ from analysis.sensitivity import drop_table
 
 # ---- recipes and facets in the grid ---------------------------------------------------------
 
+
 def test_method_recipes_name_registered_methods_and_known_presets():
     recipes = yaml.safe_load((EXPERIMENTS_DIR / "methods.yaml").read_text())
     presets = yaml.safe_load((EXPERIMENTS_DIR / "presets.yaml").read_text())
@@ -34,10 +36,16 @@ def test_method_recipes_name_registered_methods_and_known_presets():
 
 def test_recipe_applies_to_its_method_below_the_experiment_and_set(tmp_path):
     (tmp_path / "presets.yaml").write_text(yaml.safe_dump({"tiny": {"optim": {"lr": 0.5}, "train": {"epochs": 1}}}))
-    (tmp_path / "methods.yaml").write_text(yaml.safe_dump(
-        {"byol": {"tiny": {"optim": {"lr": 0.2, "weight_decay": 0.01}, "method_args": {"momentum": 0.9}}}}))
-    spec = {"preset": "tiny", "cell": {"optim": {"weight_decay": 0.001}},
-            "grid": {"kind": "product", "axes": {"method": ["simclr", "byol"]}}}
+    (tmp_path / "methods.yaml").write_text(
+        yaml.safe_dump(
+            {"byol": {"tiny": {"optim": {"lr": 0.2, "weight_decay": 0.01}, "method_args": {"momentum": 0.9}}}}
+        )
+    )
+    spec = {
+        "preset": "tiny",
+        "cell": {"optim": {"weight_decay": 0.001}},
+        "grid": {"kind": "product", "axes": {"method": ["simclr", "byol"]}},
+    }
     simclr, byol = load_experiment(str(write(tmp_path, spec))).cells
     assert (simclr.config.optim.lr, simclr.config.method_args) == (0.5, None)
     assert byol.config.optim.lr == 0.2 and byol.config.method_args == {"momentum": 0.9}
@@ -58,21 +66,29 @@ def test_pairwise_grid_with_a_method_facet(tmp_path):
 
 # ---- the shipped experiments ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_table1_has_supervised_cells_and_an_autoaugment_column(preset):
     exp = load_experiment("color_strength", preset, NEEDS.get(preset, []))
     methods = {c.config.method for c in exp.cells}
     assert methods == {"simclr", "supervised"}
     assert {(c.config.method, c.config.augment.views) for c in exp.cells} >= {
-        ("simclr", "crop+autoaugment"), ("supervised", "crop+autoaugment")}
+        ("simclr", "crop+autoaugment"),
+        ("supervised", "crop+autoaugment"),
+    }
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_table4_has_the_papers_five_rows(preset):
     exp = load_experiment("loss", preset, NEEDS.get(preset, []))
     rows = {(c.config.loss.name, c.config.loss.semi_hard) for c in exp.cells}
-    assert rows == {("margin", False), ("nt_logistic", False), ("margin", True), ("nt_logistic", True),
-                    ("nt_xent", False)}
+    assert rows == {
+        ("margin", False),
+        ("nt_logistic", False),
+        ("margin", True),
+        ("nt_logistic", True),
+        ("nt_xent", False),
+    }
 
 
 def test_method_sensitivity_crosses_methods_with_augmentations_full_first():
@@ -85,13 +101,17 @@ def test_method_sensitivity_crosses_methods_with_augmentations_full_first():
 
 # ---- analysis -------------------------------------------------------------------------------
 
+
 def agg_of(name: str, keep: Callable[[dict], bool] = lambda settings: True) -> tuple[pd.DataFrame, dict]:
     """(one aggregated row per kept cell of a shipped experiment, with its swept settings as experiment.json
     gives them, top-1 0.3; the experiment.json)."""
     grid = load_experiment(name)
     exp = grid.describe()
-    rows = [{"label": c.label, **exp["settings"][c.id], "linear_top1_mean": 0.3, "linear_top1_std": math.nan,
-             "n": 1} for c in grid.cells if keep(exp["settings"][c.id])]
+    rows = [
+        {"label": c.label, **exp["settings"][c.id], "linear_top1_mean": 0.3, "linear_top1_std": math.nan, "n": 1}
+        for c in grid.cells
+        if keep(exp["settings"][c.id])
+    ]
     return pd.DataFrame(rows), exp
 
 
@@ -105,7 +125,10 @@ def test_table1_rows_per_method_with_autoaugment_and_every_paper_row():
     assert ours.loc["method=simclr,views=crop+autoaugment", "paper"] == 61.1
     assert ours.loc["method=supervised,views=crop+color(s=0.5)", "paper"] == 76.5
     assert ours.loc["method=supervised,views=crop+autoaugment", ["setting", "method", "paper"]].tolist() == [
-        "AutoAugment", "Supervised", 77.1]
+        "AutoAugment",
+        "Supervised",
+        77.1,
+    ]
     rest = side[side["label"] == ""]
     assert len(rest) == len(paper_table("table1")) - 4 and rest["ours"].isna().all()
     assert set(side["paper"]) == set(paper_table("table1")["value"])  # every paper row is shown
@@ -128,11 +151,25 @@ def test_table4_matches_all_five_rows():
 
 def sensitivity_exp(tmp_path: Path) -> Path:
     methods, views = ["simclr", "byol"], ["crop+color", "crop", "color"]
-    value = {("simclr", "crop+color"): 0.5, ("simclr", "crop"): 0.3, ("simclr", "color"): 0.35,
-             ("byol", "crop+color"): 0.45, ("byol", "crop"): 0.4, ("byol", "color"): 0.3}
-    cells = [{"label": f"method={m},views={v}", "coords": {"method": m, "augment.views": v}, "seed": s,
-              "top1": value[m, v] + 0.01 * s * (v == "crop")}
-             for s in (0, 1) for m in methods for v in views]
+    value = {
+        ("simclr", "crop+color"): 0.5,
+        ("simclr", "crop"): 0.3,
+        ("simclr", "color"): 0.35,
+        ("byol", "crop+color"): 0.45,
+        ("byol", "crop"): 0.4,
+        ("byol", "color"): 0.3,
+    }
+    cells = [
+        {
+            "label": f"method={m},views={v}",
+            "coords": {"method": m, "augment.views": v},
+            "seed": s,
+            "top1": value[m, v] + 0.01 * s * (v == "crop"),
+        }
+        for s in (0, 1)
+        for m in methods
+        for v in views
+    ]
     return write_experiment(tmp_path, "sens", cells, kind="product", paper=None, axes=["method", "augment.views"])
 
 
@@ -152,11 +189,18 @@ def test_drop_is_paired_by_seed_against_the_first_views_value(tmp_path):
 
 
 def test_pairwise_heatmap_one_panel_per_method_on_one_colour_scale(tmp_path):
-    cells = [{"label": f"{pair_spec(a, b)},method={m}", "coords": {"first": a, "second": b, "method": m},
-              "seed": 0, "top1": base_value(i, j, 0) + (0.3 if m == "byol" else 0.0)}
-             for m in ("simclr", "byol") for i, a in enumerate(OPS) for j, b in enumerate(OPS)]
-    exp_dir = write_experiment(tmp_path, "facets", cells, kind="pairwise", ops=OPS, paper="figure5",
-                               axes=["method"])
+    cells = [
+        {
+            "label": f"{pair_spec(a, b)},method={m}",
+            "coords": {"first": a, "second": b, "method": m},
+            "seed": 0,
+            "top1": base_value(i, j, 0) + (0.3 if m == "byol" else 0.0),
+        }
+        for m in ("simclr", "byol")
+        for i, a in enumerate(OPS)
+        for j, b in enumerate(OPS)
+    ]
+    exp_dir = write_experiment(tmp_path, "facets", cells, kind="pairwise", ops=OPS, paper="figure5", axes=["method"])
     summary, _ = analysis.load_summary(exp_dir)
     fig = plot_heatmap(summary, analysis.table.load_experiment(exp_dir))
     meshes = [c for ax in fig.axes[:2] for c in ax.collections if isinstance(c, QuadMesh)]

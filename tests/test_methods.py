@@ -1,5 +1,6 @@
 """Methods: each loss against a naive reference, the BYOL target and its schedule, every registered method
 on the embedded data with an exact resume, the registry, and DDP (2 processes against one)."""
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,11 @@ def rows(n: int, d: int, seed: int) -> torch.Tensor:
 
 # ---- losses against naive references -------------------------------------------------------
 
+
 def naive_cosine(a, b):
     def norm(v):
         return torch.sqrt(sum(x * x for x in v))
+
     return sum(a[k] * b[k] for k in range(len(a))) / (norm(a) * norm(b))
 
 
@@ -76,7 +79,7 @@ def naive_barlow_twins(z1, z2, lambd, eps=1e-5):
     for i in range(d):
         for j in range(d):
             c = sum(a[i][k] * b[j][k] for k in range(n)) / n
-            total = total + ((1 - c) ** 2 if i == j else lambd * c ** 2)
+            total = total + ((1 - c) ** 2 if i == j else lambd * c**2)
     return total
 
 
@@ -139,6 +142,7 @@ def test_global_batch_norm_reaches_every_network_of_a_method(name):
 
 # ---- BYOL's target network ------------------------------------------------------------------
 
+
 def test_target_momentum_rises_from_base_to_one_on_a_cosine():
     assert target_momentum(0.99, 0, 100) == pytest.approx(0.99)
     assert target_momentum(0.99, 50, 100) == pytest.approx(0.995)
@@ -164,6 +168,7 @@ def test_byol_target_is_an_ema_of_the_online_network_and_not_trained():
 
 # ---- every method on the embedded data: runs, resumes exactly -------------------------------
 
+
 def method_cell(name: str, *extra: str):
     args = SMALL_HEADS if "predictor_hidden" in REGISTRY[name].params else []
     return build_config({}, TINY + [f"method={name}", "train.epochs=2"] + args + list(extra))
@@ -184,7 +189,8 @@ def test_method_runs_and_resumes_exactly(name, tmp_path):
     assert len(rows) == 2 and all(("uniform" in r and "pos_sim" in r) == (name != "supervised") for r in rows)
     timing = ("images_per_s", "wall_s", "time")
     assert [{k: v for k, v in r.items() if k not in timing} for r in store.read_metrics(tmp_path / "resumed")] == [
-        {k: v for k, v in r.items() if k not in timing} for r in rows]
+        {k: v for k, v in r.items() if k not in timing} for r in rows
+    ]
 
 
 @pytest.mark.slow
@@ -197,9 +203,11 @@ def test_ablate_run_takes_the_method(tmp_path, capsys):
 
 # ---- the registry ---------------------------------------------------------------------------
 
+
 @pytest.fixture
 def toy_method():
     """A method registered for one test: its whole definition is one decorated class."""
+
     @register
     class Alignment(Method):
         name = "test_alignment"
@@ -223,9 +231,10 @@ def test_adding_a_method_is_one_registered_class(toy_method):
     assert initial_method(cfg, torch.device("cpu"), 10).floor == 0.5
     with pytest.raises(ValueError, match="'test_alignment' parameter 'flor' \\(did you mean 'floor'\\?\\)"):
         build_config({}, ["method=test_alignment", "method_args.flor=0.5"], check_registered)
-    with pytest.raises(ValueError, match="test_alignment.*floor.*20.*0.0, 10.0"):
+    with pytest.raises(ValueError, match=r"test_alignment.*floor.*20.*0.0, 10.0"):
         build_config({}, ["method=test_alignment", "method_args.floor=20"], check_registered)
     with pytest.raises(ValueError, match="already registered"):
+
         @register
         class Again(Method):
             name = "byol"
@@ -242,7 +251,7 @@ def test_a_registered_method_trains_a_cell(toy_method, tmp_path):
 
 
 def test_unknown_method_names_the_choices():
-    with pytest.raises(ValueError, match="method: unknown method 'byl' \\(did you mean 'byol'\\?\\).*simsiam"):
+    with pytest.raises(ValueError, match=r"method: unknown method 'byl' \(did you mean 'byol'\?\).*simsiam"):
         build_config({}, ["method=byl"], check_registered)
 
 

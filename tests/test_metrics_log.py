@@ -1,5 +1,6 @@
 """Per-epoch metrics of a cell: one row per epoch whatever interrupted it, the same rows as an
 uninterrupted run; probes every log_every epochs; per-class top-1; TensorBoard only when installed."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,20 @@ from ablation.grid import load_experiment
 from ablation.metrics_log import embedding_stats
 from ablation.names import PER_CLASS
 
-TINY = ["data.n_train=256", "data.n_test=128", "data.size=16", "model.width=8", "model.head_hidden=32",
-        "model.out_dim=16", "train.epochs=3", "train.batch_size=64", "eval.knn_k=20",
-        "augment.views=crop+color", "eval.random_init=false", "train.log_every=1"]
+TINY = [
+    "data.n_train=256",
+    "data.n_test=128",
+    "data.size=16",
+    "model.width=8",
+    "model.head_hidden=32",
+    "model.out_dim=16",
+    "train.epochs=3",
+    "train.batch_size=64",
+    "eval.knn_k=20",
+    "augment.views=crop+color",
+    "eval.random_init=false",
+    "train.log_every=1",
+]
 STEPS = 256 // 64
 TIMING = ("images_per_s", "wall_s", "time")  # the only fields that may differ between two runs
 
@@ -69,8 +81,15 @@ def test_probes_only_every_log_every_epochs(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverged_epoch_is_logged_with_a_null_loss(tmp_path):
-    cfg = tiny("optim.name=sgd", "optim.lr=1000", "optim.lr_scaling=linear", "loss.normalize=false",
-               "loss.temperature=0.0001", "train.epochs=2", "train.log_every=0")
+    cfg = tiny(
+        "optim.name=sgd",
+        "optim.lr=1000",
+        "optim.lr_scaling=linear",
+        "loss.normalize=false",
+        "loss.temperature=0.0001",
+        "train.epochs=2",
+        "train.log_every=0",
+    )
     assert run_cell(cfg, tmp_path, show_progress=False)["status"] == "failed"
     rows = store.read_metrics(tmp_path)
     assert rows and rows[-1]["loss"] is None and all(r["loss"] is not None for r in rows[:-1])
@@ -97,9 +116,20 @@ def test_epochs_logged_after_the_last_checkpoint_are_logged_again_not_twice(tmp_
     config, out = tmp_path / "cell.yaml", tmp_path / "cell"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    child = subprocess.Popen([sys.executable, "-c", "import sys; from ablation.cli import main; sys.exit(main())",
-                              "run", str(config), "--out", str(out)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from ablation.cli import main; sys.exit(main())",
+            "run",
+            str(config),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while len(store.read_metrics(out)) < 4 and child.poll() is None and time.monotonic() < deadline:
@@ -152,9 +182,12 @@ def test_embedding_stats_against_their_definitions():
 
 def _one_cell_grid(tmp_path: Path) -> tuple[Path, object]:
     path = tmp_path / "tb.yaml"
-    cell = {"data": {"n_train": 256, "n_test": 128, "size": 16},
-            "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
-            "train": {"epochs": 2, "batch_size": 64}, "eval": {"knn_k": 20, "random_init": False}}
+    cell = {
+        "data": {"n_train": 256, "n_test": 128, "size": 16},
+        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+        "train": {"epochs": 2, "batch_size": 64},
+        "eval": {"knn_k": 20, "random_init": False},
+    }
     path.write_text(yaml.safe_dump({"name": "tb", "cell": cell, "grid": {"kind": "pairwise", "ops": ["crop"]}}))
     root = tmp_path / "results"
     exp = load_experiment(str(path))
@@ -166,6 +199,7 @@ def _one_cell_grid(tmp_path: Path) -> tuple[Path, object]:
 def test_tensorboard_run_per_cell_named_by_label(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     folder, cell = _one_cell_grid(tmp_path)
     runs = [p.name for p in (folder / "tensorboard").iterdir()]
     assert runs == ["crop,seed=0"]

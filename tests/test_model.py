@@ -8,8 +8,9 @@ from torch import nn
 from ablation.model import ENCODERS, GlobalBatchNorm, build_encoder, build_head, global_batch_norm
 
 
-@pytest.mark.parametrize("name,batch", [("small_cnn", 8), ("resnet18", 4),
-                                        pytest.param("resnet50", 2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name,batch", [("small_cnn", 8), ("resnet18", 4), pytest.param("resnet50", 2, marks=pytest.mark.slow)]
+)
 def test_encoders_map_images_to_flat_features(name, batch):
     torch.manual_seed(0)
     encoder, dim = build_encoder(name, cifar_stem=True)
@@ -47,7 +48,7 @@ def test_cifar_stem_is_3x3_stride_1_without_maxpool(name):
 
 
 def test_small_cnn_trains_in_channels_last():
-    encoder, dim = build_encoder("small_cnn", width=4)
+    encoder, _dim = build_encoder("small_cnn", width=4)
     encoder = encoder.to(memory_format=torch.channels_last)
     x = torch.rand(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     encoder(x).sum().backward()
@@ -90,8 +91,16 @@ def test_bad_heads():
 
 def _bn_net() -> nn.Sequential:
     torch.manual_seed(7)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 6),
-                         nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)).double()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 6),
+        nn.BatchNorm1d(6),
+        nn.ReLU(),
+        nn.Linear(6, 2),
+    ).double()
 
 
 def _bn_batch() -> torch.Tensor:
@@ -102,8 +111,12 @@ def _bn_step(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.
     """Output, parameter gradients and BN running statistics after one training step's forward/backward."""
     out = net(x)
     out.pow(2).mean().backward()
-    stats = [b for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             for b in (m.running_mean, m.running_var)]
+    stats = [
+        b
+        for m in net.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in (m.running_mean, m.running_var)
+    ]
     return out.detach(), [p.grad for p in net.parameters()], stats
 
 

@@ -1,5 +1,6 @@
 """ablation/names.py is the one list of each kind of name: the modules that implement a choice cover
 exactly its names, and config validation, the CLI and analysis use the same objects."""
+
 from __future__ import annotations
 
 import subprocess
@@ -47,7 +48,7 @@ def test_a_registry_is_the_list_of_its_names():
     from ablation.methods import REGISTRY
 
     assert config.CellConfig.method in REGISTRY
-    listed = dict((key, doc) for key, _, doc in registered.key_docs())
+    listed = {key: doc for key, _, doc in registered.key_docs()}
     assert listed["method"].endswith(f"[{' | '.join(REGISTRY)}]")
 
 

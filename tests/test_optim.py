@@ -1,7 +1,9 @@
 """LARS against a hand-written update, parameter grouping, lr scaling and the warmup-cosine schedule."""
+
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import pytest
@@ -191,7 +193,7 @@ def test_warmup_cosine_shape():
     warmup, total = 10, 50
     lrs = _lrs(warmup, total, total + 3)
     assert lrs[0] == pytest.approx(2.0 / (warmup + 1))
-    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1 : warmup + 1]))
+    assert all(a < b for a, b in itertools.pairwise(lrs[: warmup + 1]))
     assert lrs[warmup] == pytest.approx(2.0)
     assert all(a > b for a, b in zip(lrs[warmup : total - 1], lrs[warmup + 1 : total]))
     assert lrs[(warmup + total) // 2] == pytest.approx(1.0)
@@ -199,8 +201,9 @@ def test_warmup_cosine_shape():
 
 
 def test_warmup_cosine_without_warmup_starts_at_peak():
-    assert _lrs(0, 4, 5) == pytest.approx([2.0, 2.0 * 0.5 * (1 + math.cos(math.pi / 4)), 1.0,
-                                           2.0 * 0.5 * (1 - math.cos(math.pi / 4)), 0.0])
+    assert _lrs(0, 4, 5) == pytest.approx(
+        [2.0, 2.0 * 0.5 * (1 + math.cos(math.pi / 4)), 1.0, 2.0 * 0.5 * (1 - math.cos(math.pi / 4)), 0.0]
+    )
 
 
 def test_warmup_cosine_resumes_from_state_dict():

@@ -1,5 +1,6 @@
 """Several cells on one device: K from the model's cost and the memory, packs that hold every cell
 once, and cells run K at a time that end exactly as when run one at a time, also after an interrupt."""
+
 from __future__ import annotations
 
 import threading
@@ -15,8 +16,17 @@ from ablation.cell import Interrupt, run_cell
 from ablation.config import CellConfig, build_config
 from ablation.grid import load_experiment
 
-TINY = ["data.n_train=256", "data.n_test=128", "data.size=16", "model.width=8", "model.head_hidden=32",
-        "model.out_dim=16", "train.batch_size=64", "eval.knn_k=20", "eval.random_init=false"]
+TINY = [
+    "data.n_train=256",
+    "data.n_test=128",
+    "data.size=16",
+    "model.width=8",
+    "model.head_hidden=32",
+    "model.out_dim=16",
+    "train.batch_size=64",
+    "eval.knn_k=20",
+    "eval.random_init=false",
+]
 
 
 @dataclass
@@ -41,8 +51,10 @@ def test_auto_k_fills_a_gpu_with_small_cells_and_leaves_a_costly_one_alone():
 def test_memory_estimate_counts_the_training_set_as_the_cell_holds_it(tmp_path):
     """The resident uint8 set in a cell's bytes: capped by data.per_class, a folder's files counted at
     its stored side, nothing when kept off the device or streamed."""
+
     def data(*overrides: str):
         return build_config({}, list(overrides)).data
+
     assert cost.resident_bytes(data("data.name=cifar10")) == 50_000 * 3 * 32 * 32
     assert cost.resident_bytes(data("data.name=cifar10", "data.per_class=100")) == 1_000 * 3 * 32 * 32
     assert cost.resident_bytes(data("data.name=cifar10", "data.resident=never")) == 0
@@ -93,8 +105,9 @@ def test_cells_sharing_the_device_end_as_when_run_one_at_a_time(tmp_path):
     bad = build_config({}, TINY + ["train.epochs=1", "data.name=folder", "data.root=/nonexistent/images"])
     folders = [str(tmp_path / f"packed{i}") for i in range(3)]
     lines: list[str] = []
-    outcome = pack.run_pack([c.to_dict() for c in configs + [bad]], folders, 2, Interrupt(), threads=1,
-                            log=lines.append)
+    outcome = pack.run_pack(
+        [c.to_dict() for c in configs + [bad]], folders, 2, Interrupt(), threads=1, log=lines.append
+    )
     assert outcome[folders[0]] == outcome[folders[1]] == "finished"
     assert outcome[folders[2]].startswith("failed: FileNotFoundError") and "nonexistent" in outcome[folders[2]]
     assert sum("started" in line for line in lines) == 3
@@ -108,8 +121,9 @@ def test_cells_sharing_the_device_end_as_when_run_one_at_a_time(tmp_path):
 
 @pytest.mark.slow
 def test_an_interrupted_pack_checkpoints_every_cell_and_resumes_bit_exactly(tmp_path):
-    configs = [build_config({}, TINY + ["train.epochs=16", "train.checkpoint_every=1", f"train.seed={s}"])
-               for s in (0, 1)]
+    configs = [
+        build_config({}, TINY + ["train.epochs=16", "train.checkpoint_every=1", f"train.seed={s}"]) for s in (0, 1)
+    ]
     folders = [tmp_path / f"packed{i}" for i in range(2)]
     interrupt = Interrupt()
 
@@ -140,10 +154,13 @@ def test_local_workers_are_numbers_or_one_per_gpu_share_without_a_gpu():
         assert local.local_workers("auto", [cfg]) == 1
 
 
-@pytest.mark.parametrize("slurm, message", [
-    ("slurm.cells_per_gpu=2,slurm.tasks_per_node=2", "slurm.cells_per_gpu: 2 cells per GPU need tasks_per_node 1"),
-    ("slurm.gres=shard:1,slurm.gpus_per_node=1", "slurm.gres: 'shard:1' with gpus_per_node 1"),
-])
+@pytest.mark.parametrize(
+    "slurm, message",
+    [
+        ("slurm.cells_per_gpu=2,slurm.tasks_per_node=2", "slurm.cells_per_gpu: 2 cells per GPU need tasks_per_node 1"),
+        ("slurm.gres=shard:1,slurm.gpus_per_node=1", "slurm.gres: 'shard:1' with gpus_per_node 1"),
+    ],
+)
 def test_slurm_packing_settings_that_contradict_are_errors(slurm, message):
     with pytest.raises(ValueError, match=message):
         load_experiment("pairwise", "embedded", slurm.split(","), check=False)
@@ -151,6 +168,7 @@ def test_slurm_packing_settings_that_contradict_are_errors(slurm, message):
 
 def test_gres_reaches_sbatch_through_submitit():
     from ablation.slurm.submit import executor_parameters
+
     exp = load_experiment("pairwise", "embedded", ["slurm.gres=shard:1", "slurm.gpus_per_node=0"], check=False)
     params = executor_parameters(exp.slurm)
     assert params["slurm_gres"] == "shard:1" and "gpus_per_node" not in params

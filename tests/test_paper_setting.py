@@ -1,5 +1,6 @@
 """The shipped presets and experiments say what the paper did: read off the resolved cell configs (and the
 models and optimisers they build), one test per departure that was found and fixed."""
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,8 @@ def test_table_b1_runs_both_lr_scalings_at_the_papers_base_rates(preset):
     for scaling, base in (("linear", lambda b: 0.3 * b / 256), ("sqrt", lambda b: 0.075 * math.sqrt(b))):
         ours = [c for c in grid if c.optim.lr_scaling == scaling]
         assert {(c.train.batch_size, c.train.epochs) for c in ours} == {
-            (c.train.batch_size, c.train.epochs) for c in grid}          # every (batch, epochs) in both columns
+            (c.train.batch_size, c.train.epochs) for c in grid
+        }  # every (batch, epochs) in both columns
         for c in ours:
             assert scaled_lr(c.optim.lr, c.train.batch_size, scaling) == pytest.approx(base(c.train.batch_size))
 
@@ -55,17 +57,36 @@ def test_table4_tunes_each_loss_on_its_own_hyperparameter(preset):
     for c in (cell.config for cell in cells("loss", preset)):
         knob = c.loss.margin if c.loss.name == "margin" else c.loss.temperature
         rows.setdefault((c.loss.name, c.loss.semi_hard), set()).add(knob)
-    assert set(rows) == {("nt_xent", False), ("nt_logistic", False), ("nt_logistic", True), ("margin", False),
-                         ("margin", True)}
+    assert set(rows) == {
+        ("nt_xent", False),
+        ("nt_logistic", False),
+        ("nt_logistic", True),
+        ("margin", False),
+        ("margin", True),
+    }
     assert all(len(values) == 3 for values in rows.values())
 
 
 def test_table4_report_takes_each_rows_best():
-    agg = __import__("pandas").DataFrame([
-        {"label": f"loss={name},t={t}", "loss.name": name, "loss.semi_hard": False, "loss.temperature": t,
-         "linear_top1_mean": acc, "linear_top1_std": float("nan"), "n": 1}
-        for name, t, acc in (("nt_xent", 0.1, 0.50), ("nt_xent", 0.5, 0.55), ("nt_xent", 1.0, 0.40),
-                             ("nt_logistic", 0.5, 0.30))])
+    agg = __import__("pandas").DataFrame(
+        [
+            {
+                "label": f"loss={name},t={t}",
+                "loss.name": name,
+                "loss.semi_hard": False,
+                "loss.temperature": t,
+                "linear_top1_mean": acc,
+                "linear_top1_std": float("nan"),
+                "n": 1,
+            }
+            for name, t, acc in (
+                ("nt_xent", 0.1, 0.50),
+                ("nt_xent", 0.5, 0.55),
+                ("nt_xent", 1.0, 0.40),
+                ("nt_logistic", 0.5, 0.30),
+            )
+        ]
+    )
     exp = {"paper": "table4", "swept": ["loss.name", "loss.semi_hard", "loss.temperature"], "fixed": {}}
     side = compare_with_paper(agg, exp)
     ours = side[side["label"] != ""].set_index("setting")["ours"]
@@ -96,8 +117,7 @@ def test_gpu_presets_build_the_reference_codes_projection_head(preset, width):
     model = initial_method(cfg, torch.device("cpu"), 10)
     linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
     norms = [m for m in model.head if isinstance(m, torch.nn.BatchNorm1d)]
-    assert model.dim == width and [(m.in_features, m.out_features) for m in linears] == [(width, width),
-                                                                                          (width, 128)]
+    assert model.dim == width and [(m.in_features, m.out_features) for m in linears] == [(width, width), (width, 128)]
     assert len(norms) == 2 and isinstance(model.head[-1], torch.nn.BatchNorm1d)
     assert all(m.bias is None for m in linears) and not model.head[-1].bias.requires_grad
 

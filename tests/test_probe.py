@@ -35,7 +35,7 @@ def separable(n_train: int, n_test: int, classes: int) -> tuple[torch.Tensor, ..
 def test_linear_probe_separates_separable_classes():
     train_f, train_y = blobs(2000, 32, 10, spread=4.0, seed=0)
     test_f, test_y = blobs(500, 32, 10, spread=4.0, seed=1)
-    acc = linear_probe(train_f * 7 + 3, train_y, test_f * 7 + 3, test_y, 10)   # scale/offset: standardised
+    acc = linear_probe(train_f * 7 + 3, train_y, test_f * 7 + 3, test_y, 10)  # scale/offset: standardised
     assert acc["top1"] >= 0.99 and acc["top5"] == 1.0
 
 
@@ -46,7 +46,7 @@ def test_linear_probe_is_at_chance_on_random_labels():
     train_y, test_y = torch.randint(0, classes, (1000,), generator=g), torch.randint(0, classes, (n_test,), generator=g)
     acc = linear_probe(train_f, train_y, test_f, test_y, classes)
     for key, p in (("top1", 0.1), ("top5", 0.5)):
-        sigma = math.sqrt(p * (1 - p) / n_test)        # binomial std of an accuracy at chance
+        sigma = math.sqrt(p * (1 - p) / n_test)  # binomial std of an accuracy at chance
         assert abs(acc[key] - p) < 5 * sigma, (key, acc[key])
 
 
@@ -55,7 +55,7 @@ def test_linear_probe_is_deterministic_and_top5_clips_to_classes():
     test_f, test_y = blobs(100, 8, 3, spread=0.5, seed=1)
     first, again = linear_probe(train_f, train_y, test_f, test_y, 3), linear_probe(train_f, train_y, test_f, test_y, 3)
     assert torch.equal(first.pop("correct"), again.pop("correct")) and first == again
-    assert first["top5"] == 1.0 and 0 < first["top1"] < 1    # top-min(5, 3) covers every class
+    assert first["top5"] == 1.0 and 0 < first["top1"] < 1  # top-min(5, 3) covers every class
     many_f, many_y = blobs(300, 8, 20, spread=0.5, seed=0)
     acc = linear_probe(many_f, many_y, many_f[:100], many_y[:100], 20)
     assert 0 <= acc["top1"] <= acc["top5"] <= 1
@@ -95,8 +95,8 @@ def test_extract_features_is_deterministic_and_restores_modes():
     encoder, dim = build_encoder("small_cnn", width=4)
     images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
     encoder.train()
-    encoder(torch.rand(8, 3, 16, 16))              # move BN running stats away from their init
-    frozen_bn = encoder[1].eval()                  # a submodule deliberately left in eval mode
+    encoder(torch.rand(8, 3, 16, 16))  # move BN running stats away from their init
+    frozen_bn = encoder[1].eval()  # a submodule deliberately left in eval mode
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
 
     f1 = extract_features(encoder, images, batch_size=3)
@@ -105,7 +105,7 @@ def test_extract_features_is_deterministic_and_restores_modes():
     assert torch.equal(f1, extract_features(encoder, images, batch_size=3))
     torch.testing.assert_close(f1, f2)
     assert encoder.training and not frozen_bn.training
-    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())   # BN stats untouched
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())  # BN stats untouched
     encoder.eval()
     torch.testing.assert_close(f1, encoder(images.float() / 255))
 
@@ -135,8 +135,8 @@ def test_sgd_probe_learns_and_leaves_encoder_frozen():
     full_batch = linear_probe(extract_features(encoder, train_x), train_y, extract_features(encoder, test_x), test_y, 3)
     assert acc["top1"] >= 0.9 and acc["top5"] == 1.0
     again = sgd_probe(encoder, train_x, train_y, test_x, test_y, 3, random_flip, epochs=20, batch_size=32)
-    assert again["top1"] == acc["top1"] and torch.equal(again["correct"], acc["correct"])   # seeded: repeatable
-    assert abs(acc["top1"] - full_batch["top1"]) <= 0.05     # same features, same kind of classifier
+    assert again["top1"] == acc["top1"] and torch.equal(again["correct"], acc["correct"])  # seeded: repeatable
+    assert abs(acc["top1"] - full_batch["top1"]) <= 0.05  # same features, same kind of classifier
     assert acc["correct"].float().mean().item() == pytest.approx(acc["top1"])
     assert encoder.training
     assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())
@@ -181,9 +181,9 @@ def test_online_head_learns_draws_nothing_and_resumes_exactly():
     assert torch.equal(torch.get_rng_state(), state)
     for step in range(20):
         part = slice(step % 4 * 50, step % 4 * 50 + 50)
-        head.step(torch.cat([train_f[part], train_f[part]]), train_y[part])   # two views of each image
+        head.step(torch.cat([train_f[part], train_f[part]]), train_y[part])  # two views of each image
     buffer = io.BytesIO()
-    torch.save(head.checkpoint(), buffer)   # as the cell's checkpoint holds it
+    torch.save(head.checkpoint(), buffer)  # as the cell's checkpoint holds it
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     twin = OnlineHead(train_f.shape[1], 4, batch_size=50, total_steps=40, device=torch.device("cpu"))
@@ -199,5 +199,5 @@ def test_capture_features_keeps_training_outputs_only():
     seen = capture_features(encoder)
     encoder.train()
     encoder(torch.rand(3, 3, 16, 16))
-    extract_features(encoder, torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8))   # eval mode: not kept
+    extract_features(encoder, torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8))  # eval mode: not kept
     assert [tuple(h.shape) for h in seen] == [(3, dim)]

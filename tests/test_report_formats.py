@@ -1,5 +1,6 @@
 """The report in other forms: report.html (self-contained, rendered by headless Chromium), tables.tex
 (numbers equal to summary.csv, compiles with pdflatex) and the report's W&B run."""
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture
 def grid(tmp_path: Path) -> Path:
     """A pairwise grid with two seeds per pair, one seed for blur+color and no crop+blur result."""
-    cells = [c for c in pairwise_cells(base_value, skip={("crop", "blur")})
-             if not (c["label"] == "blur+color" and c["seed"] == 1)]
+    cells = [
+        c
+        for c in pairwise_cells(base_value, skip={("crop", "blur")})
+        if not (c["label"] == "blur+color" and c["seed"] == 1)
+    ]
     exp_dir = pairwise_exp(tmp_path, "pairwise", cells)
     analysis.report(exp_dir)
     return exp_dir
@@ -42,8 +46,9 @@ def test_html_has_the_reports_sections_tables_and_inline_figures(grid: Path) -> 
 
 
 def test_markdown_subset_converts_and_escapes(tmp_path: Path) -> None:
-    page = markdown_to_html("# T <x>\n\n- a **b** `c|d`\n- [e](f.pdf)\n\n| h | i |\n|---|---|\n| 1 \\| 2 | 3 |\n",
-                            tmp_path)
+    page = markdown_to_html(
+        "# T <x>\n\n- a **b** `c|d`\n- [e](f.pdf)\n\n| h | i |\n|---|---|\n| 1 \\| 2 | 3 |\n", tmp_path
+    )
     assert "<h1>T &lt;x&gt;</h1>" in page and "<li>a <strong>b</strong> <code>c|d</code></li>" in page
     assert '<li><a href="f.pdf">e</a></li>' in page
     assert "<tr><th>h</th><th>i</th></tr>" in page and "<tr><td>1 | 2</td><td>3</td></tr>" in page
@@ -52,10 +57,27 @@ def test_markdown_subset_converts_and_escapes(tmp_path: Path) -> None:
 def render(page: Path, out: Path) -> np.ndarray:
     """A headless Chromium screenshot of `page` as an RGB array."""
     from PIL import Image
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                    f"--user-data-dir={out.parent / 'chromium-profile'}", "--window-size=1200,3000",
-                    f"--screenshot={out}", page.as_uri()], check=True, capture_output=True, timeout=120)
+
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={out.parent / 'chromium-profile'}",
+            "--window-size=1200,3000",
+            f"--screenshot={out}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return np.asarray(Image.open(out).convert("RGB")).astype(int)
 
 
@@ -66,16 +88,21 @@ def coloured(image: np.ndarray) -> int:
 
 def grey_lines(image: np.ndarray) -> int:
     """Pixels of the tables' light grey borders and header shading."""
-    return int((np.abs(image - np.array([204, 204, 204])).max(axis=2) <= 8).sum()
-               + (np.abs(image - np.array([243, 243, 243])).max(axis=2) <= 2).sum())
+    return int(
+        (np.abs(image - np.array([204, 204, 204])).max(axis=2) <= 8).sum()
+        + (np.abs(image - np.array([243, 243, 243])).max(axis=2) <= 2).sum()
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_html_renders_in_chromium_with_heatmap_and_tables(grid: Path, tmp_path: Path) -> None:
     page = (grid / store.REPORT_HTML).read_text()
-    variants = {"full": page, "no_images": re.sub(r"<img [^>]*>", "", page),
-                "no_tables": re.sub(r"<table>.*?</table>", "", page, flags=re.S)}
+    variants = {
+        "full": page,
+        "no_images": re.sub(r"<img [^>]*>", "", page),
+        "no_tables": re.sub(r"<table>.*?</table>", "", page, flags=re.S),
+    }
     shots = {}
     for name, html in variants.items():
         path = tmp_path / f"{name}.html"
@@ -87,8 +114,8 @@ def test_html_renders_in_chromium_with_heatmap_and_tables(grid: Path, tmp_path: 
 
 def tex_rows(text: str, first: str) -> list[list[str]]:
     """The body rows of the tabular whose header starts with `first`."""
-    block = text[text.index(first):]
-    block = block[block.index("\\midrule") + len("\\midrule"):block.index("\\bottomrule")]
+    block = text[text.index(first) :]
+    block = block[block.index("\\midrule") + len("\\midrule") : block.index("\\bottomrule")]
     return [[c.strip() for c in line.rstrip(" \\").split(" & ")] for line in block.strip().splitlines()]
 
 
@@ -127,10 +154,17 @@ def test_latex_numbers_equal_summary_csv(grid: Path) -> None:
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
 def test_latex_tables_compile(grid: Path, tmp_path: Path) -> None:
     tables = analysis.write_latex(grid)
-    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-                                      f"\\input{{{tables}}}\n\\end{{document}}\n")
-    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        f"\\input{{{tables}}}\n\\end{{document}}\n"
+    )
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout[-2000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 0
 
@@ -138,9 +172,14 @@ def test_latex_tables_compile(grid: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_report_logged_once_to_wandb(grid: Path, monkeypatch, tmp_path: Path) -> None:
     from test_loggers import offline_runs
+
     pytest.importorskip("wandb")
-    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_PROJECT": "p",
-                       "HOME": str(tmp_path)}.items():
+    for key, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_PROJECT": "p",
+        "HOME": str(tmp_path),
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_DIR", raising=False)
     analysis.report(grid)

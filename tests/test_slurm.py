@@ -5,6 +5,7 @@ Every test submits tiny cells on the embedded data under an experiment name of i
 cancels whatever is left of it at the end. Without a cluster the module is skipped (set
 ABLATION_REQUIRE_SLURM=1 to fail instead, as CI should).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,8 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -34,9 +35,12 @@ from ablation.grid import load_experiment
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"data": {"n_train": 256, "n_test": 128, "size": 16},
-        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
-        "train": {"epochs": 1, "batch_size": 64}, "eval": {"knn_k": 20, "random_init": False}}
+TINY = {
+    "data": {"n_train": 256, "n_test": 128, "size": 16},
+    "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+    "train": {"epochs": 1, "batch_size": 64},
+    "eval": {"knn_k": 20, "random_init": False},
+}
 SLURM = {"cpus_per_task": 1, "gpus_per_node": 0, "timeout_min": 30}  # > 10 min: USR2 is a preemption
 TIMEOUT_S = 300
 
@@ -44,8 +48,9 @@ TIMEOUT_S = 300
 @pytest.fixture(scope="module", autouse=True)
 def cluster() -> None:
     try:
-        probe = subprocess.run(["bash", str(ROOT / "scripts" / "slurm-local.sh"), "status"],
-                               capture_output=True, text=True, timeout=120)
+        probe = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "slurm-local.sh"), "status"], capture_output=True, text=True, timeout=120
+        )
         ready, why = probe.returncode == 0, (probe.stdout + probe.stderr).strip().splitlines()[-1:]
     except (OSError, subprocess.TimeoutExpired) as err:
         ready, why = False, [str(err)]
@@ -115,12 +120,14 @@ class Grid:
 
     def wait_ended(self, seen: set | None = None) -> dict[str, status.CellStatus]:
         """Wait until no cell is queued or running; `seen` collects every state passed through."""
+
         def ended() -> dict | None:
             rows = self.rows()
             if seen is not None:
                 seen.update(r.state for r in rows.values())
             active = (status.TODO, status.QUEUED, status.RUNNING, status.UNKNOWN)
             return rows if all(r.state not in active for r in rows.values()) else None
+
         return self.wait(ended, "every cell to end")
 
     def cancel_unfinished(self) -> None:
@@ -205,8 +212,7 @@ def test_cancelled_cell_is_resubmitted_alone_by_retry(make_grid):
 def test_usr2_checkpoints_requeues_and_resumes_bit_exactly(make_grid, tasks):
     long = {"train": {"epochs": 60, "checkpoint_every": 1000}}  # still training when the signal comes
     grid = make_grid("usr2", {"kind": "pairwise", "ops": ["crop"]}, cell=long, slurm={"tasks_per_node": tasks})
-    reference = make_grid("usr2-ref", {"kind": "pairwise", "ops": ["crop"]}, cell=long,
-                          slurm={"tasks_per_node": tasks})
+    reference = make_grid("usr2-ref", {"kind": "pairwise", "ops": ["crop"]}, cell=long, slurm={"tasks_per_node": tasks})
     assert grid.exp.cells[0].id == reference.exp.cells[0].id  # the same cell, in two experiments
     for g in (grid, reference):
         assert g.ablate("grid", "--executor", "slurm")[0] == 0
@@ -264,8 +270,11 @@ def test_usr2_to_the_batch_shell_too_requeues_and_never_fails_the_cell(make_grid
 def test_the_embedded_preset_runs_on_a_cpu_only_cluster_and_auto_says_why_it_chose_slurm(make_grid):
     """The README's first command where Slurm answers but has no GPU: the CPU preset asks for none."""
     grid = make_grid("cpu", {"kind": "pairwise", "ops": ["crop"]})
-    grid.path.write_text(yaml.safe_dump({"name": grid.path.stem, "preset": "embedded", "cell": TINY,
-                                         "grid": {"kind": "pairwise", "ops": ["crop"]}}))  # no slurm section
+    grid.path.write_text(
+        yaml.safe_dump(
+            {"name": grid.path.stem, "preset": "embedded", "cell": TINY, "grid": {"kind": "pairwise", "ops": ["crop"]}}
+        )
+    )  # no slurm section
     grid.exp = load_experiment(str(grid.path))
     assert grid.exp.slurm.gpus_per_node == 0
     code, out = grid.ablate("grid")  # --executor auto
@@ -285,14 +294,22 @@ def test_sigkill_of_a_pack_ends_its_cells_and_status_never_calls_them_failed_whi
     """The pack's process (ablation.slurm.entry, which runs K cells) killed: its cells checkpoint and end
     with it instead of training on outside Slurm; while one still holds its lock no cell is called
     failed; --retry then resumes both."""
-    grid = make_grid("pack-kill", SEEDS, cell={"train": {"epochs": 150, "checkpoint_every": 1}},
-                     slurm={"cells_per_gpu": 2})
+    grid = make_grid(
+        "pack-kill", SEEDS, cell={"train": {"epochs": 150, "checkpoint_every": 1}}, slurm={"cells_per_gpu": 2}
+    )
     assert grid.ablate("grid", "--executor", "slurm")[0] == 0
     job = grid.job("seed=0")["job_id"]
     log = grid.folder / ".submitit" / f"{job}_0_log.out"
     cell_dirs = [grid.folder / c.id for c in grid.exp.cells]
-    grid.wait(lambda: log.exists() and log.read_text().count("started (pid") == 2
-              and all(store.read_metrics(d) for d in cell_dirs), "both cells to train", every_s=0.1)
+    grid.wait(
+        lambda: (
+            log.exists()
+            and log.read_text().count("started (pid") == 2
+            and all(store.read_metrics(d) for d in cell_dirs)
+        ),
+        "both cells to train",
+        every_s=0.1,
+    )
     pids = [int(p) for p in re.findall(r"started \(pid (\d+)\)", log.read_text())]
     parent = int(Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
     os.kill(parent, signal.SIGKILL)
@@ -349,16 +366,18 @@ def test_usr2_at_start_up_requeues_and_never_fails_the_cell(make_grid):
     assert result["status"] == "finished" and len(result["resumed_at"]) >= 2, grid.diagnose()
     assert grid.job("crop")["job_id"] == job  # requeued, never resubmitted
     assert result["losses"] == uninterrupted["losses"] and result["metrics"] == uninterrupted["metrics"]
-    states = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-D", "-o", "State"], capture_output=True,
-                            text=True, timeout=60).stdout.split()
+    states = subprocess.run(
+        ["sacct", "-j", job, "-X", "-n", "-P", "-D", "-o", "State"], capture_output=True, text=True, timeout=60
+    ).stdout.split()
     assert "FAILED" not in states and states[-1] == "COMPLETED", states
 
 
 def test_plain_scancel_stops_the_cell_at_once_and_retry_resumes_where_it_stopped(make_grid):
     """After a plain scancel the cell writes its checkpoint once and exits (not for seconds more),
     and a --retry right away resumes from that very checkpoint: never two writers on one cell."""
-    grid = make_grid("scancel", {"kind": "pairwise", "ops": ["crop"]},
-                     cell={"train": {"epochs": 60, "checkpoint_every": 1}})
+    grid = make_grid(
+        "scancel", {"kind": "pairwise", "ops": ["crop"]}, cell={"train": {"epochs": 60, "checkpoint_every": 1}}
+    )
     assert grid.ablate("grid", "--executor", "slurm")[0] == 0
     first = grid.job("crop")
     log = Path(first["logs"])
@@ -367,8 +386,11 @@ def test_plain_scancel_stops_the_cell_at_once_and_retry_resumes_where_it_stopped
     grid.wait(lambda: grid.rows()["crop"].state == status.CANCELLED, "crop to show as cancelled", every_s=0.1)
     code, out = grid.ablate("grid", "--executor", "slurm", "--retry")
     assert code == 0 and "launching 1 (slurm)" in out, out
-    stopped = grid.wait(lambda: re.search(r"stopped by SIGTERM at epoch (\d+) step (\d+); checkpoint written",
-                                          log.read_text()), "the cancelled run's last words", every_s=0.2)
+    stopped = grid.wait(
+        lambda: re.search(r"stopped by SIGTERM at epoch (\d+) step (\d+); checkpoint written", log.read_text()),
+        "the cancelled run's last words",
+        every_s=0.2,
+    )
     assert grid.wait_ended()["crop"].state == status.DONE, grid.diagnose()
     result = grid.result("crop")
     assert result["resumed_at"][0] == {"epoch": int(stopped.group(1)), "step": int(stopped.group(2))}
@@ -376,9 +398,9 @@ def test_plain_scancel_stops_the_cell_at_once_and_retry_resumes_where_it_stopped
 
 def test_the_follow_command_shows_the_grid_that_was_launched(make_grid):
     grid = make_grid("follow", {"kind": "pairwise", "ops": ["crop"]})
-    code, out = grid.ablate("grid", "--executor", "slurm", "--set", "model.out_dim=8")
+    _, out = grid.ablate("grid", "--executor", "slurm", "--set", "model.out_dim=8")
     follow = out.strip().splitlines()[-1].split("Follow with: ", 1)[1]
-    code, table = ablate(*shlex.split(follow)[1:])
+    _code, table = ablate(*shlex.split(follow)[1:])
     launched = next(p.parent.name for p in grid.root.glob("*/*/job.json"))
     assert launched in table and launched not in {c.id for c in grid.exp.cells}, (follow, table)
 
@@ -387,8 +409,10 @@ def test_concurrent_launches_submit_each_cell_once(make_grid, tmp_path):
     grid = make_grid("concurrent", PAIRWISE, cell={"train": {"epochs": 30}})
     ablate_bin = Path(sys.executable).with_name("ablate")
     argv = [str(ablate_bin), "grid", str(grid.path), "--executor", "slurm", "--results", str(grid.root)]
-    launches = [subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                for _ in range(2)]
+    launches = [
+        subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in launches]
     assert [p.returncode for p in launches] == [0, 0], outs
     assert sorted("launching 4 (slurm)" in o for o in outs) == [False, True], outs
@@ -397,18 +421,28 @@ def test_concurrent_launches_submit_each_cell_once(make_grid, tmp_path):
     assert len(set(grid.job_ids().values())) == 4
 
 
-@pytest.mark.parametrize("cell, grid_ops, message", [
-    ({}, ["crop", "colr"], r"augment.views: unknown augmentation 'colr' \(did you mean 'color'\?\); choose from: "),
-    ({"trian": {"epochs": 1}}, ["crop"], r"unknown config key 'trian' \(did you mean 'train'\?\); choose from: data,"),
-    ({"train": {"epochs": "two"}}, ["crop"], r"train.epochs: expected int, got 'two'"),
-    ({"loss": {"temperature": -1}}, ["crop"], r"loss.temperature: -1.0 is out of range \[0.0001, "),
-])
+@pytest.mark.parametrize(
+    "cell, grid_ops, message",
+    [
+        ({}, ["crop", "colr"], r"augment.views: unknown augmentation 'colr' \(did you mean 'color'\?\); choose from: "),
+        (
+            {"trian": {"epochs": 1}},
+            ["crop"],
+            r"unknown config key 'trian' \(did you mean 'train'\?\); choose from: data,",
+        ),
+        ({"train": {"epochs": "two"}}, ["crop"], r"train.epochs: expected int, got 'two'"),
+        ({"loss": {"temperature": -1}}, ["crop"], r"loss.temperature: -1.0 is out of range \[0.0001, "),
+    ],
+)
 def test_invalid_experiment_fails_before_any_submission(tmp_path, monkeypatch, cell, grid_ops, message):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "bad.yaml"
     name = f"t-invalid-{uuid.uuid4().hex[:6]}"
-    path.write_text(yaml.safe_dump({"name": name, "cell": merge(TINY, cell), "slurm": SLURM,
-                                    "grid": {"kind": "pairwise", "ops": grid_ops}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": name, "cell": merge(TINY, cell), "slurm": SLURM, "grid": {"kind": "pairwise", "ops": grid_ops}}
+        )
+    )
     code, out = ablate("grid", str(path), "--executor", "slurm", "--results", str(tmp_path / "results"))
     assert code == 2 and len(out.strip().splitlines()) == 1, out
     assert re.search(rf"^ablate grid: error: {re.escape(str(path))}: .*{message}", out), out
@@ -416,8 +450,9 @@ def test_invalid_experiment_fails_before_any_submission(tmp_path, monkeypatch, c
 
 
 def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
-    grid = make_grid("ddp", {"kind": "pairwise", "ops": ["crop"]}, cell={"train": {"epochs": 2}},
-                     slurm={"tasks_per_node": 2})
+    grid = make_grid(
+        "ddp", {"kind": "pairwise", "ops": ["crop"]}, cell={"train": {"epochs": 2}}, slurm={"tasks_per_node": 2}
+    )
     assert grid.ablate("grid", "--executor", "slurm")[0] == 0
     rows = grid.wait_ended()
     assert rows["crop"].state == status.DONE, grid.diagnose()
@@ -429,8 +464,9 @@ def test_two_task_cell_runs_ddp_and_rank_zero_writes_the_result(make_grid):
     assert result["config"]["model"]["sync_bn"] is True  # global batch norm over the two processes
 
     def states_once_ended() -> list[str] | None:  # the result is written before the processes exit
-        states = subprocess.run(["sacct", "-j", job, "-n", "-P", "-o", "JobID,State,ExitCode"],
-                                capture_output=True, text=True, timeout=60).stdout.split()
+        states = subprocess.run(
+            ["sacct", "-j", job, "-n", "-P", "-o", "JobID,State,ExitCode"], capture_output=True, text=True, timeout=60
+        ).stdout.split()
         running = any(s in line for line in states for s in ("|RUNNING|", "|PENDING|", "|COMPLETING|"))
         return None if not states or running else states
 
@@ -443,8 +479,7 @@ def test_a_two_process_cell_equals_its_one_process_run(make_grid):
     up the one-process batch, so gathered negatives, global batch norm and averaged gradients train the same
     network: the losses agree within the tolerance of the DDP equality tests (tests/two_processes.py)."""
     fixed_views = {"augment": {"views": "sobel", "base": "none", "mode": "asymmetric"}, "train": {"epochs": 2}}
-    two = make_grid("ddp-equal", {"kind": "pairwise", "ops": ["sobel"]}, cell=fixed_views,
-                    slurm={"tasks_per_node": 2})
+    two = make_grid("ddp-equal", {"kind": "pairwise", "ops": ["sobel"]}, cell=fixed_views, slurm={"tasks_per_node": 2})
     one = make_grid("ddp-equal-ref", {"kind": "pairwise", "ops": ["sobel"]}, cell=fixed_views)
     for g in (two, one):
         assert g.ablate("grid", "--executor", "slurm")[0] == 0
@@ -506,8 +541,14 @@ def test_usr2_on_a_pack_checkpoints_its_cells_requeues_and_they_resume_bit_exact
 @pytest.mark.slow
 def test_chaos_with_a_small_budget_keeps_every_invariant(tmp_path):
     """scripts/chaos.py: faults at random on a small grid; every cell finished once, as uninterrupted."""
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "chaos.py"), "--runs", "1", "--faults", "4",
-                          "--seed", "7"], capture_output=True, text=True, timeout=1800, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] == "chaos: 1 runs, 4 faults, OK", \
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "chaos.py"), "--runs", "1", "--faults", "4", "--seed", "7"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] == "chaos: 1 runs, 4 faults, OK", (
         run.stdout + run.stderr
+    )

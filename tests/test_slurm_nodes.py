@@ -5,6 +5,7 @@ as its one-process run, and USR2 requeues it and it resumes bit-exactly.
 The cluster keeps no accounting (no sacct), so the tests read the cells' result files. Skipped when the
 cluster cannot start (no munged: start scripts/slurm-local.sh first); ABLATION_REQUIRE_SLURM=1 fails instead.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,10 +26,13 @@ from ablation.cli import main
 pytestmark = pytest.mark.slurm
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm-two-nodes.sh"
-TINY = {"data": {"n_train": 256, "n_test": 128, "size": 16}, "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
-        "eval": {"knn_k": 20, "random_init": False},
-        # views without randomness: the ranks' shards make up the one-process batch exactly
-        "augment": {"views": "sobel", "base": "none", "mode": "asymmetric"}}
+TINY = {
+    "data": {"n_train": 256, "n_test": 128, "size": 16},
+    "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+    "eval": {"knn_k": 20, "random_init": False},
+    # views without randomness: the ranks' shards make up the one-process batch exactly
+    "augment": {"views": "sobel", "base": "none", "mode": "asymmetric"},
+}
 TIMEOUT_S = 300
 
 
@@ -52,10 +56,12 @@ def submit(conf, tmp_path, monkeypatch):
 
     def submit(tag: str, epochs: int, nodes: int) -> Path:
         name = f"t-{tag}-{uuid.uuid4().hex[:6]}"
-        spec = {"name": name, "cell": {**TINY, "train": {"epochs": epochs, "batch_size": 64, "checkpoint_every": 1000}},
-                "grid": {"kind": "pairwise", "ops": ["sobel"]},
-                "slurm": {"nodes": nodes, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1,
-                          "timeout_min": 30}}
+        spec = {
+            "name": name,
+            "cell": {**TINY, "train": {"epochs": epochs, "batch_size": 64, "checkpoint_every": 1000}},
+            "grid": {"kind": "pairwise", "ops": ["sobel"]},
+            "slurm": {"nodes": nodes, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 30},
+        }
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
@@ -98,8 +104,9 @@ def test_usr2_requeues_a_two_node_cell_and_it_resumes_bit_exactly(submit):
     while not (log.exists() and "pretrain" in log.read_text()):
         assert time.monotonic() < deadline, "no training epoch began"
         time.sleep(0.1)
-    subprocess.run(["scancel", "--signal=USR2", json.loads((cell / "job.json").read_text())["job_id"]],
-                   check=True, timeout=60)
+    subprocess.run(
+        ["scancel", "--signal=USR2", json.loads((cell / "job.json").read_text())["job_id"]], check=True, timeout=60
+    )
     resumed = finished(cell)
     uninterrupted = finished(submit("nodes-usr2-ref", 40, nodes=2))
     assert len(resumed["resumed_at"]) == 1 and uninterrupted["resumed_at"] == []

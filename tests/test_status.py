@@ -1,5 +1,6 @@
 """`ablate status` with progress: the table and --json say the same about every cell; --watch ends
 by itself when a real local grid has ended."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,12 @@ from ablation import launch, status, store
 from ablation.cli import main
 from ablation.grid import load_experiment
 
-TINY = {"data": {"n_train": 256, "n_test": 128, "size": 16},
-        "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
-        "train": {"epochs": 2, "batch_size": 64}, "eval": {"knn_k": 20, "random_init": False}}
+TINY = {
+    "data": {"n_train": 256, "n_test": 128, "size": 16},
+    "model": {"width": 8, "head_hidden": 32, "out_dim": 16},
+    "train": {"epochs": 2, "batch_size": 64},
+    "eval": {"knn_k": 20, "random_init": False},
+}
 CLI = [sys.executable, "-c", "import sys; from ablation.cli import main; sys.exit(main())"]
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
@@ -52,8 +56,10 @@ def test_json_matches_the_table_for_every_state(tmp_path, capsys):
     for cell in (running, todo, failed):
         (cell / store.RESULT).unlink()
     store.write_metrics(running, store.read_metrics(running)[:1])
-    store.write_json(running / "job.json", {"executor": "local", "pid": os.getpid(), "host": os.uname().nodename,
-                                            "submitted": time.time()})
+    store.write_json(
+        running / "job.json",
+        {"executor": "local", "pid": os.getpid(), "host": os.uname().nodename, "submitted": time.time()},
+    )
     store.write_metrics(todo, [])
     store.write_json(failed / store.RESULT, {"status": "failed", "reason": "RuntimeError: boom"})
 
@@ -81,8 +87,10 @@ def test_json_matches_the_table_for_every_state(tmp_path, capsys):
     pace = statistics.median(log[-1]["wall_s"] / log[-1]["epoch"] for log in logs if log)
     tail = store.read_result(done)["wall_time_s"] - logs[0][-1]["wall_s"]
     assert doc["eta_s"] == pytest.approx((2 - 1) * pace + tail + (2 - 0) * pace + tail, abs=0.05)
-    assert re.fullmatch(r"total: 1 done, 1 running, 1 todo, 1 failed \(of 4\); eta: \S.* \(2 cells left, 1 running\)",
-                        text.splitlines()[-1])
+    assert re.fullmatch(
+        r"total: 1 done, 1 running, 1 todo, 1 failed \(of 4\); eta: \S.* \(2 cells left, 1 running\)",
+        text.splitlines()[-1],
+    )
     assert list(table[done.name])[:6] == ["label", "id", "state", "job", "elapsed", "linear_top1"]  # as before
 
 
@@ -94,7 +102,7 @@ def test_status_of_an_ended_grid_has_no_eta(tmp_path, capsys):
     assert main(["status", str(path), "--results", str(root)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == "total: 1 done (of 1)" and table_rows("\n".join(lines))
-    assert list(table_rows("\n".join(lines)).values())[0]["epoch"] == "1/1"
+    assert next(iter(table_rows("\n".join(lines)).values()))["epoch"] == "1/1"
 
 
 @pytest.mark.slow
@@ -102,11 +110,17 @@ def test_watch_ends_by_itself_when_the_local_grid_is_done(tmp_path):
     path, root = experiment(tmp_path, ["crop", "color"], epochs=3), tmp_path / "results"
     exp = load_experiment(str(path))
     args = [str(path), "--results", str(root)]
-    watcher = subprocess.Popen(CLI + ["status", *args, "--watch", "--every", "0.2"], env=ENV, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watcher = subprocess.Popen(
+        CLI + ["status", *args, "--watch", "--every", "0.2"],
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
-        grid = subprocess.run(CLI + ["grid", *args, "--executor", "local"], env=ENV, capture_output=True,
-                              text=True, timeout=300)
+        grid = subprocess.run(
+            CLI + ["grid", *args, "--executor", "local"], env=ENV, capture_output=True, text=True, timeout=300
+        )
         assert grid.returncode == 0, grid.stderr
         out, err = watcher.communicate(timeout=60)  # ends on its own: never stopped by the test
     finally:
@@ -133,8 +147,14 @@ def test_watch_returns_when_a_cell_failed(tmp_path):
         assert status.watch(root, exp, every_s=0.01, stream=sink) == 1
 
 
-@pytest.mark.parametrize("line, why", [('{"epoch": 1, "wall_s": 0.5, "lo', "line 2 is not valid JSON"),
-                                       ("{}", "line 2 has no epoch"), ('{"epoch": 2}', "line 2 has no wall_s")])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ('{"epoch": 1, "wall_s": 0.5, "lo', "line 2 is not valid JSON"),
+        ("{}", "line 2 has no epoch"),
+        ('{"epoch": 2}', "line 2 has no wall_s"),
+    ],
+)
 def test_status_reports_a_bad_metrics_row_and_goes_on(tmp_path, capsys, line, why):
     path, root = experiment(tmp_path, ["crop", "color"]), tmp_path / "results"
     exp = load_experiment(str(path), check=False)

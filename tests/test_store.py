@@ -1,4 +1,5 @@
 """The results layout's files: locks that cannot be turned against another file."""
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,8 @@ def test_a_symlinked_lock_is_refused_and_its_target_kept(tmp_path, name):
     folder = tmp_path / "exp"
     folder.mkdir()
     (folder / name).symlink_to(victim)
-    with pytest.raises(ValueError, match="symbolic link") as err:
-        with store.locked(folder / name):
-            pass
+    with pytest.raises(ValueError, match="symbolic link") as err, store.locked(folder / name):
+        pass
     assert victim.read_text() == "precious\n"
     assert "\n" not in str(err.value) and str(folder / name) in str(err.value)
 
@@ -25,14 +25,12 @@ def test_a_symlinked_lock_is_refused_and_its_target_kept(tmp_path, name):
 def test_a_lock_that_is_not_a_lone_regular_file_is_refused(tmp_path):
     fifo, other = tmp_path / "fifo.lock", tmp_path / "other.txt"
     os.mkfifo(fifo)
-    with pytest.raises(ValueError, match="not a regular file"):
-        with store.locked(fifo):
-            pass
+    with pytest.raises(ValueError, match="not a regular file"), store.locked(fifo):
+        pass
     other.write_text("precious\n")
     os.link(other, tmp_path / "linked.lock")
-    with pytest.raises(ValueError, match="hard links"):
-        with store.locked(tmp_path / "linked.lock"):
-            pass
+    with pytest.raises(ValueError, match="hard links"), store.locked(tmp_path / "linked.lock"):
+        pass
     assert other.read_text() == "precious\n"
 
 

@@ -1,6 +1,7 @@
 """ablation.training: the one training assembly. The cell and both benchmarks run its `Training.step`
 (counted through the real step, which still runs), so a benchmark's figure is the speed of a cell's step;
 the whole step, online head included, never makes the host wait for the device."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,18 @@ from ablation.data import load_data, load_dataset
 from ablation.training import Training
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.n_train=64", "data.n_test=20", "data.size=16", "model.width=4", "model.head_hidden=16",
-        "model.out_dim=8", "train.batch_size=16", "train.epochs=2", "train.device=cpu", "eval.knn_k=5"]
+TINY = [
+    "data.n_train=64",
+    "data.n_test=20",
+    "data.size=16",
+    "model.width=4",
+    "model.head_hidden=16",
+    "model.out_dim=8",
+    "train.batch_size=16",
+    "train.epochs=2",
+    "train.device=cpu",
+    "eval.knn_k=5",
+]
 
 
 def _benchmark(name: str):
@@ -39,6 +50,7 @@ def steps_run(monkeypatch) -> list[tuple[int, int]]:
     def counted(self, x, y, epoch, step):
         calls.append((epoch, step))
         return real(self, x, y, epoch, step)
+
     monkeypatch.setattr(Training, "step", counted)
     return calls
 

@@ -1,4 +1,5 @@
 """analysis.verdicts: paired intervals of made-up correctness vectors with a known difference."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,8 @@ def pair(acc_a: float, acc_b: float, seed: int, n: int = N) -> tuple[np.ndarray,
     """Two independent correctness vectors on n images with exactly these accuracies."""
     rng = np.random.default_rng(seed)
     a, b = np.zeros(n, bool), np.zeros(n, bool)
-    a[rng.permutation(n)[:round(acc_a * n)]] = True
-    b[rng.permutation(n)[:round(acc_b * n)]] = True
+    a[rng.permutation(n)[: round(acc_a * n)]] = True
+    b[rng.permutation(n)[: round(acc_b * n)]] = True
     return a, b
 
 

@@ -5,11 +5,12 @@ A test's `worker(rank, init_file, out, *args)` runs in each process (`spawn` sta
 `rank_mean` as DDP does, and ends with `finish`, which saves its results; the test compares the
 ranks' results with one process on the whole batch.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -23,8 +24,9 @@ def spawn(worker: Callable, tmp_path: Path, *args, start_method: str = "spawn") 
     """Run `worker` in WORLD processes ("fork": without re-importing torch); what each rank passed
     to `finish`, by rank."""
     out = tmp_path / "dist"
-    mp.start_processes(worker, args=(str(tmp_path / "init"), str(out), *args), nprocs=WORLD, join=True,
-                       start_method=start_method)
+    mp.start_processes(
+        worker, args=(str(tmp_path / "init"), str(out), *args), nprocs=WORLD, join=True, start_method=start_method
+    )
     return [torch.load(f"{out}.{rank}") for rank in range(WORLD)]
 
 
@@ -52,8 +54,13 @@ def finish(rank: int, results: object, out: str) -> None:
     os._exit(0)
 
 
-def loss_and_grads(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rows: slice, seed: int,
-                   out_dim: int, noise: float | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def loss_and_grads(
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    rows: slice,
+    seed: int,
+    out_dim: int,
+    noise: float | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """`loss` of a tiny float64 projection of the `rows` of a fixed ROWS-row batch of two views, and
     the projection's gradients. The second view is the first plus `noise` x Gaussian noise, or
     independent of it when `noise` is None. The same in every process for the same `seed`."""

@@ -10,6 +10,7 @@ Batched without a loop over samples: each step computes every operation kind onc
 batch and keeps, per sample, the one its sub-policy names (a loop over the 10 kinds; rotate and
 shear share one ``grid_sample``). A step that does not fire leaves its samples exact.
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,8 +55,18 @@ BINS = 10
 # Magnitude of bin b (torchvision's augmentation space): the largest value times b / 9.
 LARGEST = {"rotate": 30.0, "shear_x": 0.3, "color": 0.9, "contrast": 0.9, "sharpness": 0.9}
 SIGNED = tuple(LARGEST)
-KINDS = ("rotate", "shear_x", "posterize", "solarize", "autocontrast", "equalize", "color", "contrast",
-         "sharpness", "invert")
+KINDS = (
+    "rotate",
+    "shear_x",
+    "posterize",
+    "solarize",
+    "autocontrast",
+    "equalize",
+    "color",
+    "contrast",
+    "sharpness",
+    "invert",
+)
 GEOMETRIC = ("rotate", "shear_x")
 
 
@@ -89,8 +100,13 @@ def _affine(x: Tensor, kind: Tensor, mag: Tensor) -> Tensor:
     shear = torch.where(kind == KINDS.index("shear_x"), mag, 0.0)
     cos, sin = torch.cos(angle), torch.sin(angle)
     # normalised coordinates (align_corners=False): u = x / (w / 2), v = y / (h / 2) about the centre
-    theta = torch.stack([torch.stack([cos, shear * (h / w) - sin * (h / w), shear * (h / w)], 1),
-                         torch.stack([sin * (w / h), cos, torch.zeros_like(cos)], 1)], 1)
+    theta = torch.stack(
+        [
+            torch.stack([cos, shear * (h / w) - sin * (h / w), shear * (h / w)], 1),
+            torch.stack([sin * (w / h), cos, torch.zeros_like(cos)], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
@@ -161,8 +177,10 @@ def apply_step(x: Tensor, kind: Tensor, mag: Tensor) -> Tensor:
 @register
 class AutoAugment(Augmentation):
     name = "autoaugment"
-    doc = ("AutoAugment's ImageNet policy (torchvision's): per sample one of 25 two-step sub-policies, each "
-           "step fired with its probability, signed magnitudes with a random sign")
+    doc = (
+        "AutoAugment's ImageNet policy (torchvision's): per sample one of 25 two-step sub-policies, each "
+        "step fired with its probability, signed magnitudes with a random sign"
+    )
 
     def draw(self, x: Tensor, generator: torch.Generator | None) -> Params:
         """policy: sub-policy index; fire: (B, 2) whether each step runs; sign: (B, 2) of +-1."""

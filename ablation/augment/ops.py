@@ -4,6 +4,7 @@ Paper definitions (SimCLR Appendix A and the official TF code) for crop, flip, c
 Cutout, sobel, noise, rotate, solarize, equalize and posterize were never published by the
 paper; their choices are stated in each op's ``doc``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,7 @@ from torch import Tensor
 from .registry import Augmentation, Params, apply_all, param, register, sample_all
 
 
-def _uniform(x: Tensor, low: float, high: float, generator: torch.Generator | None,
-             *shape: int) -> Tensor:
+def _uniform(x: Tensor, low: float, high: float, generator: torch.Generator | None, *shape: int) -> Tensor:
     """Uniform draws in [low, high) of shape (B, *shape) on the batch's device."""
     u = torch.rand(x.shape[0], *shape, device=x.device, generator=generator)
     return low + (high - low) * u
@@ -49,9 +49,11 @@ class Identity(Augmentation):
 @register
 class Crop(Augmentation):
     name = "crop"
-    doc = ("random resized crop: area U[scale_min, scale_max], log-uniform aspect ratio, integer box "
-           "redrawn until it fits (10 tries, then the centre crop, as torchvision), bilinear resize back "
-           "to the input size; flip=True adds a p=0.5 flip")
+    doc = (
+        "random resized crop: area U[scale_min, scale_max], log-uniform aspect ratio, integer box "
+        "redrawn until it fits (10 tries, then the centre crop, as torchvision), bilinear resize back "
+        "to the input size; flip=True adds a p=0.5 flip"
+    )
     scale_min: float = param(0.08, 0.0, 1.0, "smallest crop area, as a fraction of the image")
     scale_max: float = param(1.0, 0.0, 1.0, "largest crop area, as a fraction of the image")
     ratio_min: float = param(3 / 4, 0.1, 10.0, "smallest aspect ratio (width / height)")
@@ -64,9 +66,14 @@ class Crop(Augmentation):
         _, _, h, w = x.shape
         b = x.shape[0]
         u_area, u_ratio = (_uniform(x, 0.0, 1.0, generator, self.tries) for _ in range(2))
-        size = fitting_sides(u_area, u_ratio, torch.full((b,), float(h), device=x.device),
-                             torch.full((b,), float(w), device=x.device), (self.scale_min, self.scale_max),
-                             (self.ratio_min, self.ratio_max))
+        size = fitting_sides(
+            u_area,
+            u_ratio,
+            torch.full((b,), float(h), device=x.device),
+            torch.full((b,), float(w), device=x.device),
+            (self.scale_min, self.scale_max),
+            (self.ratio_min, self.ratio_max),
+        )
         at_x, at_y = (_uniform(x, 0.0, 1.0, generator) for _ in range(2))
         box = placed_box(at_x, at_y, size, h, w)
         flip = _uniform(x, 0.0, 1.0, generator) < (0.5 if self.flip else 0.0)
@@ -76,8 +83,9 @@ class Crop(Augmentation):
         return resized_crop(x, params["box"], params["flip"], (x.shape[-2], x.shape[-1]))
 
 
-def fitting_sides(u_area: Tensor, u_ratio: Tensor, h: Tensor, w: Tensor, scale: tuple[float, float],
-                  ratio: tuple[float, float]) -> Tensor:
+def fitting_sides(
+    u_area: Tensor, u_ratio: Tensor, h: Tensor, w: Tensor, scale: tuple[float, float], ratio: tuple[float, float]
+) -> Tensor:
     """(B, 2) integer box sides (width, height) on images of h x w pixels ((B,) float tensors):
     torchvision's retry loop, every try at once. This, `placed_box` and `resized_crop` are the one crop
     geometry of the `crop` op and of the crops drawn at the source of an image folder (data.source_crop).
@@ -190,7 +198,6 @@ def _saturation_hue(x: Tensor, saturation: Tensor, hue: Tensor, out: Tensor | No
     return ramp.mul_(new_chroma).neg_().add_(top.unsqueeze(1))
 
 
-
 def _jitter_plan(order: Tensor, factors: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per sample and slot: (scale, mean_weight) for linear slots, (saturation, hue, on) for HSV
     slots, placing each sample's ops in its order at the earliest slot of their kind."""
@@ -219,8 +226,10 @@ def _jitter_plan(order: Tensor, factors: Tensor) -> tuple[Tensor, Tensor, Tensor
 @register
 class Jitter(Augmentation):
     name = "jitter"
-    doc = ("colour jitter of strength s: brightness, contrast, saturation factors U[1-0.8s, 1+0.8s], "
-           "hue shift U[-0.2s, 0.2s] of a turn, in a random order per sample, clipped after each")
+    doc = (
+        "colour jitter of strength s: brightness, contrast, saturation factors U[1-0.8s, 1+0.8s], "
+        "hue shift U[-0.2s, 0.2s] of a turn, in a random order per sample, clipped after each"
+    )
     p: float = param(0.8, 0.0, 1.0, "probability of jittering, drawn per sample")
     s: float = param(1.0, 0.0, 2.0, "colour distortion strength (0 = identity)")
 
@@ -265,8 +274,10 @@ class Grayscale(Augmentation):
 @register
 class Color(Augmentation):
     name = "color"
-    doc = ("SimCLR colour distortion of strength s: jitter with p=jitter_p, then grayscale with "
-           "p=gray_p; s=0 is the identity (grayscale too is skipped)")
+    doc = (
+        "SimCLR colour distortion of strength s: jitter with p=jitter_p, then grayscale with "
+        "p=gray_p; s=0 is the identity (grayscale too is skipped)"
+    )
     s: float = param(1.0, 0.0, 2.0, "colour distortion strength (0 = identity)")
     jitter_p: float = param(0.8, 0.0, 1.0, "probability of colour jitter, drawn per sample")
     gray_p: float = param(0.2, 0.0, 1.0, "probability of grayscale when s > 0, drawn per sample")
@@ -289,8 +300,10 @@ class Color(Augmentation):
 @register
 class Blur(Augmentation):
     name = "blur"
-    doc = ("gaussian blur, sigma U[sigma_min, sigma_max] per sample, kernel side 10% of the image "
-           "side (odd, >= 3), reflect padding")
+    doc = (
+        "gaussian blur, sigma U[sigma_min, sigma_max] per sample, kernel side 10% of the image "
+        "side (odd, >= 3), reflect padding"
+    )
     p: float = param(0.5, 0.0, 1.0, "probability of blurring, drawn per sample")
     sigma_min: float = param(0.1, 0.01, 20.0, "smallest sigma in pixels")
     sigma_max: float = param(2.0, 0.01, 20.0, "largest sigma in pixels")
@@ -309,8 +322,10 @@ class Blur(Augmentation):
 @register
 class Cutout(Augmentation):
     name = "cutout"
-    doc = ("erase one square per sample, side U[size_min, size_max] of the shorter image side, "
-           "placed fully inside the image, filled black ('zero') or a random uniform colour ('random')")
+    doc = (
+        "erase one square per sample, side U[size_min, size_max] of the shorter image side, "
+        "placed fully inside the image, filled black ('zero') or a random uniform colour ('random')"
+    )
     size_min: float = param(0.2, 0.0, 1.0, "smallest square side, as a fraction of the image side")
     size_max: float = param(0.5, 0.0, 1.0, "largest square side, as a fraction of the image side")
     fill: str = param("zero", doc="fill of the erased square", choices=("zero", "random"))
@@ -335,8 +350,10 @@ class Cutout(Augmentation):
 @register
 class Sobel(Augmentation):
     name = "sobel"
-    doc = ("Sobel gradient magnitude of the grayscale image, divided by each image's maximum "
-           "(flat image -> black), as 3 identical channels")
+    doc = (
+        "Sobel gradient magnitude of the grayscale image, divided by each image's maximum "
+        "(flat image -> black), as 3 identical channels"
+    )
 
     def transform(self, x: Tensor, params: Params) -> Tensor:
         gray = kornia.color.rgb_to_grayscale(x)
@@ -360,8 +377,10 @@ def _sobel_kernels(device: torch.device, dtype: torch.dtype) -> Tensor:
 @register
 class Noise(Augmentation):
     name = "noise"
-    doc = ("additive gaussian noise, i.i.d. per pixel and channel, sigma U[sigma_min, sigma_max] "
-           "per sample, clipped to [0, 1]")
+    doc = (
+        "additive gaussian noise, i.i.d. per pixel and channel, sigma U[sigma_min, sigma_max] "
+        "per sample, clipped to [0, 1]"
+    )
     sigma_min: float = param(0.0, 0.0, 1.0, "smallest noise standard deviation (image range is [0, 1])")
     sigma_max: float = param(0.1, 0.0, 1.0, "largest noise standard deviation (image range is [0, 1])")
 
@@ -383,11 +402,11 @@ class Rotate(Augmentation):
 
     def transform(self, x: Tensor, params: Params) -> Tensor:
         if x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"rotate needs square images so that 90-degree turns keep the shape; "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(f"rotate needs square images so that 90-degree turns keep the shape; got {tuple(x.shape)}")
         k = _per_sample(params["quarter_turns"])
-        return torch.where(k == 1, x.rot90(1, (-2, -1)),
-                           torch.where(k == 2, x.rot90(2, (-2, -1)), x.rot90(3, (-2, -1))))
+        return torch.where(
+            k == 1, x.rot90(1, (-2, -1)), torch.where(k == 2, x.rot90(2, (-2, -1)), x.rot90(3, (-2, -1)))
+        )
 
 
 @register

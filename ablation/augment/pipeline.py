@@ -1,7 +1,8 @@
 """Compose (a sequence of ops that behaves like one op) and TwoViews (the SimCLR pair)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -40,7 +41,7 @@ class Compose:
 
 
 def parse_spec(spec: SpecLike | Compose) -> Compose:
-    """"crop+color(s=0.5)+blur(p=1.0)", a YAML list, "" or "none" -> Compose."""
+    """ "crop+color(s=0.5)+blur(p=1.0)", a YAML list, "" or "none" -> Compose."""
     return spec if isinstance(spec, Compose) else Compose(parse_ops(spec))
 
 
@@ -54,8 +55,7 @@ class TwoViews:
 
     MODES = VIEW_MODES
 
-    def __init__(self, views: SpecLike | Compose, base: SpecLike | Compose = "none",
-                 mode: str = "asymmetric") -> None:
+    def __init__(self, views: SpecLike | Compose, base: SpecLike | Compose = "none", mode: str = "asymmetric") -> None:
         if mode not in self.MODES:
             raise choices_error("two-view mode", mode, self.MODES)
         self.views, self.base, self.mode = parse_spec(views), parse_spec(base), mode

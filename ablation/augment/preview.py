@@ -1,8 +1,10 @@
 """A Figure-4-style gallery: one row per spec, the original then random draws."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +23,9 @@ def load_image(path: Path | str | None = None, size: int = 128) -> Tensor:
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
 
 
-def preview(specs: Sequence[str], out: Path | str, image: Path | str | None = None,
-            draws: int = 6, seed: int = 0) -> Path:
+def preview(
+    specs: Sequence[str], out: Path | str, image: Path | str | None = None, draws: int = 6, seed: int = 0
+) -> Path:
     """Write a PNG gallery of ``draws`` random draws of each spec; the built-in sample without ``image``."""
     # matplotlib is imported here, not at module level: training jobs import this package
     from matplotlib.figure import Figure

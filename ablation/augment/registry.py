@@ -7,17 +7,19 @@ included, is ablation/registry.py). Ops split randomness from computation:
 ``sample`` draws every per-sample parameter (on ``x.device``) and ``apply`` is a pure function
 of the image and those parameters, so a draw can be replayed exactly.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..registry import OP_RENAMES, coerce, declared_params, entry_docs, param, registrable_name
 
-REGISTRY: dict[str, type["Augmentation"]] = {}
+REGISTRY: dict[str, type[Augmentation]] = {}
 
 Params = dict[str, Tensor]
 
@@ -28,8 +30,10 @@ def check_ranges(op: Any) -> None:
     for low in sorted(n for n in names if n.endswith("_min")):
         high = low.removesuffix("_min") + "_max"
         if high in names and getattr(op, low) > getattr(op, high):
-            raise ValueError(f"{op.name}: {low} = {getattr(op, low)!r} is greater than {high} = "
-                             f"{getattr(op, high)!r}; a range needs {low} <= {high}")
+            raise ValueError(
+                f"{op.name}: {low} = {getattr(op, low)!r} is greater than {high} = "
+                f"{getattr(op, high)!r}; a range needs {low} <= {high}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +83,7 @@ class Augmentation:
 
     def changed(self) -> dict[str, Any]:
         """Parameters that differ from their defaults, in declaration order (for canonical specs)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != f.default}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
 
 
 def register(cls: type) -> type:
@@ -94,15 +97,14 @@ def register(cls: type) -> type:
 
 def sample_all(ops: Sequence[Augmentation], x: Tensor, generator: torch.Generator | None) -> Params:
     """Draw the parameters of a sequence of shape-preserving ops, flattened as '<index>.<key>'."""
-    return {f"{i}.{key}": value for i, op in enumerate(ops)
-            for key, value in op.sample(x, generator).items()}
+    return {f"{i}.{key}": value for i, op in enumerate(ops) for key, value in op.sample(x, generator).items()}
 
 
 def apply_all(ops: Sequence[Augmentation], x: Tensor, params: Params) -> Tensor:
     """Replay :func:`sample_all`'s draw: each op sees only its own parameters."""
     for i, op in enumerate(ops):
         prefix = f"{i}."
-        x = op.apply(x, {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)})
+        x = op.apply(x, {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)})
     return x
 
 

@@ -7,11 +7,13 @@ mappings. "" and "none" mean no op. The canonical form lists only non-default pa
 Ops and parameters that were renamed (ablation/registry.py OP_RENAMES) parse under any of their
 names; the form cell ids hash spells them as they were first registered, so a rename keeps ids.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import choices_error
 from ..registry import OP_RENAMES, lookup
@@ -31,8 +33,10 @@ def parse_ops(spec: SpecLike) -> list[Augmentation]:
             return []
         tokens = _split_top(text)
         if not all(t.strip() for t in tokens):
-            raise ValueError(f"bad augmentation spec '{text}': an empty op (a leading, trailing or doubled '+'); "
-                             f"join ops with one '+', e.g. 'crop+color'")
+            raise ValueError(
+                f"bad augmentation spec '{text}': an empty op (a leading, trailing or doubled '+'); "
+                f"join ops with one '+', e.g. 'crop+color'"
+            )
         return [_parse_token(t) for t in tokens]
     if isinstance(spec, (list, tuple)):
         return [op for item in spec for op in _parse_item(item)]
@@ -47,8 +51,10 @@ def format_spec(ops: Iterable[Augmentation], first_names: bool = False) -> str:
     parts = []
     for op in ops:
         name = OP_RENAMES.first(op.name) if first_names else op.name
-        args = ",".join(f"{OP_RENAMES.first_param(op.name, key) if first_names else key}={_format_value(value)}"
-                        for key, value in op.changed().items())
+        args = ",".join(
+            f"{OP_RENAMES.first_param(op.name, key) if first_names else key}={_format_value(value)}"
+            for key, value in op.changed().items()
+        )
         parts.append(f"{name}({args})" if args else name)
     return "+".join(parts) or "none"
 
@@ -64,8 +70,7 @@ def _parse_item(item: Any) -> list[Augmentation]:
                 raise ValueError(f"parameters of '{name}' must be a mapping, got {params!r}")
             ops.append(build_op(str(name), params or {}, token=f"{{{name}: {params}}}"))
         return ops
-    raise ValueError(f"bad augmentation list entry {item!r}: "
-                     f"use 'name(key=value)' or {{name: {{key: value}}}}")
+    raise ValueError(f"bad augmentation list entry {item!r}: use 'name(key=value)' or {{name: {{key: value}}}}")
 
 
 def _split_top(text: str) -> list[str]:
@@ -83,8 +88,9 @@ def _split_top(text: str) -> list[str]:
 def _parse_token(token: str) -> Augmentation:
     match = _TOKEN.match(token)
     if match is None:
-        raise ValueError(f"bad augmentation spec '{token.strip()}': expected name or name(key=value, ...), "
-                         f"e.g. 'color(s=0.5)'")
+        raise ValueError(
+            f"bad augmentation spec '{token.strip()}': expected name or name(key=value, ...), e.g. 'color(s=0.5)'"
+        )
     name, args = match.groups()
     params = {}
     for arg in filter(str.strip, (args or "").split(",")):

@@ -4,14 +4,27 @@ and batcher from its config (loading.py).
 
 Names load on first use, so `ablation.data.folders` (no torch) serves `ablate status` without importing torch.
 """
+
 from __future__ import annotations
 
 import importlib
 
-_WHERE = {"DeviceBatcher": "batcher", "fits_on_device": "batcher", "make_embedded": "embedded",
-          "FolderSet": "serve", "load_folder": "serve", "source_views": "serve", "stream_batcher": "serve",
-          "DATASETS": "sources", "ImageFiles": "sources", "ImageSet": "sources", "default_cache_dir": "cache",
-          "load_dataset": "sources", "load_data": "loading", "training_batcher": "loading"}
+_WHERE = {
+    "DeviceBatcher": "batcher",
+    "fits_on_device": "batcher",
+    "make_embedded": "embedded",
+    "FolderSet": "serve",
+    "load_folder": "serve",
+    "source_views": "serve",
+    "stream_batcher": "serve",
+    "DATASETS": "sources",
+    "ImageFiles": "sources",
+    "ImageSet": "sources",
+    "default_cache_dir": "cache",
+    "load_dataset": "sources",
+    "load_data": "loading",
+    "training_batcher": "loading",
+}
 __all__ = sorted(_WHERE)
 
 

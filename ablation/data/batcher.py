@@ -2,9 +2,10 @@
 randperm and an index + convert per batch, with no host-to-device copies or loader workers. A set
 too big for the device stays on the host: each batch is gathered there as uint8 into pinned memory,
 copied without blocking, and converted on the device (a quarter of the bytes of floats)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -38,8 +39,15 @@ class DeviceBatcher:
     its contiguous slice of each global batch, so the ranks together see exactly one global batch.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, drop_last: bool = True,
-                 shard: tuple[int, int] = (0, 1), to: torch.device | None = None):
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        drop_last: bool = True,
+        shard: tuple[int, int] = (0, 1),
+        to: torch.device | None = None,
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N,C,H,W); got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
@@ -48,8 +56,10 @@ class DeviceBatcher:
         if not 0 <= rank < world:
             raise ValueError(f"shard must be (rank, world) with 0 <= rank < world; got {shard}")
         if batch_size < world or (drop_last and batch_size > len(images)):
-            raise ValueError(f"batch_size {batch_size} must be >= world size {world} and, with drop_last, "
-                             f"<= the {len(images)} images")
+            raise ValueError(
+                f"batch_size {batch_size} must be >= world size {world} and, with drop_last, "
+                f"<= the {len(images)} images"
+            )
         self.images, self.labels = images, labels.to(images.device)
         self.batch_size, self.drop_last, self.shard = batch_size, drop_last, shard
         self.to = images.device if to is None else torch.device(to)
@@ -75,15 +85,17 @@ class DeviceBatcher:
             raise ValueError(f"start must be in [0, {len(self)}] (steps per epoch); got {start}")
         device = self.images.device
         if generator is not None and generator.device.type != device.type:
-            raise ValueError(f"generator is on {generator.device} but the images are on {device}; "
-                             f"use torch.Generator(device={str(device)!r})")
+            raise ValueError(
+                f"generator is on {generator.device} but the images are on {device}; "
+                f"use torch.Generator(device={str(device)!r})"
+            )
         order = torch.randperm(len(self.images), generator=generator, device=device)
         return self._batches(order, start)
 
     def _batches(self, order: Tensor, start: int) -> Iterator[tuple[Tensor, Tensor]]:
         rank, world = self.shard
         for step in range(start, len(self)):
-            idx = order[step * self.batch_size:(step + 1) * self.batch_size].tensor_split(world)[rank]
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size].tensor_split(world)[rank]
             x, y = self._moved(self.images, idx), self._moved(self.labels, idx)
             yield x.float().div_(255), y
 

@@ -1,5 +1,6 @@
 """Where derived data is kept between runs: decoded sets (sources.py) and folder fingerprints
 (fingerprint.py). Torch-free, so `ablate status` can find it."""
+
 from __future__ import annotations
 
 import os

@@ -36,12 +36,13 @@ How an image is made (batched torch, in chunks of images, one SDF call per class
 So colour, brightness, grating, noise and position carry no class information; only shape does.
 Train and test are independent draws from seeds derived from the one seed.
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -119,8 +120,16 @@ def _crescent(x: Tensor, y: Tensor, w: Tensor, u: Tensor) -> Tensor:
 
 
 SHAPES: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]] = {
-    "disk": _disk, "ring": _ring, "square": _square, "triangle": _triangle, "plus": _plus,
-    "star": _star, "x": _x, "bars": _bars, "dots": _dots, "crescent": _crescent,
+    "disk": _disk,
+    "ring": _ring,
+    "square": _square,
+    "triangle": _triangle,
+    "plus": _plus,
+    "star": _star,
+    "x": _x,
+    "bars": _bars,
+    "dots": _dots,
+    "crescent": _crescent,
 }
 CLUTTER_ITEMS = 5
 # Palette ranges (HSV, [0, 1]): narrower than colour distortion's jitter (see module docstring).
@@ -184,8 +193,7 @@ def _clutter_cover(g: torch.Generator, n: int, gx: Tensor, gy: Tensor, half_pixe
     angle, length = _uniform(g, k, n, 1, 1, hi=math.pi), _uniform(g, k, n, 1, 1, lo=0.2, hi=0.5)
     is_line = _uniform(g, k, n, 1, 1) < 0.5
     length = torch.where(is_line, length, torch.zeros_like(length))
-    radius = torch.where(is_line, _uniform(g, k, n, 1, 1, lo=0.015, hi=0.035),
-                         _uniform(g, k, n, 1, 1, lo=0.04, hi=0.1))
+    radius = torch.where(is_line, _uniform(g, k, n, 1, 1, lo=0.015, hi=0.035), _uniform(g, k, n, 1, 1, lo=0.04, hi=0.1))
     present = _uniform(g, k, n, 1, 1) < 0.6
     # distance to a segment centred at (cx, cy) with the given angle and length (0 = a disk)
     px, py = gx - cx, gy - cy
@@ -214,8 +222,9 @@ def _render(labels: Tensor, size: int, g: torch.Generator) -> Tensor:
     bg, fg, hue, sat = _palette(g, n)
     image = _gradient(g, n, bg, gx, gy) + _grating(g, n, gx, gy)
     clutter = _clutter_cover(g, n, gx, gy, half_pixel)
-    clutter_colours = _hsv_to_rgb(hue.expand(CLUTTER_ITEMS, n), sat.expand(CLUTTER_ITEMS, n),
-                                  _uniform(g, CLUTTER_ITEMS, n))
+    clutter_colours = _hsv_to_rgb(
+        hue.expand(CLUTTER_ITEMS, n), sat.expand(CLUTTER_ITEMS, n), _uniform(g, CLUTTER_ITEMS, n)
+    )
     for cover, colour in zip(clutter, clutter_colours):
         image = torch.lerp(image, colour[:, :, None, None].expand_as(image), cover[:, None])
     lx, ly, scale = _local_coords(g, n, gx, gy)
@@ -254,11 +263,14 @@ def _make_split(n: int, size: int, seed: int) -> ImageSet:
     return ImageSet(images, labels, list(SHAPES))
 
 
-def make_embedded(n_train: int = 5000, n_test: int = 1000, size: int = 32, seed: int = 0
-                  ) -> tuple[ImageSet, ImageSet]:
+def make_embedded(n_train: int = 5000, n_test: int = 1000, size: int = 32, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """Train and test splits of the shapes set (see module docstring); identical tensors per seed."""
     if n_train < 1 or n_test < 1 or size < 8:
-        raise ValueError(f"make_embedded needs n_train, n_test >= 1 and size >= 8; "
-                         f"got n_train={n_train}, n_test={n_test}, size={size}")
-    return (_make_split(n_train, size, _split_seed(seed, "train")),
-            _make_split(n_test, size, _split_seed(seed, "test")))
+        raise ValueError(
+            f"make_embedded needs n_train, n_test >= 1 and size >= 8; "
+            f"got n_train={n_train}, n_test={n_test}, size={size}"
+        )
+    return (
+        _make_split(n_train, size, _split_seed(seed, "train")),
+        _make_split(n_test, size, _split_seed(seed, "test")),
+    )

@@ -14,6 +14,7 @@ has the fingerprint last seen at its path, or none: its cells' ids then hold dat
 folder cell's id did before fingerprints (identity.signature).
 No torch here: grids expand, and `ablate status` runs, without it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,10 @@ def identify(cfg: CellConfig, seen: dict[str, str | None] | None = None) -> Cell
         seen[data.root] = fingerprint(data.root)
     found = seen[data.root]
     if found is not None and data.fingerprint not in (None, found):
-        raise ValueError(f"data.fingerprint: '{data.fingerprint}' is not what the images under {data.root} give "
-                         f"('{found}'); leave it out to use theirs")
+        raise ValueError(
+            f"data.fingerprint: '{data.fingerprint}' is not what the images under {data.root} give "
+            f"('{found}'); leave it out to use theirs"
+        )
     found = found or data.fingerprint or last_seen(data.root)
     return cfg if found is None else dataclasses.replace(cfg, data=dataclasses.replace(data, fingerprint=found))
 

@@ -8,13 +8,14 @@ Every problem with a folder (unreadable, an empty class, a class list naming a m
 one line naming the path, raised before anything runs. No torch here: `ablate status` counts a
 folder's images for its cost estimate with it.
 """
+
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import did_you_mean
 
@@ -28,6 +29,7 @@ KNOWN_TRAIN_SIZES = {"imagenet100": 126_689}
 @dataclass(frozen=True)
 class Split:
     """One split of a folder: image paths, their labels (indices into `classes`) and the class names."""
+
     files: tuple[str, ...]
     labels: tuple[int, ...]
     classes: tuple[str, ...]
@@ -45,8 +47,10 @@ def class_names(spec: str | Sequence[str] | None) -> list[str] | None:
     if not path.is_file():
         path = CLASS_LISTS / f"{spec.removesuffix('.txt')}.txt"
     if not path.is_file():
-        raise ValueError(f"data.classes: no file '{spec}' and no shipped class list of that name"
-                         f"{did_you_mean(spec, shipped_lists())}; shipped: {', '.join(shipped_lists())}")
+        raise ValueError(
+            f"data.classes: no file '{spec}' and no shipped class list of that name"
+            f"{did_you_mean(spec, shipped_lists())}; shipped: {', '.join(shipped_lists())}"
+        )
     names = [line.strip() for line in path.read_text().splitlines()]
     return [n for n in names if n and not n.startswith("#")]
 
@@ -63,8 +67,9 @@ def split_dir(root: Path, split: str) -> Path:
     for name in names:
         if (root / name).is_dir():
             return root / name
-    raise FileNotFoundError(f"no image folder at {root / names[0]} (looked for {', '.join(names)} under "
-                            f"{root.resolve()}); {FOLDER_LAYOUT}")
+    raise FileNotFoundError(
+        f"no image folder at {root / names[0]} (looked for {', '.join(names)} under {root.resolve()}); {FOLDER_LAYOUT}"
+    )
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:
@@ -97,16 +102,19 @@ def _select(found: dict[str, Path], wanted: list[str] | None, where: Path) -> li
         return sorted(found)
     for name in wanted:
         if name not in found:
-            raise ValueError(f"data.classes: '{name}' is not a class folder under {where}"
-                             f"{did_you_mean(name, found)} ({len(found)} class folders there)")
+            raise ValueError(
+                f"data.classes: '{name}' is not a class folder under {where}"
+                f"{did_you_mean(name, found)} ({len(found)} class folders there)"
+            )
     if len(set(wanted)) != len(wanted):
         twice = sorted({n for n in wanted if wanted.count(n) > 1})
         raise ValueError(f"data.classes: {', '.join(twice)} listed more than once")
     return sorted(wanted)
 
 
-def scan(root: str | Path, split: str, classes: str | Sequence[str] | None = None,
-         per_class: int | None = None) -> Split:
+def scan(
+    root: str | Path, split: str, classes: str | Sequence[str] | None = None, per_class: int | None = None
+) -> Split:
     """The images of a split: every class of train/ (or the `classes` chosen), at most `per_class` each.
 
     Class names and label order come from train/ for every split; an empty class folder is an error.

@@ -1,5 +1,6 @@
 """A cell's data from its config: the (train, test) splits it names, and the batcher that serves the
 training split to its steps (on the device when it fits, else per batch, else streamed from disk)."""
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 def _cached_dataset(data_key: tuple) -> tuple[ImageSet, ImageSet]:
     """Data sets stay in memory across the cells of a local grid (they differ in augmentation only)."""
     name, root, size, download, per_class, n_train, n_test, seed = data_key
-    return load_dataset(name, root, size, download, None, per_class=per_class, n_train=n_train, n_test=n_test,
-                        seed=seed)
+    return load_dataset(
+        name, root, size, download, None, per_class=per_class, n_train=n_train, n_test=n_test, seed=seed
+    )
 
 
 def load_data(cfg: CellConfig) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
@@ -32,8 +34,9 @@ def load_data(cfg: CellConfig) -> tuple[ImageSet | FolderSet, ImageSet | FolderS
     return _cached_dataset((d.name, d.root, d.size, d.download, d.per_class, d.n_train, d.n_test, d.data_seed))
 
 
-def training_batcher(cfg: CellConfig, train: ImageSet | FolderSet, device: torch.device,
-                     shard: tuple[int, int]) -> DeviceBatcher | StreamBatcher:
+def training_batcher(
+    cfg: CellConfig, train: ImageSet | FolderSet, device: torch.device, shard: tuple[int, int]
+) -> DeviceBatcher | StreamBatcher:
     """The training set on the device when it fits (airbench-style), else batches moved per step;
     a streamed folder's loader. `shard` = (rank, world): this process's share of each global batch."""
     if isinstance(train, FolderSet):
@@ -42,7 +45,6 @@ def training_batcher(cfg: CellConfig, train: ImageSet | FolderSet, device: torch
         images = train.stored
     else:
         images = train.images
-    resident = cfg.data.resident == "always" or (
-        cfg.data.resident == "auto" and fits_on_device(images.numel(), device))
+    resident = cfg.data.resident == "always" or (cfg.data.resident == "auto" and fits_on_device(images.numel(), device))
     images = images.to(device) if resident else images
     return DeviceBatcher(images, train.labels, cfg.train.batch_size, drop_last=True, shard=shard, to=device)

@@ -8,6 +8,7 @@
 auto: resident when train + test at the stored size fit in MAX_RESIDENT_BYTES, else stream.
 Either way every draw is seeded by (seed, epoch, step), and a resumed run replays the same batches.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,6 +28,7 @@ from .stream import LazyImages, StreamBatcher
 class FolderSet:
     """A split served with its first crop at the source. `images[i:j]` gives evaluation images (uint8
     at data.size, centre crop); `stored` holds the resident stored images, `split` the streamed files."""
+
     images: Any
     labels: Tensor
     classes: list[str]
@@ -49,7 +51,7 @@ class CentreCrop:
 
     def __getitem__(self, index: slice) -> Tensor:
         o, s = self.offset, self.size
-        return self.stored[index][..., o:o + s, o:o + s]
+        return self.stored[index][..., o : o + s, o : o + s]
 
 
 EVAL_CENTRE = 0.875  # the share of the shorter side an evaluation image keeps: the usual resize 256, centre crop 224
@@ -70,19 +72,33 @@ def serving(serve: str, side: int, n_images: int) -> str:
 
 def load_folder(data) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
     """(train, test) of a folder (data: the cell's DataConfig); kept in memory across a local grid's cells."""
-    return _load(data.root, data.size, data.stored_size, data.serve, classes_key(data.classes), data.per_class,
-                 data.workers)
+    return _load(
+        data.root, data.size, data.stored_size, data.serve, classes_key(data.classes), data.per_class, data.workers
+    )
 
 
 @functools.lru_cache(maxsize=2)
-def _load(root: str, size: int, stored_size: int | None, serve: str, classes: tuple | str | None,
-          per_class: int | None, workers: int) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
+def _load(
+    root: str,
+    size: int,
+    stored_size: int | None,
+    serve: str,
+    classes: tuple | str | None,
+    per_class: int | None,
+    workers: int,
+) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
     train, test = scan(root, "train", classes, per_class), scan(root, "test", classes)  # one-line errors first
     side = stored_size or size
     if serving(serve, side, len(train.files) + len(test.files)) == "stream":
+
         def streamed(s: Split) -> FolderSet:
-            return FolderSet(LazyImages(s.files, size, eval_centre(size, stored_size), workers),
-                             torch.tensor(s.labels, dtype=torch.int64), list(s.classes), split=s)
+            return FolderSet(
+                LazyImages(s.files, size, eval_centre(size, stored_size), workers),
+                torch.tensor(s.labels, dtype=torch.int64),
+                list(s.classes),
+                split=s,
+            )
+
         return streamed(train), streamed(test)
     sets = folder_sets(root, (train, test), side, per_class, workers)  # scanned once, above
     if side == size:
@@ -90,20 +106,24 @@ def _load(root: str, size: int, stored_size: int | None, serve: str, classes: tu
 
     def stored(s: ImageSet) -> FolderSet:
         return FolderSet(CentreCrop(s.images, size), s.labels, s.classes, stored=s.images)
+
     return stored(sets[0]), stored(sets[1])
 
 
-def stream_batcher(data, augment, batch_size: int, train: FolderSet, device: torch.device,
-                   shard: tuple[int, int]) -> StreamBatcher:
+def stream_batcher(
+    data, augment, batch_size: int, train: FolderSet, device: torch.device, shard: tuple[int, int]
+) -> StreamBatcher:
     """The streaming loader of a cell (data, augment: the cell's config sections)."""
     first = split_source_crop(augment.views, augment.base, augment.mode)
     if train.split is None:
         raise ValueError("stream_batcher: the training set is not streamed")
-    return StreamBatcher(train.split, batch_size, shard, data.size, first.crop, first.crops, data.workers,
-                         device, data.decode)
+    return StreamBatcher(
+        train.split, batch_size, shard, data.size, first.crop, first.crops, data.workers, device, data.decode
+    )
 
 
 def source_views(data, augment, train: FolderSet) -> SourceViews:
     """The cell's two views when the first crop is taken at the source (streamed or stored images)."""
-    return SourceViews(split_source_crop(augment.views, augment.base, augment.mode), data.size,
-                         stored=train.stored is not None)
+    return SourceViews(
+        split_source_crop(augment.views, augment.base, augment.mode), data.size, stored=train.stored is not None
+    )

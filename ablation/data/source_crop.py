@@ -15,6 +15,7 @@ The draws are fractions (areas and log aspect ratios of the tries, position, fli
 into pixel boxes per image by the `crop` op's own redraw (ops.fitting_sides), so a rank needs only
 its own images' sizes and the draw of a global batch does not depend on how it is sharded.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ X, Y, FLIP, APPLY = range(2 * TRIES, DRAWS)
 class SourceCrop:
     """The first crop, taken at the source (None: the centre square), how many per image (1: shared,
     2: one per view), and the base and views that run on the device after it."""
+
     crop: Crop | None
     crops: int
     base: Compose
@@ -42,8 +44,13 @@ class SourceCrop:
     mode: str
 
     def describe(self) -> dict:
-        return {"first_crop": self.crop and Compose([self.crop]).spec, "crops_per_image": self.crops,
-                "base": self.base.spec, "views": self.views.spec, "mode": self.mode}
+        return {
+            "first_crop": self.crop and Compose([self.crop]).spec,
+            "crops_per_image": self.crops,
+            "base": self.base.spec,
+            "views": self.views.spec,
+            "mode": self.mode,
+        }
 
 
 def split_source_crop(views: str, base: str, mode: str) -> SourceCrop:
@@ -61,8 +68,7 @@ def draw(n: int, generator: torch.Generator | None, device: torch.device | str =
     return torch.rand(n, DRAWS, generator=generator, device=device)
 
 
-def boxes(crop: Crop | None, u: Tensor, heights: Tensor, widths: Tensor, centre: float = 1.0
-          ) -> tuple[Tensor, Tensor]:
+def boxes(crop: Crop | None, u: Tensor, heights: Tensor, widths: Tensor, centre: float = 1.0) -> tuple[Tensor, Tensor]:
     """Pixel boxes (n, 4: x0, y0, width, height) and flips (n,) of the draws `u` on images of these sizes.
 
     crop=None, or a crop not applied (its p): the centre square, `centre` times the shorter side.
@@ -72,8 +78,9 @@ def boxes(crop: Crop | None, u: Tensor, heights: Tensor, widths: Tensor, centre:
     fit = torch.stack([((w - side) / 2).floor(), ((h - side) / 2).floor(), side, side], 1)
     if crop is None:
         return fit, torch.zeros(len(u), dtype=torch.bool, device=u.device)
-    sides = fitting_sides(u[:, AREAS], u[:, RATIOS], h, w, (crop.scale_min, crop.scale_max),
-                          (crop.ratio_min, crop.ratio_max))
+    sides = fitting_sides(
+        u[:, AREAS], u[:, RATIOS], h, w, (crop.scale_min, crop.scale_max), (crop.ratio_min, crop.ratio_max)
+    )
     box = placed_box(u[:, X], u[:, Y], sides, h, w)
     applied = u[:, APPLY] < crop.p
     flip = (u[:, FLIP] < (0.5 if crop.flip else 0.0)) & applied

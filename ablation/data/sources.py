@@ -3,15 +3,16 @@
 Small sets are decoded once and cached as one tensor file, so the next run starts in seconds; the
 augmentations then run batched on the device (see batcher.py).
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -41,17 +42,27 @@ class ImageSet:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (N,3,H,W); got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"labels must be int64 (N,) with N={len(self.images)}; "
-                             f"got {self.labels.dtype} {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"labels must be int64 (N,) with N={len(self.images)}; "
+                f"got {self.labels.dtype} {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
-def load_dataset(name: str, root: str | Path | None = None, size: int = 32, download: bool = False,
-                 cache_dir: str | Path | None = None, *, per_class: int | None = None,
-                 classes: str | Sequence[str] | None = None, workers: int | None = None,
-                 **embedded_kw) -> tuple[ImageSet, ImageSet]:
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    size: int = 32,
+    download: bool = False,
+    cache_dir: str | Path | None = None,
+    *,
+    per_class: int | None = None,
+    classes: str | Sequence[str] | None = None,
+    workers: int | None = None,
+    **embedded_kw,
+) -> tuple[ImageSet, ImageSet]:
     """(train, test) splits of `name` at size x size, decoded once and cached under `cache_dir`.
 
     `embedded_kw` (n_train, n_test, seed) go to make_embedded and are ignored for other sets.
@@ -65,6 +76,7 @@ def load_dataset(name: str, root: str | Path | None = None, size: int = 32, down
         raise choices_error("dataset", name, DATASETS)
     if name == "embedded":
         from .embedded import make_embedded  # embedded.py imports ImageSet from here
+
         return make_embedded(size=size, **embedded_kw)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if name == "folder":
@@ -74,23 +86,36 @@ def load_dataset(name: str, root: str | Path | None = None, size: int = 32, down
         return folder_sets(root, splits, size, per_class, workers, cache_dir)
     root = Path(root) if root is not None else cache_dir / "datasets"
     key = _cache_key(name, root.resolve(), size, per_class)
-    return _cached(cache_dir / f"{name}-{size}-{key}.pt",
-                   lambda: (_torchvision(name, root, True, size, download, per_class),
-                            _torchvision(name, root, False, size, download)))
+    return _cached(
+        cache_dir / f"{name}-{size}-{key}.pt",
+        lambda: (
+            _torchvision(name, root, True, size, download, per_class),
+            _torchvision(name, root, False, size, download),
+        ),
+    )
 
 
-def folder_sets(root: str | Path, splits: tuple[Split, Split], size: int, per_class: int | None = None,
-                workers: int | None = None, cache_dir: str | Path | None = None) -> tuple[ImageSet, ImageSet]:
+def folder_sets(
+    root: str | Path,
+    splits: tuple[Split, Split],
+    size: int,
+    per_class: int | None = None,
+    workers: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[ImageSet, ImageSet]:
     """(train, test) of an image folder already scanned (folders.scan), decoded once at size x size and
     cached; the cache key stamps every file's size and modification time, so a changed file is seen."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     stamp = [[(p, *_stat(p)) for p in split.files] for split in splits]
     key = _cache_key("folder", Path(root).resolve(), size, per_class, stamp)
-    return _cached(cache_dir / f"folder-{size}-{key}.pt",
-                   lambda: (_decode_all(splits[0], size, workers), _decode_all(splits[1], size, workers)))
+    return _cached(
+        cache_dir / f"folder-{size}-{key}.pt",
+        lambda: (_decode_all(splits[0], size, workers), _decode_all(splits[1], size, workers)),
+    )
 
 
 # ---- cache -------------------------------------------------------------------------------------
+
 
 def _stat(path: str) -> tuple[int, int]:
     st = os.stat(path)
@@ -110,11 +135,16 @@ def _cached(path: Path, build) -> tuple[ImageSet, ImageSet]:
     if path.exists():
         try:
             return _mapped(path)
-        except Exception as e:  # a truncated or foreign file: rebuild it
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: rebuild it
             warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it", stacklevel=2)
     train, test = build()
-    blob = {"classes": train.classes, "train_images": train.images, "train_labels": train.labels,
-            "test_images": test.images, "test_labels": test.labels}
+    blob = {
+        "classes": train.classes,
+        "train_images": train.images,
+        "train_labels": train.labels,
+        "test_images": test.images,
+        "test_labels": test.labels,
+    }
     atomic_write(path, lambda f: torch.save(blob, f), mode="wb")  # readable as the umask allows (a shared cache)
     return _mapped(path)
 
@@ -143,8 +173,8 @@ def _fit(image: Tensor, size: int) -> Tensor:
 
 # ---- torchvision sets --------------------------------------------------------------------------
 
-def _torchvision(name: str, root: Path, train: bool, size: int, download: bool,
-                 limit: int | None = None) -> ImageSet:
+
+def _torchvision(name: str, root: Path, train: bool, size: int, download: bool, limit: int | None = None) -> ImageSet:
     from torchvision import datasets
 
     try:
@@ -156,8 +186,10 @@ def _torchvision(name: str, root: Path, train: bool, size: int, download: bool,
             ds = cls(str(root), train=train, download=download)
             images, labels = torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise FileNotFoundError(f"{name} not found or corrupted under {root} ({e}); set data.download=true "
-                                f"to fetch it there, or point data.root at a copy") from None
+        raise FileNotFoundError(
+            f"{name} not found or corrupted under {root} ({e}); set data.download=true "
+            f"to fetch it there, or point data.root at a copy"
+        ) from None
     except OSError as e:
         raise FileNotFoundError(f"could not download {name} to {root}: {e}") from None
     keep = _first_per_class(labels, limit)
@@ -168,6 +200,7 @@ def _torchvision(name: str, root: Path, train: bool, size: int, download: bool,
 
 
 # ---- image folders -----------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def quiet_decoders() -> Iterator[None]:
@@ -210,14 +243,16 @@ def loader_workers(asked: int) -> int:
 def _decode_all(split: Split, size: int, workers: int | None = None) -> ImageSet:
     files, classes = list(split.files), list(split.classes)
     if len(files) * 3 * size * size > MAX_RESIDENT_BYTES:
-        raise ValueError(f"{len(files)} images at {size}x{size} under {Path(files[0]).parents[1]} do not fit in "
-                         f"{MAX_RESIDENT_BYTES / 2**30:.0f} GiB of memory; stream them (data.serve=stream)")
+        raise ValueError(
+            f"{len(files)} images at {size}x{size} under {Path(files[0]).parents[1]} do not fit in "
+            f"{MAX_RESIDENT_BYTES / 2**30:.0f} GiB of memory; stream them (data.serve=stream)"
+        )
     ds = ImageFiles(files, list(split.labels), classes, size)
     workers = loader_workers(8 if workers is None else workers) if len(ds) > 2000 else 0  # start-up beats tiny sets
     # filled in place, batch by batch: a list of batches then joined would hold the set twice
     images, labels = torch.empty(len(ds), 3, size, size, dtype=torch.uint8), torch.empty(len(ds), dtype=torch.int64)
     start = 0
     for x, y in DataLoader(ds, batch_size=512, num_workers=workers):
-        images[start:start + len(x)], labels[start:start + len(x)] = x, y
+        images[start : start + len(x)], labels[start : start + len(x)] = x, y
         start += len(x)
     return ImageSet(images, labels, classes)

@@ -17,12 +17,13 @@ files and draw the boxes; the main process decodes the batch on the training dev
 torchvision's batched `decode_jpeg` (nvJPEG on a GPU). A file that cannot be decoded stops the
 cell with its path.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,7 @@ def _simplejpeg():
     try:
         import simplejpeg
     except ImportError:
-        raise ImportError("streaming an image folder needs the package 'simplejpeg' (pip install simplejpeg)"
-                          ) from None
+        raise ImportError("streaming an image folder needs the package 'simplejpeg' (pip install simplejpeg)") from None
     return simplejpeg
 
 
@@ -69,6 +69,7 @@ def _unreadable(path: str, error: Exception) -> UnreadableImage:
 class Encoded:
     """A file read, with its size from the header; `image` is set when it is no plain JPEG (PNG, CMYK,
     an odd subsampling) and was decoded by torchvision on reading."""
+
     path: str
     data: bytes
     height: int
@@ -99,8 +100,9 @@ def _read(path: str) -> Encoded:
     return Encoded(path, data, image.shape[1], image.shape[2], eight_bits(image))
 
 
-def _boxes(items: Sequence[Encoded], crop: Crop | None, u: Tensor, centre: float = 1.0
-           ) -> tuple[list[list[list[float]]], list[list[bool]]]:
+def _boxes(
+    items: Sequence[Encoded], crop: Crop | None, u: Tensor, centre: float = 1.0
+) -> tuple[list[list[list[float]]], list[list[bool]]]:
     """Boxes and flips of every image's crops (u: (images, crops, DRAWS)), as Python lists, in one draw."""
     n = u.shape[1]
     h = torch.tensor([e.height for e in items], dtype=torch.float32).repeat_interleave(n)
@@ -121,21 +123,32 @@ def _span(start: float, length: float, scale: float) -> tuple[int, int]:
     return first, max(first + 1, math.ceil((start + length) * scale))
 
 
-def _crops(image: Tensor, box: list[list[float]], flip: list[bool], scale: tuple[float, float], size: int,
-           out: Tensor, origin: tuple[int, int] = (0, 0)) -> None:
+def _crops(
+    image: Tensor,
+    box: list[list[float]],
+    flip: list[bool],
+    scale: tuple[float, float],
+    size: int,
+    out: Tensor,
+    origin: tuple[int, int] = (0, 0),
+) -> None:
     """Write each box (full-resolution pixels) resized to size x size into out (k, size, size, 3: the
     layout torch's fast uint8 resize writes). `image` (3,h,w uint8) is the image at `scale` (its size /
     the full size), or its part from `origin` (row, column) on."""
     sy, sx = scale
     for k, (x0, y0, bw, bh) in enumerate(box):
         (top, bottom), (left, right) = _span(y0, bh, sy), _span(x0, bw, sx)
-        crop = image[None, :, top - origin[0]:bottom - origin[0], left - origin[1]:right - origin[1]]
+        crop = image[None, :, top - origin[0] : bottom - origin[0], left - origin[1] : right - origin[1]]
         if image.device.type == "cpu":
             crop = crop.contiguous(memory_format=torch.channels_last)  # torch's fast (AVX2) uint8 resize needs it
             crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         else:  # CUDA's antialiased resize takes floats
-            crop = F.interpolate(crop.float(), size=(size, size), mode="bilinear", antialias=True,
-                                 align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+            crop = (
+                F.interpolate(crop.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                .round_()
+                .clamp_(0, 255)
+                .to(torch.uint8)
+            )
         crop = crop[0].permute(1, 2, 0)
         out[k] = crop.flip(1) if flip[k] else crop
 
@@ -144,8 +157,12 @@ def _region(box: list[list[float]], scale: tuple[float, float], height: int, wid
     """(top, left, bottom, right) around every box at a decoding scale, within the scaled image."""
     rows = [_span(y0, bh, scale[0]) for _, y0, _, bh in box]
     cols = [_span(x0, bw, scale[1]) for x0, _, bw, _ in box]
-    return (min(r[0] for r in rows), min(c[0] for c in cols), min(height, max(r[1] for r in rows)),
-            min(width, max(c[1] for c in cols)))
+    return (
+        min(r[0] for r in rows),
+        min(c[0] for c in cols),
+        min(height, max(r[1] for r in rows)),
+        min(width, max(c[1] for c in cols)),
+    )
 
 
 def _decode(item: Encoded, box: list[list[float]], flip: list[bool], size: int, out: Tensor) -> None:
@@ -165,8 +182,11 @@ def _decode(item: Encoded, box: list[list[float]], flip: list[bool], size: int, 
             _crops(image, box, flip, scale, size, out, origin=(top, x_start))
             return
         decoder = _simplejpeg()
-        pixels = (decoder.decode_jpeg(item.data, "RGB", min_height=sh, min_width=sw, min_factor=f) if f > 1
-                  else decoder.decode_jpeg(item.data, "RGB"))
+        pixels = (
+            decoder.decode_jpeg(item.data, "RGB", min_height=sh, min_width=sw, min_factor=f)
+            if f > 1
+            else decoder.decode_jpeg(item.data, "RGB")
+        )
     except ValueError as e:
         raise UnreadableImage(f"cannot decode image {item.path}: {e}") from None
     _crops(torch.from_numpy(pixels).permute(2, 0, 1), box, flip, scale, size, out)
@@ -197,8 +217,16 @@ class StepSampler(Sampler):
 class StepBatches(Dataset):
     """Loader item (epoch seed, step) -> this rank's crops and labels of global batch `step`."""
 
-    def __init__(self, split: Split, batch_size: int, shard: tuple[int, int], size: int, crop: Crop | None,
-                 crops: int, decode: str = "workers"):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        shard: tuple[int, int],
+        size: int,
+        crop: Crop | None,
+        crops: int,
+        decode: str = "workers",
+    ):
         self.files, self.labels = split.files, torch.tensor(split.labels, dtype=torch.int64)
         self.batch_size, self.shard, self.size, self.crop, self.crops = batch_size, shard, size, crop, crops
         self.decode = decode
@@ -218,14 +246,16 @@ class StepBatches(Dataset):
         epoch_seed, step = key
         rank, world = self.shard
         b, n = self.batch_size, self.crops
-        idx = self.order(epoch_seed)[step * b:(step + 1) * b].tensor_split(world)[rank]
+        idx = self.order(epoch_seed)[step * b : (step + 1) * b].tensor_split(world)[rank]
         u = draw(b * n, torch.Generator().manual_seed(stable_seed(epoch_seed, step)))
         u = u.view(b, n, DRAWS).tensor_split(world)[rank]
         items = [_read(self.files[i]) for i in idx.tolist()]
         box, flip = _boxes(items, self.crop, u)
         if self.decode == "device":
-            return [(item.data if item.image is None else item.image, bx, fl, item.path)
-                    for item, bx, fl in zip(items, box, flip)], self.labels[idx]
+            return [
+                (item.data if item.image is None else item.image, bx, fl, item.path)
+                for item, bx, fl in zip(items, box, flip)
+            ], self.labels[idx]
         out = torch.empty(len(items), n, self.size, self.size, 3, dtype=torch.uint8)
         for j, item in enumerate(items):
             _decode(item, box[j], flip[j], self.size, out[j])
@@ -269,19 +299,36 @@ def _one_line(err: UnreadableImage) -> UnreadableImage:
 class StreamBatcher:
     """Per-step batches of a streamed folder, with the interface of DeviceBatcher (len, device, epoch)."""
 
-    def __init__(self, split: Split, batch_size: int, shard: tuple[int, int], size: int, crop: Crop | None,
-                 crops: int, workers: int, device: torch.device, decode: str = "workers"):
-        rank, world = shard
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        shard: tuple[int, int],
+        size: int,
+        crop: Crop | None,
+        crops: int,
+        workers: int,
+        device: torch.device,
+        decode: str = "workers",
+    ):
+        world = shard[1]
         if batch_size < world or batch_size > len(split.files):
-            raise ValueError(f"batch_size {batch_size} must be >= world size {world} and <= the "
-                             f"{len(split.files)} images")
+            raise ValueError(
+                f"batch_size {batch_size} must be >= world size {world} and <= the {len(split.files)} images"
+            )
         self.dataset = StepBatches(split, batch_size, shard, size, crop, crops, decode)
         self.sampler = StepSampler(len(self.dataset))
         self.decode_device, self.crops, self.size = device if decode == "device" else None, crops, size
         workers = loader_workers(workers)
-        self.loader = DataLoader(self.dataset, batch_size=None, sampler=self.sampler, num_workers=workers,
-                                 pin_memory=device.type == "cuda" and decode == "workers",
-                                 persistent_workers=workers > 0, collate_fn=_keep)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda" and decode == "workers",
+            persistent_workers=workers > 0,
+            collate_fn=_keep,
+        )
         self.device = torch.device("cpu")  # where the epoch generator lives
 
     def __len__(self) -> int:
@@ -338,4 +385,3 @@ class LazyImages:
         with ThreadPoolExecutor(self.workers) as pool:
             images = list(pool.map(self._one, files))
         return torch.stack(images) if images else torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
-

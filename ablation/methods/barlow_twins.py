@@ -1,4 +1,5 @@
 """Barlow Twins (Zbontar et al., 2021): the cross-correlation of the two views' projections towards identity."""
+
 from __future__ import annotations
 
 import torch
@@ -28,11 +29,17 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float) -> Tensor:
 @register
 class BarlowTwins(Method):
     name = "barlow_twins"
-    doc = ("projector model.head, cross-correlation of the two views' standardised projections over the "
-           "global batch pushed to the identity (off-diagonal weight lambd)")
+    doc = (
+        "projector model.head, cross-correlation of the two views' standardised projections over the "
+        "global batch pushed to the identity (off-diagonal weight lambd)"
+    )
     lambd: float = param(0.0051, 0.0, 10.0, "weight of the off-diagonal terms (Barlow Twins: 0.0051 for 8192-d z)")
-    bias_lr: float = param(0.0048 / 0.2, 0.0, 1.0, "lr of biases and batch-norm parameters as a fraction of the "
-                           "weights' (the authors' LARS: 0.0048 / 0.2)")
+    bias_lr: float = param(
+        0.0048 / 0.2,
+        0.0,
+        1.0,
+        "lr of biases and batch-norm parameters as a fraction of the weights' (the authors' LARS: 0.0048 / 0.2)",
+    )
 
     def __init__(self, cfg, n_classes: int, **args) -> None:
         super().__init__(cfg, n_classes, **args)

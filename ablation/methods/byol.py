@@ -1,4 +1,5 @@
 """BYOL (Grill et al., 2020): an online network with a predictor regresses a momentum target's projection."""
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,10 @@ def target_momentum(base: float, step: int, total: int) -> float:
 @register
 class BYOL(Method):
     name = "byol"
-    doc = ("projector model.head + predictor, symmetric 2 - 2cos loss against an EMA target (encoder + "
-           "projector) whose momentum rises from `momentum` to 1 on a cosine")
+    doc = (
+        "projector model.head + predictor, symmetric 2 - 2cos loss against an EMA target (encoder + "
+        "projector) whose momentum rises from `momentum` to 1 on a cosine"
+    )
     momentum: float = param(0.996, 0.0, 1.0, "target momentum at the start (BYOL: 0.996), cosine-annealed to 1")
     predictor_hidden: int = param(4096, 1, 65536, "predictor hidden width (BYOL: 4096)")
 

@@ -8,6 +8,7 @@ step -> ``update``. Everything a method learns or tracks is in its ``state_dict`
 the training position (a momentum schedule) is a function of (step, total steps), so the checkpoint
 resumes it exactly. Parameters are declared as for augmentations and set with ``method_args``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REGISTRY", "Method", "build_method", "check_method", "describe_methods", "param", "register"]
 
-REGISTRY: dict[str, type["Method"]] = {}
+REGISTRY: dict[str, type[Method]] = {}
 
 
 class Method(nn.Module):

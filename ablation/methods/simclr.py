@@ -1,4 +1,5 @@
 """SimCLR: a projector and a contrastive loss over the 2N views, negatives gathered across ranks."""
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,10 @@ from .registry import Method, register
 @register
 class SimCLR(Method):
     name = "simclr"
-    doc = ("contrastive (the paper): projector model.head, loss loss.name (NT-Xent, NT-Logistic, margin, "
-           "semi-hard mining) over both views of the global batch")
+    doc = (
+        "contrastive (the paper): projector model.head, loss loss.name (NT-Xent, NT-Logistic, margin, "
+        "semi-hard mining) over both views of the global batch"
+    )
 
     def __init__(self, cfg, n_classes: int, **args) -> None:
         super().__init__(cfg, n_classes, **args)

@@ -1,4 +1,5 @@
 """SimSiam (Chen & He, 2021): a predictor against the stop-gradient projection of the other view."""
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,10 @@ def simsiam_loss(p: Tensor, z: Tensor) -> Tensor:
 @register
 class SimSiam(Method):
     name = "simsiam"
-    doc = ("projector model.head ending in batch norm + bottleneck predictor, symmetric negative cosine "
-           "against the stop-gradient projection of the other view; no target network")
+    doc = (
+        "projector model.head ending in batch norm + bottleneck predictor, symmetric negative cosine "
+        "against the stop-gradient projection of the other view; no target network"
+    )
     predictor_hidden: int = param(512, 1, 65536, "predictor bottleneck width (SimSiam: 512 for 2048-d z)")
 
     def __init__(self, cfg, n_classes: int, **args) -> None:

@@ -1,4 +1,5 @@
 """Supervised: cross-entropy on the labels through a linear classifier, on one augmented view."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -10,8 +11,10 @@ from .registry import Method, register
 @register
 class Supervised(Method):
     name = "supervised"
-    doc = ("cross-entropy on the labels, linear classifier on h, one view: views(base(x)) "
-           "(Table 1's supervised row); probed like every method")
+    doc = (
+        "cross-entropy on the labels, linear classifier on h, one view: views(base(x)) "
+        "(Table 1's supervised row); probed like every method"
+    )
     n_views = 1
 
     def __init__(self, cfg, n_classes: int, **args) -> None:

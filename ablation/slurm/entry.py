@@ -11,6 +11,7 @@ and a clean exit. `command()` is what the launcher gives submitit as its `python
   (SIGABRT after all the work is done, so sacct says FAILED for a finished cell). Once submitit has
   stored the job's outcome, the process flushes its output and leaves with os._exit.
 """
+
 from __future__ import annotations
 
 import signal
@@ -18,10 +19,10 @@ import signal
 if __name__ == "__main__":  # the first thing the process does (ablation and ablation.slurm import nothing)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
 
-import os  # noqa: E402  (after the mask, on purpose)
-import shlex  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
+import os
+import shlex
+import sys
+import traceback
 
 
 def command() -> str:

@@ -6,6 +6,7 @@ checkpoint at their next step boundary and then requeues itself; the new run res
 bit-exactly. SIGTERM (a plain `scancel`; Slurm's own preemption) stops a cell at its next step
 boundary with a checkpoint and no requeue.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import submitit
 import torch
@@ -37,14 +39,18 @@ COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 class Stop:
     """The signals a job received, as an interrupt of its cells; `submitit_requeue` is submitit's own USR2
     handler (calls checkpoint(), `scontrol requeue`, exits), kept aside until the cells have checkpointed."""
+
     interrupt: Interrupt
     submitit_requeue: Any
     received: set[int] = field(default_factory=set)
 
     def handle(self, num: int, _frame: Any) -> None:
         self.received.add(num)
-        self.interrupt.request("preemption or time-limit signal (USR2)" if num == signal.SIGUSR2
-                               else f"stopped by {signal.Signals(num).name}")
+        self.interrupt.request(
+            "preemption or time-limit signal (USR2)"
+            if num == signal.SIGUSR2
+            else f"stopped by {signal.Signals(num).name}"
+        )
 
     @property
     def cancelled(self) -> bool:
@@ -112,8 +118,7 @@ class PackJob(RequeueJob):
 
     def __call__(self, configs: list[dict], folders: list[str], cells_per_gpu: int) -> dict:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        per_gpu = cells_per_gpu or (auto_cells_per_gpu(from_dict(CellConfig, configs[0]), gpu_memory())
-                                    if gpus else 1)
+        per_gpu = cells_per_gpu or (auto_cells_per_gpu(from_dict(CellConfig, configs[0]), gpu_memory()) if gpus else 1)
         at_once = min(len(configs), per_gpu * max(1, gpus))
         stop = self.listen()
         _log(f"pack of {len(configs)} cells, {at_once} at once on {gpus or 'no'} GPU(s)")
@@ -151,8 +156,7 @@ def _distributed(env: submitit.JobEnvironment) -> Iterator[None]:
     rendezvous()
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
-    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                         timeout=COLLECTIVE_TIMEOUT)
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=COLLECTIVE_TIMEOUT)
     try:
         yield
     finally:

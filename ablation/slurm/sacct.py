@@ -2,6 +2,7 @@
 
 Torch-free and submitit-free, so `ablate status` stays fast on large grids.
 """
+
 from __future__ import annotations
 
 import re
@@ -12,11 +13,28 @@ from ..names import CANCELLED, FAILED, QUEUED, RUNNING, TIMEOUT
 
 # sacct state -> cell state (a requeued job is queued again; PREEMPTED without requeue is a failure;
 # a job that COMPLETED without a finished result.json failed)
-CELL_STATE = {"PENDING": QUEUED, "REQUEUED": QUEUED, "REQUEUE_HOLD": QUEUED, "REQUEUE_FED": QUEUED,
-              "RESIZING": QUEUED, "SUSPENDED": QUEUED, "RUNNING": RUNNING, "COMPLETING": RUNNING,
-              "CONFIGURING": RUNNING, "STAGE_OUT": RUNNING, "SIGNALING": RUNNING, "CANCELLED": CANCELLED,
-              "TIMEOUT": TIMEOUT, "DEADLINE": TIMEOUT, "COMPLETED": FAILED, "FAILED": FAILED, "NODE_FAIL": FAILED,
-              "OUT_OF_MEMORY": FAILED, "BOOT_FAIL": FAILED, "PREEMPTED": FAILED}
+CELL_STATE = {
+    "PENDING": QUEUED,
+    "REQUEUED": QUEUED,
+    "REQUEUE_HOLD": QUEUED,
+    "REQUEUE_FED": QUEUED,
+    "RESIZING": QUEUED,
+    "SUSPENDED": QUEUED,
+    "RUNNING": RUNNING,
+    "COMPLETING": RUNNING,
+    "CONFIGURING": RUNNING,
+    "STAGE_OUT": RUNNING,
+    "SIGNALING": RUNNING,
+    "CANCELLED": CANCELLED,
+    "TIMEOUT": TIMEOUT,
+    "DEADLINE": TIMEOUT,
+    "COMPLETED": FAILED,
+    "FAILED": FAILED,
+    "NODE_FAIL": FAILED,
+    "OUT_OF_MEMORY": FAILED,
+    "BOOT_FAIL": FAILED,
+    "PREEMPTED": FAILED,
+}
 
 
 def expand_array(job_id: str) -> list[str]:
