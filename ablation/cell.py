@@ -91,7 +91,14 @@ class TrainState:
     resumed_at: list = field(default_factory=list)
 
 
-def _save(path: Path, model, optimizer, scheduler, state: TrainState, online: OnlineHead | None) -> None:
+def _save(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainState,
+    online: OnlineHead | None,
+) -> None:
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -102,7 +109,13 @@ def _save(path: Path, model, optimizer, scheduler, state: TrainState, online: On
     store.atomic_write(path, lambda f: torch.save(payload, f), mode="wb")
 
 
-def _load(path: Path, model, optimizer, scheduler, online: OnlineHead | None) -> TrainState:
+def _load(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    online: OnlineHead | None,
+) -> TrainState:
     """The training state of a checkpoint; `store.Corrupt` when it cannot be read or does not fit."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -7,13 +7,18 @@ import errno
 import json
 import shlex
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from . import store
 from .grid import preset_names
 from .names import DONE, EXECUTORS, FINISHED, INTERRUPTED, METRICS
+
+if TYPE_CHECKING:
+    from .grid import Cell, Experiment
 
 EPILOG = """examples:
   ablate grid                                  # Figure 5 on the embedded data, on this machine
@@ -191,21 +196,21 @@ def _print_registry(entries: list[dict]) -> None:
         print(f"{entry['name']:<{width}} {params:<42} {entry['doc']}")
 
 
-def cmd_augs(args) -> int:
+def cmd_augs(args: argparse.Namespace) -> int:
     from .augment import describe_registry
 
     _print_registry(describe_registry())
     return 0
 
 
-def cmd_methods(args) -> int:
+def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import describe_methods
 
     _print_registry(describe_methods())
     return 0
 
 
-def cmd_preview(args) -> int:
+def cmd_preview(args: argparse.Namespace) -> int:
     from .augment import preview
 
     out = preview(args.specs, args.out, image=args.image, draws=args.draws, seed=args.seed)
@@ -213,7 +218,7 @@ def cmd_preview(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from .cell import Interrupt, Preempted, run_cell
     from .config import load_config
     from .data.fingerprint import identify
@@ -240,13 +245,13 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _experiment(args, check: bool = True):
+def _experiment(args: argparse.Namespace, check: bool = True) -> Experiment:
     from .grid import load_experiment
 
     return load_experiment(args.experiment, args.preset, args.overrides, check)
 
 
-def cmd_grid(args) -> int:
+def cmd_grid(args: argparse.Namespace) -> int:
     from . import cost, sizing, status
 
     if args.show_config and not args.dry_run:
@@ -286,25 +291,25 @@ def cmd_grid(args) -> int:
     return _finish(args.results, exp)
 
 
-def resolved_configs(cells) -> str:
+def resolved_configs(cells: Iterable[Cell]) -> str:
     """Every cell's resolved config as YAML documents, each headed by the cell's label and id."""
     return "".join(f"--- # {c.label} ({c.id})\n" + yaml.safe_dump(c.config.to_dict(), sort_keys=False) for c in cells)
 
 
-def follow_command(args: argparse.Namespace, exp) -> str:
+def follow_command(args: argparse.Namespace, exp: Experiment) -> str:
     """The `ablate status` command line that shows the grid just launched (overrides included)."""
     argv = ["ablate", "status", str(exp.path), "--preset", exp.preset, "--results", str(args.results)]
     argv += [part for kv in args.overrides for part in ("--set", kv)]
     return shlex.join(argv)
 
 
-def _watch(results: Path, exp, every_s: float = 10.0) -> int:
+def _watch(results: Path, exp: Experiment, every_s: float = 10.0) -> int:
     from . import status
 
     return status.watch(results, exp, every_s)
 
 
-def _finish(results: Path, exp) -> int:
+def _finish(results: Path, exp: Experiment) -> int:
     """Collect, plot and report, then say where the figures are."""
     import analysis
 
@@ -323,7 +328,7 @@ def _finish(results: Path, exp) -> int:
     return 0 if all(r.state == DONE for r in rows) else 1
 
 
-def cmd_status(args) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     from . import status
 
     exp = _experiment(args, check=False)  # cell ids need no torch import
@@ -334,8 +339,8 @@ def cmd_status(args) -> int:
     return 0 if all(r.state == DONE for r in snap.rows) else 1
 
 
-def _analysis(name: str):
-    def command(args) -> int:
+def _analysis(name: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
         import analysis
 
         folder = store.experiment_dir(args.results, _experiment(args).name)

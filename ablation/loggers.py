@@ -19,12 +19,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import store
 from .config import CellConfig
 from .identity import signature
 from .names import EPOCH, FINISHED
+
+if TYPE_CHECKING:
+    import wandb
+    from torch.utils.tensorboard import SummaryWriter
 
 Groups = dict[str, dict[str, Any]]  # {"train": {"loss": ..}, "embedding": {..}, "probe": {..}}
 DEFAULT_PROJECT = "ablation"
@@ -89,7 +93,7 @@ class TensorBoard(Logger):
             return None
         return cls(SummaryWriter(str(store.tensorboard_dir(run.cell_dir)), purge_step=run.done + 1))
 
-    def __init__(self, writer):
+    def __init__(self, writer: SummaryWriter):
         self.writer = writer
 
     def epoch(self, row: dict, groups: Groups) -> None:
@@ -108,7 +112,7 @@ def wandb_wanted(log: dict | None) -> bool:
     return bool((log or {}).get("wandb")) or bool(os.environ.get("WANDB_PROJECT"))
 
 
-def wandb_run(run_id: str, group: str, name: str, project: str | None, folder: Path, **fields):
+def wandb_run(run_id: str, group: str, name: str, project: str | None, folder: Path, **fields: Any) -> wandb.Run:
     """A W&B run that a later call with the same id continues (resume="allow"), its files under `folder`
     unless WANDB_DIR says where; ImportError without the package."""
     import wandb
@@ -158,7 +162,7 @@ class WandB(Logger):
         )
         return cls(handle, run.logged)
 
-    def __init__(self, handle, logged: int):
+    def __init__(self, handle: wandb.Run, logged: int):
         self.run, self.logged = handle, logged
         self.exit_code = 1  # a run closed before the cell's result (interrupted) did not finish
 

@@ -16,7 +16,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from .loggers import Loggers
 from .methods import Method
 from .names import ALIGN, EPOCH, IMAGES_PER_S, LOSS, LR, POS_SIM, STEP, TIME, UNIFORM, WALL_S
+
+if TYPE_CHECKING:
+    from .cell import TrainState
 
 # Images of the fixed batch whose two views measure the embeddings after every epoch: the same
 # images and the same augmentation draws each epoch, so the curve follows the model only.
@@ -78,7 +81,7 @@ class EpochLog:
         source: Batcher,
         steps: int,
         log_every: int,
-        state,
+        state: TrainState,
         probe: Callable[[], dict],
         loggers: Loggers | None,
     ):
@@ -108,7 +111,7 @@ class EpochLog:
         stats = embedding_stats(z1, z2)
         return dict(zip(stats, map(_number, torch.stack(list(stats.values())).tolist())))  # one device read
 
-    def epoch(self, state, loss: float, lr: float, wall_s: float) -> dict:
+    def epoch(self, state: TrainState, loss: float, lr: float, wall_s: float) -> dict:
         """Log the epoch that just ended (state.epoch epochs done); returns the row written (empty
         where this rank does not write)."""
         embedding = self.measure()

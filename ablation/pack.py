@@ -24,6 +24,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from . import store
 from .config import CellConfig, from_dict
 from .cost import PROCESS_BYTES, step_cost
 from .names import FINISHED, INTERRUPTED
+
+if TYPE_CHECKING:
+    from .cell import Interrupt
 
 AUTO_MAX = 8  # cells per GPU at most when K is automatic
 SATURATING_FLOP = 1e12  # a training step this costly (several ms of an H100-class GPU) keeps a GPU busy alone
@@ -136,7 +140,7 @@ def run_pack(
     configs: list[dict],
     folders: list[str],
     at_once: int,
-    interrupt,
+    interrupt: Interrupt,
     gpus: int = 0,
     threads: int = 0,
     log: Callable[[str], None] = print,

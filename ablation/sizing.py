@@ -23,9 +23,14 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config import CellConfig, from_dict
 from .cost import PROCESS_BYTES, step_cost
+
+if TYPE_CHECKING:
+    from .grid import Experiment
+    from .slurm.config import SlurmConfig
 
 # measured / counted bytes per image of a training step, fp32 on the CPU (data.size 32: small_cnn at batch
 # 64 and 512, resnet18 at 8 and 32; resnet50 without the CIFAR stem at 64 px, batch 4 and 16)
@@ -62,7 +67,7 @@ def footprint(cfg: CellConfig) -> Footprint:
     return Footprint(small - per_image * COUNTED_AT[0], per_image * CALIBRATION[cfg.model.encoder])
 
 
-def ranks(slurm) -> int:
+def ranks(slurm: SlurmConfig) -> int:
     """The processes a cell runs on (slurm: a SlurmConfig)."""
     return slurm.nodes * slurm.tasks_per_node
 
@@ -81,12 +86,12 @@ def fits(fp: Footprint, batch_per_rank: int, gpu_mem_gb: float) -> bool:
     return fp.bytes(batch_per_rank) <= step_capacity(gpu_mem_gb)
 
 
-def on_gpus(slurm) -> bool:
+def on_gpus(slurm: SlurmConfig) -> bool:
     """Whether the slurm section asks for GPUs (sizing applies only then)."""
     return slurm.gpus_per_node > 0 or bool(slurm.gres)
 
 
-def refusal(exp) -> str | None:
+def refusal(exp: Experiment) -> str | None:
     """Why the cells of `exp` cannot run on its allocation, in one line; None when they can.
 
     Every cell's batch must divide evenly over the ranks; on GPUs, every cell must fit in
@@ -108,13 +113,13 @@ def refusal(exp) -> str | None:
     return None
 
 
-def check(exp) -> None:
+def check(exp: Experiment) -> None:
     """Refuse (ValueError, one line) an experiment whose cells cannot run on its allocation."""
     if (why := refusal(exp)) is not None:
         raise ValueError(why)
 
 
-def suggestion(fp: Footprint, batch: int, slurm) -> str:
+def suggestion(fp: Footprint, batch: int, slurm: SlurmConfig) -> str:
     """What would fit: the fewest ranks that hold `batch` (a layout of whole nodes of NODE_GPUS GPUs, or
     of the section's GPUs per node when more), or the largest power-of-two batch the current ranks hold."""
     per_node = max(slurm.gpus_per_node, slurm.tasks_per_node, NODE_GPUS)
@@ -140,7 +145,7 @@ def suggestion(fp: Footprint, batch: int, slurm) -> str:
     return ", or ".join(options) or "it does not fit one GPU even at batch 1 per rank; set a smaller data.size"
 
 
-def report(exp) -> tuple[dict[str, dict[str, str]], str]:
+def report(exp: Experiment) -> tuple[dict[str, dict[str, str]], str]:
     """For `ablate grid --dry-run`: a column {cell id: GB per rank} and a line with the allocation
     (and the refusal a launch would give)."""
     s, n = exp.slurm, ranks(exp.slurm)

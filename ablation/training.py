@@ -65,7 +65,9 @@ def initial_method(cfg: CellConfig, device: torch.device, n_classes: int) -> Met
     return build_method(cfg, n_classes).to(device, memory_format=torch.channels_last)
 
 
-def build_optimisation(cfg: CellConfig, model: Method, steps: int):
+def build_optimisation(
+    cfg: CellConfig, model: Method, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """Optimiser with the scaled learning rate, and its warmup + cosine schedule over the whole run."""
     lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size, cfg.optim.lr_scaling)
     optimizer = build_optimizer(
@@ -83,8 +85,8 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     g: torch.Generator,
-    optimizer,
-    scheduler,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     cfg: CellConfig,
     progress: tuple[int, int],
 ) -> torch.Tensor:

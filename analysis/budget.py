@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ablation.names import PRIMARY_METRIC, RANDOM_INIT_TOP1
@@ -74,7 +75,7 @@ def plot_budget(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMAR
     return fig
 
 
-def _draw_panel(ax, panel: pd.DataFrame, figure: dict[str, Any], order: list[str], palette: dict) -> None:
+def _draw_panel(ax: Axes, panel: pd.DataFrame, figure: dict[str, Any], order: list[str], palette: dict) -> None:
     if panel.empty:
         ax.text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=ax.transAxes)
         return

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ablation import store
@@ -121,7 +122,12 @@ def plot_heatmap(summary: pd.DataFrame, exp: dict[str, Any], metric: str = PRIMA
 
 
 def _draw_heatmap(
-    ax, stats: dict[str, pd.DataFrame], matrix: pd.DataFrame, ops: list[str], scale: tuple[float, float], colorbar: bool
+    ax: Axes,
+    stats: dict[str, pd.DataFrame],
+    matrix: pd.DataFrame,
+    ops: list[str],
+    scale: tuple[float, float],
+    colorbar: bool,
 ) -> None:
     n = len(ops)
     ax.patch.set(facecolor="#f2f2f2", edgecolor="#c8c8c8", hatch="///")
@@ -239,7 +245,7 @@ def _ordered(values: pd.Series) -> list[Any]:
     return sorted(uniques) if numbers else uniques
 
 
-def _style(ax, data: pd.DataFrame, hue: str | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _style(ax: Axes, data: pd.DataFrame, hue: str | None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Hue as text in sorted order; ordered numbers (batch sizes) get a sequential palette."""
     if hue is None:
         return data, {"ax": ax, "color": sns.color_palette("colorblind")[0]}
@@ -254,7 +260,7 @@ def _style(ax, data: pd.DataFrame, hue: str | None) -> tuple[pd.DataFrame, dict[
     }
 
 
-def _draw(ax, panel: Panel) -> None:
+def _draw(ax: Axes, panel: Panel) -> None:
     """Mean with ±1 std error bars over replicates (seaborn aggregates the raw rows)."""
     ax.set_title(panel.title)
     if panel.data.empty:
@@ -290,7 +296,7 @@ def _draw(ax, panel: Panel) -> None:
         if max(len(t.get_text()) for t in ax.get_xticklabels()) > 6:
             ax.tick_params(axis="x", rotation=25)
             for label in ax.get_xticklabels():
-                label.set_ha("right")
+                label.set_horizontalalignment("right")
     ax.set(xlabel=panel.xlabel or panel.x, ylabel=Y_LABEL)
     if panel.hue is not None:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title=panel.hue.split(".")[-1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,12 @@ def facet_groups(summary: pd.DataFrame, exp: dict[str, Any]) -> list[tuple[str, 
     return [(facet_label(facets, key), part) for key, part in groups]
 
 
-def facet_axes(exp: dict[str, Any], columns) -> list[str]:
+def facet_axes(exp: dict[str, Any], columns: Container[str]) -> list[str]:
     """A pairwise grid's facet axes (e.g. method) that these columns hold."""
     return [a for a in exp.get("axes") or [] if a in columns]
 
 
-def facet_label(facets: list[str], values) -> str:
+def facet_label(facets: list[str], values: Iterable[object]) -> str:
     """How a facet's cells are titled: "method=byol" ("a=1,b=2" for several axes; last key part only)."""
     return ",".join(f"{f.split('.')[-1]}={v}" for f, v in zip(facets, values))
 

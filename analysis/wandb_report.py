@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from ablation import store
 from ablation.loggers import run_id, wandb_run, wandb_wanted
 
 
-def _log_sections(exp_dir: Path, ids) -> list[dict]:
+def _log_sections(exp_dir: Path, ids: Iterable[object]) -> list[dict]:
     """The `log` section of each cell's resolved config (from its result.json)."""
     sections = []
     for cell_id in ids:

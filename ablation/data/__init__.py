@@ -8,6 +8,7 @@ Names load on first use, so `ablation.data.folders` (no torch) serves `ablate st
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 _WHERE = {
     "DeviceBatcher": "batcher",
@@ -28,7 +29,8 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
+    """A name of the submodule that holds it, imported on first use (Any: the names differ in type)."""
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

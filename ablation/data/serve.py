@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -22,6 +22,9 @@ from .folders import Split, classes_key, scan
 from .source_crop import SourceViews, split_source_crop
 from .sources import MAX_RESIDENT_BYTES, ImageSet, folder_sets
 from .stream import LazyImages, StreamBatcher
+
+if TYPE_CHECKING:
+    from ..config import AugmentConfig, DataConfig
 
 
 @dataclass
@@ -70,7 +73,7 @@ def serving(serve: str, side: int, n_images: int) -> str:
     return "resident" if n_images * 3 * side * side <= MAX_RESIDENT_BYTES else "stream"
 
 
-def load_folder(data) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
+def load_folder(data: DataConfig) -> tuple[ImageSet | FolderSet, ImageSet | FolderSet]:
     """(train, test) of a folder (data: the cell's DataConfig); kept in memory across a local grid's cells."""
     return _load(
         data.root, data.size, data.stored_size, data.serve, classes_key(data.classes), data.per_class, data.workers
@@ -111,7 +114,12 @@ def _load(
 
 
 def stream_batcher(
-    data, augment, batch_size: int, train: FolderSet, device: torch.device, shard: tuple[int, int]
+    data: DataConfig,
+    augment: AugmentConfig,
+    batch_size: int,
+    train: FolderSet,
+    device: torch.device,
+    shard: tuple[int, int],
 ) -> StreamBatcher:
     """The streaming loader of a cell (data, augment: the cell's config sections)."""
     first = split_source_crop(augment.views, augment.base, augment.mode)
@@ -122,7 +130,7 @@ def stream_batcher(
     )
 
 
-def source_views(data, augment, train: FolderSet) -> SourceViews:
+def source_views(data: DataConfig, augment: AugmentConfig, train: FolderSet) -> SourceViews:
     """The cell's two views when the first crop is taken at the source (streamed or stored images)."""
     return SourceViews(
         split_source_crop(augment.views, augment.base, augment.mode), data.size, stored=train.stored is not None

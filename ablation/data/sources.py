@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +61,7 @@ def load_dataset(
     per_class: int | None = None,
     classes: str | Sequence[str] | None = None,
     workers: int | None = None,
-    **embedded_kw,
+    **embedded_kw: int,
 ) -> tuple[ImageSet, ImageSet]:
     """(train, test) splits of `name` at size x size, decoded once and cached under `cache_dir`.
 
@@ -126,7 +126,7 @@ def _cache_key(*parts: object) -> str:
     return hashlib.sha256(repr((CACHE_VERSION, *parts)).encode()).hexdigest()[:16]
 
 
-def _cached(path: Path, build) -> tuple[ImageSet, ImageSet]:
+def _cached(path: Path, build: Callable[[], tuple[ImageSet, ImageSet]]) -> tuple[ImageSet, ImageSet]:
     """The splits mapped from `path` (built first and written atomically when it is missing or unreadable).
 
     Mapped, not read: the host holds pages of the file that the kernel may drop, not a copy, so a

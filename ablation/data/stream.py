@@ -24,6 +24,8 @@ import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +49,7 @@ SAMPLE_SEED = 0  # the source crops of StreamBatcher.sample
 SCALES = (8, 4, 2)  # DCT scale factors with fast (SIMD) paths in libjpeg-turbo; 3/4, 5/8 ... are slower than 1
 
 
-def _simplejpeg():
+def _simplejpeg() -> ModuleType:
     """simplejpeg, imported where a JPEG is first read: importing this module (the cell does) needs no
     decoder, so a machine without it runs every cell that streams no folder."""
     try:
@@ -242,7 +244,7 @@ class StepBatches(Dataset):
             self._order = (epoch_seed, torch.randperm(len(self.files), generator=g))
         return self._order[1]
 
-    def __getitem__(self, key: tuple[int, int]):
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor | list[tuple], Tensor]:
         epoch_seed, step = key
         rank, world = self.shard
         b, n = self.batch_size, self.crops
@@ -360,7 +362,10 @@ class StreamBatcher:
             raise _one_line(err) from None
 
 
-def _keep(item):
+T = TypeVar("T")
+
+
+def _keep(item: T) -> T:
     """collate_fn: items are whole batches already."""
     return item
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from ..config import CellConfig
 from ..dist import gather_with_grad
 from .registry import Method, param, register
 
@@ -41,7 +44,7 @@ class BarlowTwins(Method):
         "lr of biases and batch-norm parameters as a fraction of the weights' (the authors' LARS: 0.0048 / 0.2)",
     )
 
-    def __init__(self, cfg, n_classes: int, **args) -> None:
+    def __init__(self, cfg: CellConfig, n_classes: int, **args: Any) -> None:
         super().__init__(cfg, n_classes, **args)
         self.projector = self.projection_head(cfg)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CellConfig
 from ..model import build_head
 from .registry import Method, param, register
 
@@ -34,7 +36,7 @@ class BYOL(Method):
     momentum: float = param(0.996, 0.0, 1.0, "target momentum at the start (BYOL: 0.996), cosine-annealed to 1")
     predictor_hidden: int = param(4096, 1, 65536, "predictor hidden width (BYOL: 4096)")
 
-    def __init__(self, cfg, n_classes: int, **args) -> None:
+    def __init__(self, cfg: CellConfig, n_classes: int, **args: Any) -> None:
         super().__init__(cfg, n_classes, **args)
         self.projector = self.projection_head(cfg)
         out = self.projector.out_dim

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from ..config import CellConfig
 from ..losses import contrastive_loss
 from .registry import Method, register
 
@@ -17,7 +20,7 @@ class SimCLR(Method):
         "semi-hard mining) over both views of the global batch"
     )
 
-    def __init__(self, cfg, n_classes: int, **args) -> None:
+    def __init__(self, cfg: CellConfig, n_classes: int, **args: Any) -> None:
         super().__init__(cfg, n_classes, **args)
         # the projector, as every method calls it; the attribute keeps the name its checkpoints' keys
         # (head.*) were written under, so an interrupted cell resumes from its checkpoint

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CellConfig
 from ..model import build_head
 from .registry import Method, param, register
 
@@ -24,7 +27,7 @@ class SimSiam(Method):
     )
     predictor_hidden: int = param(512, 1, 65536, "predictor bottleneck width (SimSiam: 512 for 2048-d z)")
 
-    def __init__(self, cfg, n_classes: int, **args) -> None:
+    def __init__(self, cfg: CellConfig, n_classes: int, **args: Any) -> None:
         super().__init__(cfg, n_classes, **args)
         head = self.projection_head(cfg)
         self.projector = nn.Sequential(head, nn.BatchNorm1d(head.out_dim, affine=False))

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CellConfig
 from .registry import Method, register
+
+if TYPE_CHECKING:
+    from ..augment import TwoViews
+    from ..data.source_crop import SourceViews
 
 
 @register
@@ -17,11 +25,11 @@ class Supervised(Method):
     )
     n_views = 1
 
-    def __init__(self, cfg, n_classes: int, **args) -> None:
+    def __init__(self, cfg: CellConfig, n_classes: int, **args: Any) -> None:
         super().__init__(cfg, n_classes, **args)
         self.classifier = nn.Linear(self.dim, n_classes)
 
-    def views(self, pair, x, generator) -> tuple[Tensor, ...]:
+    def views(self, pair: TwoViews | SourceViews, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
         return (pair.one(x, generator),)
 
     def forward(self, views: tuple[Tensor, ...]) -> Tensor:

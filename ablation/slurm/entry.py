@@ -23,6 +23,11 @@ import os
 import shlex
 import sys
 import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
 
 
 def command() -> str:
@@ -36,7 +41,7 @@ def release() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
 
 
-def requeue(handler) -> None:
+def requeue(handler: Callable[[int, FrameType | None], object]) -> None:
     """Call submitit's USR2 handler (checkpoint, `scontrol requeue`, exit) with USR2 and TERM ignored.
 
     `scontrol requeue` is a child of this process, and on a requeue Slurm sends SIGTERM to every
