@@ -10,12 +10,15 @@ child process per tree, in alternating order, each with PYTHONPATH set to its tr
 torch threads; a child times --steps steps after --warmup and prints its images/s. The ratio of the
 two children of a round cancels the machine's drift and the other processes' load (shared
 machines); the median ratio over --rounds is the figure. Without --baseline-tree, this tree alone.
+--set KEY=VALUE (repeatable) changes the new side's cell config, e.g. `--set train.precision=bf16`;
+without --baseline-tree the baseline is then this tree without them: a setting's speed, side by side.
 --part views times the two views of each batch alone (the augmentation's share of the step).
 
 --profile: one process, torch.profiler over --steps steps, the step split into each augmentation op,
 the model's forward, the loss, backward, the optimiser and the rest (ms per step, share of the step).
 
     python benchmarks/cpu_speed.py --baseline-tree /tmp/pre [--threads 1 2] [--rounds 5] [--steps 8]
+    python benchmarks/cpu_speed.py --set train.precision=bf16 [--threads 1 2] [--rounds 5]
     python benchmarks/cpu_speed.py --profile [--threads 1 2] [--mode asymmetric]
 """
 
@@ -41,13 +44,14 @@ PRESET = "photos-cpu"
 N_CLASSES = 10
 
 
-def photos_cpu(mode: str, views: str):
-    """The preset's cell config, on synthetic data (the step never reads the data section)."""
+def photos_cpu(mode: str, views: str, overrides: list[str] = []):  # noqa: B006 (never mutated)
+    """The preset's cell config, on synthetic data (the step never reads the data section), with
+    --set's overrides."""
     from ablation.config import build_config, read_yaml
 
     tree = {k: v for k, v in read_yaml(REPO / "experiments" / "presets.yaml")[PRESET].items() if k != "slurm"}
     tree |= {"data": {"name": "embedded", "size": tree["data"]["size"]}, "augment": {"views": views, "mode": mode}}
-    return build_config(tree, ["train.device=cpu"])
+    return build_config(tree, ["train.device=cpu", *overrides])
 
 
 def training(cfg, images: torch.Tensor, labels: torch.Tensor):
@@ -102,8 +106,8 @@ class Cell:
     """A photos-cpu cell's training on a synthetic uint8 set of --batch x --steps images, and its loop
     over the steps of an epoch (`step` is an attribute, so --part views and the profiler can wrap it)."""
 
-    def __init__(self, mode: str, views: str, batch: int, steps: int, seed: int = 0):
-        self.cfg = photos_cpu(mode, views)
+    def __init__(self, mode: str, views: str, batch: int, steps: int, seed: int = 0, overrides: list[str] = []):  # noqa: B006
+        self.cfg = photos_cpu(mode, views, overrides)
         self.cfg.train.batch_size = batch
         images = torch.randint(
             0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
@@ -129,8 +133,8 @@ class Cell:
 def child(args: argparse.Namespace) -> None:
     """Time --steps steps (or their views alone) after --warmup; one JSON line: images/s and the seconds."""
     torch.set_num_threads(args.threads)
-    Cell(args.mode, args.views, args.batch, args.warmup).epoch(0)  # first calls: allocator, one-time set-ups
-    cell = Cell(args.mode, args.views, args.batch, args.steps)
+    Cell(args.mode, args.views, args.batch, args.warmup, overrides=args.set).epoch(0)  # allocator, one-time set-ups
+    cell = Cell(args.mode, args.views, args.batch, args.steps, overrides=args.set)
     if args.part == "views":
         cell.views_only()
     t0 = time.perf_counter()
@@ -139,8 +143,8 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"images_per_s": args.batch * args.steps / seconds, "seconds": seconds}))
 
 
-def run_child(tree: Path, threads: int, args: argparse.Namespace) -> float:
-    """images/s of one child process whose `ablation` comes from `tree`."""
+def run_child(tree: Path, overrides: list[str], threads: int, args: argparse.Namespace) -> float:
+    """images/s of one child process whose `ablation` comes from `tree`, its config with `overrides`."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
     argv = [
         sys.executable,
@@ -160,6 +164,7 @@ def run_child(tree: Path, threads: int, args: argparse.Namespace) -> float:
         str(args.warmup),
         "--part",
         args.part,
+        *(a for o in overrides for a in ("--set", o)),
     ]
     run = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=False)
     if run.returncode:
@@ -168,17 +173,20 @@ def run_child(tree: Path, threads: int, args: argparse.Namespace) -> float:
 
 
 def side_by_side(args: argparse.Namespace) -> None:
-    trees = {"new": REPO, "baseline": Path(args.baseline_tree).resolve()} if args.baseline_tree else {"new": REPO}
+    sides = {"new": (REPO, args.set)}
+    if args.baseline_tree or args.set:
+        sides["baseline"] = (Path(args.baseline_tree).resolve(), args.set) if args.baseline_tree else (REPO, [])
     print(
         f"{PRESET} {args.part}, views {args.views!r} {args.mode}, batch {args.batch}, {args.steps} steps after "
-        f"{args.warmup}; trees: " + ", ".join(f"{k} {v}" for k, v in trees.items())
+        f"{args.warmup}; "
+        + ", ".join(f"{k}: tree {tree}" + "".join(f" --set {o}" for o in sets) for k, (tree, sets) in sides.items())
     )
     for threads in args.threads:
         rates: dict[str, list[float]] = defaultdict(list)
         load = [os.getloadavg()[0]]
         for round_ in range(args.rounds):
-            for name in list(trees)[:: 1 if round_ % 2 == 0 else -1]:
-                rates[name].append(run_child(trees[name], threads, args) / threads)
+            for name in list(sides)[:: 1 if round_ % 2 == 0 else -1]:
+                rates[name].append(run_child(*sides[name], threads, args) / threads)
             load.append(os.getloadavg()[0])
             print(
                 f"  {threads} thread(s) round {round_ + 1}: "
@@ -229,7 +237,7 @@ def profile(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore", message=r"Seems like `optimizer.step\(\)` has been overridden")  # our label
     for threads in args.threads:
         torch.set_num_threads(threads)
-        cell = Cell(args.mode, args.views, args.batch, args.steps)
+        cell = Cell(args.mode, args.views, args.batch, args.steps, overrides=args.set)
         with ExitStack() as stack:
             for name, cls in REGISTRY.items():
                 stack.enter_context(labelled(cls, "sample", f"aug.{name}.draw"))
@@ -239,7 +247,7 @@ def profile(args: argparse.Namespace) -> None:
             stack.enter_context(labelled(torch.Tensor, "backward", "backward"))
             stack.enter_context(labelled(cell.optimizer, "step", "optimiser"))
             stack.enter_context(labelled(cell, "step", "step"))
-            Cell(args.mode, args.views, args.batch, args.warmup).epoch(0)  # first calls, as a child's warm-up
+            Cell(args.mode, args.views, args.batch, args.warmup, overrides=args.set).epoch(0)  # as a child's warm-up
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 float(cell.epoch(0))
         ms = {
@@ -288,6 +296,14 @@ def main() -> None:
         default="step",
         choices=("step", "views"),
         help="what is timed: the whole step, or the method's views of the batch alone",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a cell config override for the new side (repeatable); without --baseline-tree, the baseline "
+        "is this tree without it",
     )
     parser.add_argument("--profile", action="store_true", help="the step's time by part, this tree only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -56,3 +56,17 @@ def test_a_child_prints_its_images_per_second(bench, capsys, monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images_per_s"] > 0
+
+
+def test_set_changes_the_new_sides_config_and_the_step_runs_it(bench):
+    """--set train.precision=bf16 times the cell's step under bf16 autocast (the forward's first
+    convolution sees bf16), the baseline without it."""
+    plain = bench.Cell("symmetric", "crop+color", batch=8, steps=1)
+    bf16 = bench.Cell("symmetric", "crop+color", batch=8, steps=1, overrides=["train.precision=bf16"])
+    assert (plain.cfg.train.precision, bf16.cfg.train.precision) == ("auto", "bf16")
+    seen = []
+    conv = next(m for m in bf16.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    assert torch.isfinite(bf16.epoch(0)) and seen and set(seen) == {torch.bfloat16}
+    with pytest.raises(Exception, match="nope"):
+        bench.Cell("symmetric", "crop+color", batch=8, steps=1, overrides=["train.precision=nope"])
