@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +308,46 @@ def test_cifar10_jpeg_copy_loads_as_folder(cifar_root: Path, tmp_path: Path):
     direct = torch.from_numpy(np.array(Image.open(cifar_root / "train/airplane/0000.jpg")))
     assert (train.images[0].permute(1, 2, 0).int() - direct.int()).abs().max() <= 2  # same pixels (decoders)
     assert 80 < train.images.float().mean() < 160  # natural-image brightness, not blank
+
+
+BUILD_ONCE = """
+import sys, time
+from pathlib import Path
+import torch
+from ablation.data import sources
+from ablation.data.sources import ImageSet
+
+out, i, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+def build():
+    (out / "builds").open("a").write(i + "\\n")
+    while len(list(out.glob("started.*"))) < n:  # until every process is on its way to the lock
+        time.sleep(0.05)
+    time.sleep(0.5)
+    split = ImageSet(torch.full((4, 3, 2, 2), int(i), dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), ["a"])
+    return split, split
+
+(out / f"started.{i}").touch()
+train, _ = sources._cached(out / "set.pt", build)
+print("value", int(train.images[0, 0, 0, 0]))
+"""
+
+
+def test_a_set_is_built_once_while_the_other_processes_wait_and_map_it(tmp_path: Path):
+    """Three processes need the same decoded set at once (the ranks of a node): one builds it, the
+    others wait on its lock, say so, and map the file it wrote."""
+    n = 3
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD_ONCE, str(tmp_path), str(i), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(1, n + 1)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    (builder,) = (tmp_path / "builds").read_text().split()
+    assert all(f"value {builder}" in out for out, _ in outs)
+    assert sum("is being built by host" in out for out, _ in outs) == n - 1

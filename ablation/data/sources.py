@@ -22,7 +22,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 
 from ..errors import choices_error
 from ..names import DATASETS
-from ..store import atomic_write
+from ..store import atomic_write, locked
 from .cache import default_cache_dir
 from .folders import FOLDER_LAYOUT, Split, scan
 
@@ -131,22 +131,47 @@ def _cached(path: Path, build: Callable[[], tuple[ImageSet, ImageSet]]) -> tuple
 
     Mapped, not read: the host holds pages of the file that the kernel may drop, not a copy, so a
     set moved to the device leaves no second copy in host memory (25 GB for ImageNet-100 at 256 px),
-    and a freshly built set is mapped back from its file once written, its decoded copy let go."""
-    if path.exists():
-        try:
-            return _mapped(path)
-        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: rebuild it
-            warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it", stacklevel=2)
-    train, test = build()
-    blob = {
-        "classes": train.classes,
-        "train_images": train.images,
-        "train_labels": train.labels,
-        "test_images": test.images,
-        "test_labels": test.labels,
-    }
-    atomic_write(path, lambda f: torch.save(blob, f), mode="wb")  # readable as the umask allows (a shared cache)
+    and a freshly built set is mapped back from its file once written, its decoded copy let go.
+
+    Built once: the builder holds a lock beside the file, and the other processes that need the same
+    set (the ranks of a node, the cells of a grid) wait for it and map its file. Each decoding on its
+    own would hold the decoded set once per process (about 200 GB of host memory for ImageNet-100 on an
+    8-GPU node) and do the node's slowest job eight times."""
+    mapped = _readable(path)
+    if mapped is not None:
+        return mapped
+    waited: list[str] = []
+
+    def wait(holder: str) -> None:
+        waited.append(holder)
+        print(f"{path.name} is being built by {holder}: waiting for it, to map it", flush=True)
+
+    with locked(path.with_name(path.name + ".lock"), waiting=wait):
+        if waited:  # built while this process waited, unless its builder died: then built here
+            mapped = _readable(path)
+            if mapped is not None:
+                return mapped
+        train, test = build()
+        blob = {
+            "classes": train.classes,
+            "train_images": train.images,
+            "train_labels": train.labels,
+            "test_images": test.images,
+            "test_labels": test.labels,
+        }
+        atomic_write(path, lambda f: torch.save(blob, f), mode="wb")  # readable as the umask allows (a shared cache)
     return _mapped(path)
+
+
+def _readable(path: Path) -> tuple[ImageSet, ImageSet] | None:
+    """The splits mapped from `path`, or None when it is missing or unreadable (said in a warning)."""
+    if not path.exists():
+        return None
+    try:
+        return _mapped(path)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: rebuild it
+        warnings.warn(f"ignoring unreadable cache {path} ({e}); rebuilding it", stacklevel=3)
+    return None
 
 
 def _mapped(path: Path) -> tuple[ImageSet, ImageSet]:
