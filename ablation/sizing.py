@@ -77,6 +77,13 @@ def device_bytes(fp: Footprint, batch_per_rank: int) -> float:
     return ALLOCATOR_SLACK * fp.bytes(batch_per_rank) + PROCESS_BYTES
 
 
+def step_bytes(cfg: CellConfig, batch_per_rank: int) -> float:
+    """Peak bytes of a running rank's step on its GPU with the training set off the device: what a
+    resident set must leave free (data.loading). The CUDA context is not counted: the process has it."""
+    off = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, resident="never"))
+    return ALLOCATOR_SLACK * footprint(off).bytes(batch_per_rank)
+
+
 def step_capacity(gpu_mem_gb: float) -> float:
     """The bytes a step may use on a GPU of `gpu_mem_gb` (the inverse of `device_bytes`)."""
     return (gpu_mem_gb * GB - PROCESS_BYTES) / ALLOCATOR_SLACK

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from . import accel, dist
+from . import accel, dist, sizing
 from .augment import TwoViews
 from .config import CellConfig
 from .data import FolderSet, ImageSet, source_views
@@ -138,7 +138,10 @@ class Training:
         method = initial_method(cfg, device, len(train.classes))
         if dist.active() and cfg.model.sync_bn:  # every network of the method (a target too)
             method = global_batch_norm(method)
-        batcher = training_batcher(cfg, train, device, (dist.rank(), dist.world()))
+        rank_batch = cfg.train.batch_size // dist.world()
+        batcher = training_batcher(
+            cfg, train, device, (dist.rank(), dist.world()), lambda: sizing.step_bytes(cfg, rank_batch)
+        )
         optimizer, scheduler = build_optimisation(cfg, method, len(batcher))
         online = (
             OnlineHead(method.dim, len(train.classes), cfg.train.batch_size, len(batcher) * cfg.train.epochs, device)

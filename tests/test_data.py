@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from ablation import sizing
 from ablation.augment import TwoViews
+from ablation.config import build_config
 from ablation.data import DeviceBatcher, ImageSet, fits_on_device, load_dataset, make_embedded
-from ablation.data.batcher import spread
+from ablation.data.batcher import leaves_room, spread
 from ablation.data.sources import ImageFiles, loader_workers
 
 # ---- embedded ----------------------------------------------------------------------------------
@@ -292,8 +294,24 @@ def test_loader_workers_stay_within_the_cpus_this_process_may_use():
     assert loader_workers(1) == 1 and loader_workers(0) == 0 and loader_workers(cpus + 7) == cpus
 
 
-def test_fits_on_device_cpu():
-    assert fits_on_device(10**12, "cpu")
+def test_fits_on_device_cpu_without_counting_the_step():
+    def never() -> float:
+        raise AssertionError("the step is counted on a GPU only")
+
+    assert fits_on_device(10**12, "cpu", never)
+
+
+def test_a_resident_set_leaves_room_for_the_step_beside_it():
+    """ImageNet-100's set at 256 px (about 25 GB) on an 80 GB GPU, beside a ResNet-50 step at 224 px:
+    on the device at 128 images per rank (the imagenet100 preset's 512 over 4 GPUs), kept on the host
+    at 1,024, where the set alone would still fit in half of the free memory (the rule before)."""
+    cfg = build_config(
+        {}, ["model.encoder=resnet50", "model.cifar_stem=false", "data.size=224", "train.precision=bf16"]
+    )
+    set_bytes, free = 126_689 * 3 * 256 * 256, 79e9
+    assert set_bytes <= 0.5 * free
+    assert leaves_room(set_bytes, sizing.step_bytes(cfg, 128), free)
+    assert not leaves_room(set_bytes, sizing.step_bytes(cfg, 1024), free)
 
 
 # ---- real data ---------------------------------------------------------------------------------

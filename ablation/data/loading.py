@@ -4,6 +4,7 @@ training split to its steps (on the device when it fits, else per batch, else st
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,16 +36,22 @@ def load_data(cfg: CellConfig) -> tuple[ImageSet | FolderSet, ImageSet | FolderS
 
 
 def training_batcher(
-    cfg: CellConfig, train: ImageSet | FolderSet, device: torch.device, shard: tuple[int, int]
+    cfg: CellConfig,
+    train: ImageSet | FolderSet,
+    device: torch.device,
+    shard: tuple[int, int],
+    step_bytes: Callable[[], float],
 ) -> DeviceBatcher | StreamBatcher:
-    """The training set on the device when it fits (airbench-style), else batches moved per step;
-    a streamed folder's loader. `shard` = (rank, world): this process's share of each global batch."""
+    """The training set on the device when it fits beside the step (`step_bytes()`, counted only on a
+    GPU; airbench-style), else batches moved per step; a streamed folder's loader. `shard` = (rank,
+    world): this process's share of each global batch."""
     if isinstance(train, FolderSet):
         if train.stored is None:
             return stream_batcher(cfg.data, cfg.augment, cfg.train.batch_size, train, device, shard)
         images = train.stored
     else:
         images = train.images
-    resident = cfg.data.resident == "always" or (cfg.data.resident == "auto" and fits_on_device(images.numel(), device))
+    asked = cfg.data.resident
+    resident = asked == "always" or (asked == "auto" and fits_on_device(images.numel(), device, step_bytes))
     images = images.to(device) if resident else images
     return DeviceBatcher(images, train.labels, cfg.train.batch_size, drop_last=True, shard=shard, to=device)
