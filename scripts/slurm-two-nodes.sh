@@ -21,7 +21,7 @@ node_names() {  # two names /etc/hosts gives a loopback address (Slurm takes `lo
         awk '!seen[$0]++' | head -n 2
 }
 
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+running() { pgrep -f -- "$1 -f $CONF" >/dev/null; }  # a daemon of this cluster: slurmctld, or slurmd -N name
 
 ready() { sinfo -h -N -o "%N %t" 2>/dev/null | awk '$2 == "idle" || $2 == "mix" || $2 == "alloc"' | wc -l; }
 
@@ -70,9 +70,9 @@ start() {
     mapfile -t names < <(node_names)
     ((${#names[@]} == 2)) || die "/etc/hosts gives this host fewer than two names (add e.g. '127.0.0.1 node1 node2')"
     write_conf "${names[0]}" "${names[1]}"
-    alive "$STATE_DIR/slurmctld.pid" || slurmctld -f "$CONF"
+    running slurmctld || slurmctld -f "$CONF"
     for name in "${names[@]}"; do
-        alive "$STATE_DIR/$name.pid" || slurmd -N "$name" -f "$CONF"
+        running "slurmd -N $name" || slurmd -N "$name" -f "$CONF"
     done
     for _ in $(seq 60); do
         if [[ $(ready) == 2 ]]; then say "ready: 2 nodes accept jobs (export SLURM_CONF=$CONF)"; return; fi
@@ -81,11 +81,23 @@ start() {
     die "the nodes are not ready after 30 s; see $STATE_DIR/*.log"
 }
 
+# Jobs first, daemons after: a step still completing when slurmctld goes cannot report its end, and its
+# slurmstepd lives on; the daemons by their command line (this cluster's config), not by pid files,
+# which a slurmd started with -N does not always leave behind.
 stop() {
-    [[ -f $CONF ]] && scancel --partition=two 2>/dev/null || true
-    for pidfile in "$STATE_DIR"/*.pid; do
-        [[ -f $pidfile ]] && alive "$pidfile" && kill "$(cat "$pidfile")"
+    if [[ -f $CONF ]] && running slurmctld; then
+        scancel --partition=two 2>/dev/null || true
+        for _ in $(seq 40); do
+            [[ -z $(squeue -h -p two 2>/dev/null) ]] && break
+            sleep 0.5
+        done
+    fi
+    pkill -f -- "-f $CONF" || true
+    for _ in $(seq 20); do
+        pgrep -f -- "-f $CONF" >/dev/null || break
+        sleep 0.5
     done
+    pkill -KILL -f -- "-f $CONF" || true  # a slurmd still waiting on a step that cannot end
     say "stopped"
 }
 
