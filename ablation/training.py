@@ -138,7 +138,7 @@ class Training:
         method = initial_method(cfg, device, len(train.classes))
         if dist.active() and cfg.model.sync_bn:  # every network of the method (a target too)
             method = global_batch_norm(method)
-        rank_batch = cfg.train.batch_size // dist.world()
+        rank_batch = -(-cfg.train.batch_size // dist.world())  # the largest share (the first ranks' when uneven)
         batcher = training_batcher(
             cfg, train, device, (dist.rank(), dist.world()), lambda: sizing.step_bytes(cfg, rank_batch)
         )

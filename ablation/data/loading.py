@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .. import dist
 from .batcher import DeviceBatcher, fits_on_device
 from .serve import FolderSet, load_folder, stream_batcher
 from .sources import ImageSet, load_dataset
@@ -51,7 +52,13 @@ def training_batcher(
         images = train.stored
     else:
         images = train.images
-    asked = cfg.data.resident
-    resident = asked == "always" or (asked == "auto" and fits_on_device(images.numel(), device, step_bytes))
-    images = images.to(device) if resident else images
+    images = images.to(device) if resident(cfg.data.resident, images.numel(), device, step_bytes) else images
     return DeviceBatcher(images, train.labels, cfg.train.batch_size, drop_last=True, shard=shard, to=device)
+
+
+def resident(asked: str, n_bytes: int, device: torch.device, step_bytes: Callable[[], float]) -> bool:
+    """Whether the training set lives on `device` (data.resident: always, never, or auto: when it fits),
+    one answer for every rank: each rank shuffles on its batcher's device, and a CUDA and a CPU randperm
+    of one seed differ, so ranks that chose differently would not split one global batch between them."""
+    fits = asked == "always" or (asked == "auto" and fits_on_device(n_bytes, device, step_bytes))
+    return not dist.any_rank(not fits, device)

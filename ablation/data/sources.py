@@ -140,14 +140,17 @@ def _cached(path: Path, build: Callable[[], tuple[ImageSet, ImageSet]]) -> tuple
     mapped = _readable(path)
     if mapped is not None:
         return mapped
-    waited: list[str] = []
+    looked = _identity(path)
 
     def wait(holder: str) -> None:
-        waited.append(holder)
         print(f"{path.name} is being built by {holder}: waiting for it, to map it", flush=True)
 
-    with locked(path.with_name(path.name + ".lock"), waiting=wait):
-        if waited:  # built while this process waited, unless its builder died: then built here
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locked(path.with_name(path.name + ".lock"), waiting=wait))
+        except (OSError, ValueError) as e:  # another user's lock file, a file system without flock
+            warnings.warn(f"building {path.name} without its lock ({e})", stacklevel=2)
+        if _identity(path) != looked:  # built since this process looked (while it waited, say)
             mapped = _readable(path)
             if mapped is not None:
                 return mapped
@@ -161,6 +164,15 @@ def _cached(path: Path, build: Callable[[], tuple[ImageSet, ImageSet]]) -> tuple
         }
         atomic_write(path, lambda f: torch.save(blob, f), mode="wb")  # readable as the umask allows (a shared cache)
     return _mapped(path)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` names now (inode, modification time), None when none: a new one was written."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _readable(path: Path) -> tuple[ImageSet, ImageSet] | None:
