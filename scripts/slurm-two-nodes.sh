@@ -21,7 +21,7 @@ node_names() {  # two names /etc/hosts gives a loopback address (Slurm takes `lo
         awk '!seen[$0]++' | head -n 2
 }
 
-running() { pgrep -f -- "$1 -f $CONF" >/dev/null; }  # a daemon of this cluster: slurmctld, or slurmd -N name
+running() { pgrep -f -- "^$1 -f ${CONF//./\\.}\$" >/dev/null; }  # a daemon of this cluster: slurmctld, or slurmd -N name
 
 ready() { sinfo -h -N -o "%N %t" 2>/dev/null | awk '$2 == "idle" || $2 == "mix" || $2 == "alloc"' | wc -l; }
 
@@ -83,21 +83,28 @@ start() {
 
 # Jobs first, daemons after: a step still completing when slurmctld goes cannot report its end, and its
 # slurmstepd lives on; the daemons by their command line (this cluster's config), not by pid files,
-# which a slurmd started with -N does not always leave behind.
+# which a slurmd started with -N does not always leave behind. Anything of its jobs still there at the
+# end (a step that could not end) is killed by job id.
 stop() {
+    local jobs=""
     if [[ -f $CONF ]] && running slurmctld; then
+        jobs=$(timeout 5 squeue -h -p two -o %i 2>/dev/null | paste -sd '|' || true)
         scancel --partition=two 2>/dev/null || true
+        local queue
         for _ in $(seq 40); do
-            [[ -z $(squeue -h -p two 2>/dev/null) ]] && break
+            queue=$(timeout 5 squeue -h -p two 2>/dev/null) || break # no answer: stop waiting
+            [[ -n $queue ]] || break
             sleep 0.5
         done
     fi
-    pkill -f -- "-f $CONF" || true
+    local daemons="^(slurmctld|slurmd -N [^ ]+) -f ${CONF//./\\.}\$"
+    pkill -f -- "$daemons" || true
     for _ in $(seq 20); do
-        pgrep -f -- "-f $CONF" >/dev/null || break
+        pgrep -f -- "$daemons" >/dev/null || break
         sleep 0.5
     done
-    pkill -KILL -f -- "-f $CONF" || true  # a slurmd still waiting on a step that cannot end
+    pkill -KILL -f -- "$daemons" || true # a slurmd still waiting on a step that cannot end
+    [[ -z $jobs ]] || pkill -KILL -f -- "^slurmstepd: \[($jobs)\." || true
     say "stopped"
 }
 
