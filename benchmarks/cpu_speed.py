@@ -10,8 +10,9 @@ child process per tree, in alternating order, each with PYTHONPATH set to its tr
 torch threads; a child times --steps steps after --warmup and prints its images/s. The ratio of the
 two children of a round cancels the machine's drift and the other processes' load (shared
 machines); the median ratio over --rounds is the figure. Without --baseline-tree, this tree alone.
---set KEY=VALUE (repeatable) changes the new side's cell config, e.g. `--set train.precision=bf16`;
-without --baseline-tree the baseline is then this tree without them: a setting's speed, side by side.
+--set KEY=VALUE (repeatable) changes the cell config, e.g. `--set train.precision=bf16`: without
+--baseline-tree the baseline is this tree without them (a setting's speed, side by side); with it, both
+trees run with them (two trees compared under that setting).
 --part views times the two views of each batch alone (the augmentation's share of the step).
 
 --profile: one process, torch.profiler over --steps steps, the step split into each augmentation op,
@@ -172,10 +173,17 @@ def run_child(tree: Path, overrides: list[str], threads: int, args: argparse.Nam
     return json.loads(run.stdout.strip().splitlines()[-1])["images_per_s"]
 
 
-def side_by_side(args: argparse.Namespace) -> None:
+def compared(args: argparse.Namespace) -> dict[str, tuple[Path, list[str]]]:
+    """The sides a run compares, each (its code tree, its config overrides): "new" this tree with --set;
+    "baseline" --baseline-tree with --set, or this tree without --set, or none."""
     sides = {"new": (REPO, args.set)}
     if args.baseline_tree or args.set:
         sides["baseline"] = (Path(args.baseline_tree).resolve(), args.set) if args.baseline_tree else (REPO, [])
+    return sides
+
+
+def side_by_side(args: argparse.Namespace) -> None:
+    sides = compared(args)
     print(
         f"{PRESET} {args.part}, views {args.views!r} {args.mode}, batch {args.batch}, {args.steps} steps after "
         f"{args.warmup}; "
@@ -302,8 +310,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a cell config override for the new side (repeatable); without --baseline-tree, the baseline "
-        "is this tree without it",
+        help="a cell config override (repeatable): without --baseline-tree, the baseline is this tree "
+        "without it; with it, both trees get it",
     )
     parser.add_argument("--profile", action="store_true", help="the step's time by part, this tree only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -70,3 +70,19 @@ def test_set_changes_the_new_sides_config_and_the_step_runs_it(bench):
     assert torch.isfinite(bf16.epoch(0)) and seen and set(seen) == {torch.bfloat16}
     with pytest.raises(Exception, match="nope"):
         bench.Cell("symmetric", "crop+color", batch=8, steps=1, overrides=["train.precision=nope"])
+
+
+@pytest.mark.parametrize(
+    ("baseline", "sets", "expected"),
+    [
+        (None, [], {"new": (ROOT, [])}),
+        (None, ["train.precision=bf16"], {"new": (ROOT, ["train.precision=bf16"]), "baseline": (ROOT, [])}),
+        ("/tmp/pre", [], {"new": (ROOT, []), "baseline": (Path("/tmp/pre"), [])}),
+        ("/tmp/pre", ["a=1"], {"new": (ROOT, ["a=1"]), "baseline": (Path("/tmp/pre"), ["a=1"])}),
+    ],
+)
+def test_the_sides_compared(bench, baseline, sets, expected):
+    """--set alone: this tree with and without it; with --baseline-tree: both trees with it."""
+    import argparse
+
+    assert bench.compared(argparse.Namespace(baseline_tree=baseline, set=sets)) == expected
