@@ -34,7 +34,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,7 +45,7 @@ PRESET = "photos-cpu"
 N_CLASSES = 10
 
 
-def photos_cpu(mode: str, views: str, overrides: list[str] = []):  # noqa: B006 (never mutated)
+def photos_cpu(mode: str, views: str, overrides: Sequence[str] = ()):
     """The preset's cell config, on synthetic data (the step never reads the data section), with
     --set's overrides."""
     from ablation.config import build_config, read_yaml
@@ -107,7 +107,7 @@ class Cell:
     """A photos-cpu cell's training on a synthetic uint8 set of --batch x --steps images, and its loop
     over the steps of an epoch (`step` is an attribute, so --part views and the profiler can wrap it)."""
 
-    def __init__(self, mode: str, views: str, batch: int, steps: int, seed: int = 0, overrides: list[str] = []):  # noqa: B006
+    def __init__(self, mode: str, views: str, batch: int, steps: int, seed: int = 0, overrides: Sequence[str] = ()):
         self.cfg = photos_cpu(mode, views, overrides)
         self.cfg.train.batch_size = batch
         images = torch.randint(

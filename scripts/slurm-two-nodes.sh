@@ -11,6 +11,7 @@ set -euo pipefail
 
 STATE_DIR=${ABLATION_TWO_NODES_DIR:-/tmp/ablation-two-nodes}
 CONF=$STATE_DIR/slurm.conf
+CONF_RE=${CONF//./\\.} # the config path as a pattern of pgrep and pkill
 export SLURM_CONF=$CONF
 
 say() { echo "slurm-two-nodes: $*"; }
@@ -21,7 +22,7 @@ node_names() {  # two names /etc/hosts gives a loopback address (Slurm takes `lo
         awk '!seen[$0]++' | head -n 2
 }
 
-running() { pgrep -f -- "^$1 -f ${CONF//./\\.}\$" >/dev/null; }  # a daemon of this cluster: slurmctld, or slurmd -N name
+running() { pgrep -f -- "^$1 -f $CONF_RE\$" >/dev/null; }  # a daemon of this cluster: slurmctld, or slurmd -N name
 
 ready() { sinfo -h -N -o "%N %t" 2>/dev/null | awk '$2 == "idle" || $2 == "mix" || $2 == "alloc"' | wc -l; }
 
@@ -97,7 +98,7 @@ stop() {
             sleep 0.5
         done
     fi
-    local daemons="^(slurmctld|slurmd -N [^ ]+) -f ${CONF//./\\.}\$"
+    local daemons="^(slurmctld|slurmd -N [^ ]+) -f $CONF_RE\$"
     pkill -f -- "$daemons" || true
     for _ in $(seq 20); do
         pgrep -f -- "$daemons" >/dev/null || break
